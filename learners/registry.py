@@ -1,0 +1,93 @@
+"""Names -> classes for every learner, feature map and buffer, so configs and snapshots
+refer to them by name. Imports are lazy: torch and river load only when used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from learners.base import Component, FeatureMap, Learner, LearnerState
+
+# name -> "module:Class". The conformance suite discovers everything from here.
+COMPONENTS: dict[str, str] = {
+    "Standardizer": "learners.features:Standardizer",
+    "RandomFourierFeatures": "learners.features:RandomFourierFeatures",
+    "RandomReLU": "learners.features:RandomReLU",
+    "Pipeline": "learners.pipeline:Pipeline",
+    "KalmanHead": "learners.kalman:KalmanHead",
+    "AnalyticRidge": "learners.analytic:AnalyticRidge",
+    "MomentumKD": "learners.mkd:MomentumKD",
+    "RiverLearner": "learners.river_adapter:RiverLearner",
+    "Reservoir": "buffers.reservoir:Reservoir",
+    "ClassBalancedReservoir": "buffers.reservoir:ClassBalancedReservoir",
+    "ClassStats": "buffers.stats:ClassStats",
+}
+
+HEADS = ("KalmanHead", "AnalyticRidge", "MomentumKD", "RiverLearner")
+FEATURE_MAPS = ("Standardizer", "RandomFourierFeatures", "RandomReLU")
+
+
+class PickleRefused(PermissionError):
+    """A state needs unpickling (river model) and the config does not allow it."""
+
+
+def resolve(name: str) -> type:
+    """Class for a registry name; a clear error lists the valid names."""
+    try:
+        target = COMPONENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown component {name!r}; choose one of {sorted(COMPONENTS)}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_component(name: str, params: dict[str, Any] | None = None) -> Component:
+    cls = resolve(name)
+    try:
+        return cls(**(params or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for {name}: {exc}") from None
+
+
+def build_learner(name: str, params: dict[str, Any] | None = None, features: list[dict[str, Any]] | None = None) -> Learner:
+    """A head (by name, with params) behind optional feature maps ``[{name, params}, ...]``."""
+    if name not in HEADS:
+        raise ValueError(f"learner.name {name!r} is not a learner; choose one of {list(HEADS)}")
+    head = build_component(name, params)
+    if not features:
+        return head  # type: ignore[return-value]
+    steps = []
+    for i, spec in enumerate(features):
+        fname = spec.get("name")
+        if fname not in FEATURE_MAPS:
+            raise ValueError(f"learner.features[{i}].name {fname!r} is not a feature map; choose one of {list(FEATURE_MAPS)}")
+        steps.append(build_component(fname, spec.get("params")))
+    from learners.pipeline import Pipeline
+
+    return Pipeline(steps, head)  # type: ignore[arg-type]
+
+
+def needs_pickle(state: LearnerState) -> bool:
+    if resolve(state.kind).uses_pickle:
+        return True
+    return any(needs_pickle(child) for child in state.children.values())
+
+
+def component_from_state(state: LearnerState) -> Component:
+    return resolve(state.kind).from_state(state)
+
+
+def learner_from_state(state: LearnerState, allow_pickle: bool = False) -> Learner:
+    """Rebuild a learner; refuses any state that would unpickle unless ``allow_pickle``."""
+    if needs_pickle(state) and not allow_pickle:
+        raise PickleRefused(
+            f"state of kind {state.kind!r} contains a pickled river model; "
+            "set allow_pickle: true in the config only if you trust whoever writes this state"
+        )
+    obj = component_from_state(state)
+    if not isinstance(obj, Learner):
+        raise TypeError(f"state of kind {state.kind!r} is not a learner")
+    return obj
+
+
+__all__ = ["COMPONENTS", "HEADS", "FEATURE_MAPS", "PickleRefused", "build_learner", "learner_from_state", "resolve", "FeatureMap"]
