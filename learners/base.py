@@ -63,6 +63,14 @@ class Component(ABC):
     """Shared plumbing: hyperparameters are constructor arguments stored under the same name."""
 
     uses_pickle: ClassVar[bool] = False
+    # True when learning a stream in any split into batches gives the same state (to
+    # rounding) as learning it one sample at a time; the conformance suite checks it.
+    batch_invariant: ClassVar[bool] = False
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        """Small constructor arguments for the conformance suite (fast, seeded)."""
+        return {}
 
     def _get_params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)
