@@ -431,7 +431,8 @@ class MomentumKD(Learner):
         self._student["head"] = new_head
         if self._teacher is not None:
             t_old = self._teacher["head"]
-            t_new = nn.Linear(t_old.in_features, n_classes)
+            with torch.random.fork_rng(devices=[]):  # overwritten below: keep every RNG untouched
+                t_new = nn.Linear(t_old.in_features, n_classes)
             with torch.no_grad():
                 t_new.weight.copy_(new_head.weight)
                 t_new.bias.copy_(new_head.bias)
