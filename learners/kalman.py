@@ -1,0 +1,489 @@
+"""Kalman filter over the weights of a linear classification head, with learned forgetting.
+
+After Titsias et al., "Kalman Filter for Online Classification of Non-Stationary Data"
+(ICLR 2024). The head receives features ``phi`` (from a feature Pipeline) and regresses
+one-hot targets. Pure numpy/scipy, float64; this module never does I/O and never
+imports ``stream``.
+
+Model (one sub-head; ``H`` sub-heads with different forgetting run side by side)::
+
+    w_0 ~ N(0, s0 I)                                      prior, per class column
+    w_t = g_t w_{t-1} + e_t,   e_t ~ N(0, (1 - g_t^2) s0 I)   one transition per labelled sample
+    y_t = phi_t^T w_t + n_t,   n_t ~ N(0, s2)               y_t: one-hot row, C columns
+    g_t = exp(-delta_t / 2),   delta_t >= 0
+
+State: mean ``M`` [D, C] and ONE covariance ``A`` [D, D] shared by all class columns
+(the columns are a-posteriori independent with identical covariance, because every
+column sees the same features and the same noise).
+
+Block update (exact, batch-cut invariant). For a chunk of B samples with prior (m, A)
+and per-sample factors g_j, let G_j = prod_{k<=j} g_k and
+P_j = G_j^2 A + s0 (1 - G_j^2) I (the prior covariance of w_j). Then::
+
+    cov(y_i, y_j) = (G_max(i,j) / G_min(i,j)) phi_i^T P_min(i,j) phi_j + s2 [i = j]
+                  = G_i G_j phi_i^T A phi_j + s0 (G_max/G_min - G_i G_j) phi_i^T phi_j + s2 [i = j]
+    E[y_j]        = G_j phi_j^T m
+    cov(w_B, y_j) = (G_B / G_j) P_j phi_j,   E[w_B] = G_B m,   cov(w_B) = P_B
+
+and w_B | Y follows from one B x B Cholesky factor K = L L^T shared by all C columns:
+``Wt = L^-1 cov(w_B, Y)^T``, ``z = L^-1 (Y - E[Y])``, ``m_B = G_B m + Wt^T z``,
+``A_B = P_B - Wt^T Wt``. Cost O(B D^2 + B^2 D + B^3) in matrix products; chunks are at
+most ``max_chunk`` rows. This is algebraically the same as B sequential Kalman steps
+(tests check it to 1e-10), so any cut of the stream gives the same weights.
+
+Prequential predictions come from the same factor: ``z`` are the normalized innovations,
+so the one-step-ahead predictive of y_j given y_<j is mean ``Y_j - L_jj z_j`` and
+variance ``L_jj^2`` (shared by all columns): exactly what predict-then-learn one sample
+at a time gives, whatever the batch cut.
+
+Probabilities ("probit" mode, the default): each column's noisy target is Gaussian,
+y_c ~ N(mu_c, v) with v = g^2 phi^T A phi + (1 - g^2) s0 |phi|^2 + s2, independent across
+columns. The probability that class c has the largest target is, for two classes,
+Phi((mu_c - mu_o) / sqrt(2 v)); with the usual probit/logistic match
+Phi(x) ~ sigmoid(sqrt(8/pi) x) this is ``softmax(mu * 2 / sqrt(pi v))``, which we use
+for any number of classes. Logit differences are clipped at -30 (no probability below
+~1e-13, never NaN). ``proba="mean"`` gives softmax(mu) for comparison.
+
+Forgetting learned online (Titsias et al.): treating the previous posterior (m, A) as
+fixed, the one-step predictive is y_c ~ N(g mu_c, S) with mu = phi^T m,
+a = phi^T A phi, q = |phi|^2, S = g^2 a + (1 - g^2) s0 q + s2, so per column
+
+    d log p / d g = -S'/(2S) + r mu / S + r^2 S' / (2 S^2),   S' = 2 g (a - s0 q),
+    d log p / d delta = -(g / 2) d log p / d g,                r = y_c - g mu_c,
+
+averaged over the classes known at that sample. mu and a come back out of the block
+(mu = yhat / g, a = (L_jj^2 - s2 - (1 - g^2) s0 q) / g^2). To stay batch-cut invariant,
+delta is constant within blocks of ``block_size`` labelled samples aligned to the
+learner's own counter; the gradient accumulates in the state across partial blocks and
+one ascent step ``delta += lr * grad`` (projected to [0, delta_max]) is taken at each
+aligned boundary.
+
+Several sub-heads (``g`` a list of initial forgetting factors), each learning its own
+delta as above, are combined by exponential weights on their squared prequential error
+(``weights ∝ exp(-eta * cumulative sum_c r_c^2)``): the Gaussian one-hot likelihood alone
+over-forgets on some streams, the mixture picks per stream. ``forgetting_`` reports the
+weight-averaged g.
+
+``adapt(event)``: for the next ``adapt_samples`` labelled samples every sub-head uses
+delta_eff = max(delta, adapt_delta) (g at most exp(-adapt_delta/2)), so it re-learns
+fast; delta learning pauses in that window; afterwards the learned g applies again. The
+window end is part of the state.
+
+Numerical care: A is symmetrized after every update; solves use Cholesky / triangular
+solves, never inverses; K >= s2 I in theory, and if the Cholesky still fails (extreme
+inputs) it is retried once with jitter 1e-10 * max(diag K) on the diagonal. Features are
+clipped to +-``feature_clip`` before use; non-finite features are refused when learning
+and treated as 0 when predicting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from learners.base import ClassIndex, DriftEvent, Label, Learner, LearnerState, check_X, labels_to_json
+
+_LOGIT_FLOOR = -30.0
+
+
+def _softmax_masked(logits: np.ndarray, n_known: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the first ``n_known[i]`` columns; other columns get 0.
+
+    logits: [..., n, C]; n_known: [n] -> probabilities [..., n, C] (all-zero rows where n_known = 0).
+    """
+    C = logits.shape[-1]
+    known = np.arange(C)[None, :] < n_known[:, None]  # [n, C]
+    z = np.where(known, logits, -np.inf)
+    zmax = np.max(z, axis=-1, keepdims=True) if C else z
+    zmax = np.where(np.isfinite(zmax), zmax, 0.0)
+    z = np.where(known, np.maximum(z - zmax, _LOGIT_FLOOR), -np.inf)
+    e = np.exp(z)
+    s = e.sum(axis=-1, keepdims=True)
+    return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
+
+
+class KalmanHead(Learner):
+    """Linear head whose weights are tracked by a Kalman filter with learned forgetting.
+
+    Parameters
+    ----------
+    g: initial forgetting factor, or a list of them (one sub-head each, mixed by
+        exponential weights). 1.0 = no forgetting.
+    learn_g: learn each sub-head's delta = -2 log g online (else g stays fixed).
+    lr: gradient-ascent step on delta per unit of summed per-sample gradient.
+    block_size: delta is constant within aligned blocks of this many labelled samples.
+    delta_max: upper bound of delta (g >= exp(-delta_max / 2)).
+    s0: prior variance of each weight (and stationary variance of the drift process).
+    s2: observation noise variance on the one-hot targets.
+    eta: exponential-weights rate of the sub-head mixture (on squared error).
+    proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
+    adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
+    max_chunk: largest block solved at once (bounds the B^3 term).
+    feature_clip: features are clipped to +- this value.
+    history_size: how many (sample, g) points of the forgetting history are kept.
+    """
+
+    batch_invariant: ClassVar[bool] = True
+    exact_prequential: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        g: float | Sequence[float] = (1.0, 0.9995, 0.998),
+        learn_g: bool = True,
+        lr: float = 1e-4,
+        block_size: int = 64,
+        delta_max: float = 0.2,
+        delta_bounds: Sequence[Sequence[float]] | None = None,
+        s0: float = 1.0,
+        s2: float = 0.1,
+        eta: float = 0.05,
+        scale_rate: float = 0.1,
+        proba: str = "probit",
+        adapt_delta: float = 0.02,
+        adapt_samples: int = 500,
+        max_chunk: int = 256,
+        feature_clip: float = 1e4,
+        history_size: int = 1024,
+    ) -> None:
+        g_list = [float(g)] if isinstance(g, (int, float)) else [float(v) for v in g]
+        if not g_list or any(not (0.0 < v <= 1.0) for v in g_list):
+            raise ValueError(f"g must be a forgetting factor in (0, 1] or a non-empty list of them; got {g!r}")
+        if s0 <= 0 or s2 <= 0:
+            raise ValueError(f"s0 and s2 must be > 0; got s0={s0}, s2={s2}")
+        if block_size < 1 or max_chunk < 1:
+            raise ValueError("block_size and max_chunk must be >= 1")
+        if proba not in ("probit", "mean"):
+            raise ValueError(f"proba must be 'probit' or 'mean'; got {proba!r}")
+        if delta_max < 0 or adapt_delta < 0 or adapt_samples < 0 or lr < 0 or eta < 0:
+            raise ValueError("delta_max, adapt_delta, adapt_samples, lr and eta must be >= 0")
+        self.g = g if isinstance(g, (int, float)) else list(g_list)
+        self.learn_g = bool(learn_g)
+        self.lr = float(lr)
+        self.block_size = int(block_size)
+        self.delta_max = float(delta_max)
+        if delta_bounds is None:
+            bounds = [[0.0, self.delta_max] for _ in g_list]
+        else:
+            bounds = [[float(lo), float(hi)] for lo, hi in delta_bounds]
+            if len(bounds) != len(g_list) or any(not (0.0 <= lo <= hi) for lo, hi in bounds):
+                raise ValueError("delta_bounds must give one [lo, hi] with 0 <= lo <= hi per entry of g")
+        self.delta_bounds = None if delta_bounds is None else bounds
+        self._lo = np.array([b[0] for b in bounds])
+        self._hi = np.array([b[1] for b in bounds])
+        self.s0 = float(s0)
+        self.s2 = float(s2)
+        self.eta = float(eta)
+        self.scale_rate = float(scale_rate)
+        self.proba = proba
+        self.adapt_delta = float(adapt_delta)
+        self.adapt_samples = int(adapt_samples)
+        self.max_chunk = int(max_chunk)
+        self.feature_clip = float(feature_clip)
+        self.history_size = int(history_size)
+
+        self._index = ClassIndex()
+        self.n_features_in: int | None = None
+        self.n_seen = 0  # labelled samples learned
+        self.adapt_until = 0  # adapt window: samples with counter < adapt_until
+        H = len(g_list)
+        self._delta = np.array([-2.0 * math.log(v) for v in g_list], dtype=np.float64)
+        self._delta = np.clip(self._delta, self._lo, self._hi)
+        self._grad = np.zeros(H)
+        self._tau = np.ones(H)  # calibration scale of the predictive variance (learned)
+        self._tau_acc = np.zeros(H)
+        self._tau_cnt = 0.0
+        self._loss = np.zeros(H)  # cumulative squared error per sub-head (min subtracted)
+        self._M: np.ndarray | None = None  # [H, D, C]
+        self._A: np.ndarray | None = None  # [H, D, D]
+        self._hist_n: list[int] = []
+        self._hist_g: list[float] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def classes_(self) -> list[Label]:  # type: ignore[override]
+        return self._index.classes
+
+    @property
+    def n_heads(self) -> int:
+        return int(self._delta.shape[0])
+
+    def _delta_at(self, t: np.ndarray) -> np.ndarray:
+        """delta used by each sub-head for the samples with counters t: [H, len(t)]."""
+        d = np.broadcast_to(self._delta[:, None], (self.n_heads, t.shape[0])).copy()
+        if t.shape[0] and self.adapt_until > int(t[0]):
+            in_adapt = t < self.adapt_until
+            d[:, in_adapt] = np.maximum(d[:, in_adapt], self.adapt_delta)
+        return d
+
+    @property
+    def weights_(self) -> np.ndarray:
+        """Current mixture weights of the sub-heads [H]."""
+        lw = -self.eta * self._loss
+        w = np.exp(lw - lw.max())
+        return w / w.sum()
+
+    @property
+    def forgetting_heads_(self) -> np.ndarray:
+        """Forgetting factor each sub-head applies to the next labelled sample [H]."""
+        return np.exp(-0.5 * self._delta_at(np.array([self.n_seen]))[:, 0])
+
+    @property
+    def forgetting_(self) -> float:
+        """Effective forgetting factor: the mixture-weighted g of the sub-heads."""
+        return float(self.weights_ @ self.forgetting_heads_)
+
+    @property
+    def forgetting_history_(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labelled-sample counter, effective g) at the last ``history_size`` block boundaries."""
+        return np.array(self._hist_n, dtype=np.int64), np.array(self._hist_g, dtype=np.float64)
+
+    @property
+    def coef_(self) -> np.ndarray | None:
+        """Mixture-weighted posterior mean [D, C] (None before learning)."""
+        return None if self._M is None else np.einsum("h,hdc->dc", self.weights_, self._M)
+
+    # ------------------------------------------------------------------ helpers
+    def _features(self, X: Any, learning: bool) -> np.ndarray:
+        Phi = check_X(X, self.n_features_in)
+        if not np.all(np.isfinite(Phi)):
+            if learning:
+                raise ValueError("features contain NaN or Inf; drop or repair such samples before learning")
+            Phi = np.nan_to_num(Phi, nan=0.0, posinf=self.feature_clip, neginf=-self.feature_clip)
+        return np.clip(Phi, -self.feature_clip, self.feature_clip)
+
+    def _ensure(self, D: int, C: int) -> None:
+        H = self.n_heads
+        if self._M is None:
+            self.n_features_in = D
+            self._M = np.zeros((H, D, 0))
+            self._A = np.broadcast_to(self.s0 * np.eye(D), (H, D, D)).copy()
+        if self._M.shape[2] < C:
+            grown = np.zeros((H, D, C))
+            grown[:, :, : self._M.shape[2]] = self._M
+            self._M = grown
+
+    def _to_proba(self, mean: np.ndarray, var: np.ndarray, n_known: np.ndarray) -> np.ndarray:
+        """mean [H, n, C], var [H, n] -> per-head probabilities [H, n, C]."""
+        mean = np.clip(mean, -1e6, 1e6)
+        if self.proba == "probit":
+            logits = mean * (2.0 / np.sqrt(np.pi * var))[:, :, None]
+        else:
+            logits = mean
+        return _softmax_masked(logits, n_known)
+
+    # ------------------------------------------------------------------ protocol
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        Phi = self._features(X, learning=False)
+        n = Phi.shape[0]
+        C = len(self._index)
+        if self._M is None or C == 0:
+            return np.zeros((n, C))
+        assert self._A is not None
+        g = self.forgetting_heads_  # [H]
+        q = np.einsum("nd,nd->n", Phi, Phi)
+        mean = g[:, None, None] * (Phi @ self._M[:, :, :C])  # [H, n, C]
+        quad = np.einsum("hnd,nd->hn", Phi @ self._A, Phi)
+        var = (g**2)[:, None] * quad + ((1.0 - g**2) * self.s0)[:, None] * q + self.s2
+        var = np.maximum(var, self.s2)
+        p = self._to_proba(mean, var, np.full(n, C))
+        return np.einsum("h,hnc->nc", self.weights_, p)
+
+    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+        self._learn(X, y, want_proba=False)
+
+    def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = self._learn(X, y, want_proba=True)
+        assert out is not None
+        return out
+
+    def adapt(self, event: DriftEvent) -> None:
+        """Use delta >= adapt_delta for the next ``adapt_samples`` labelled samples."""
+        self.adapt_until = max(self.adapt_until, self.n_seen + self.adapt_samples)
+
+    # ------------------------------------------------------------------ learning
+    def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
+        Phi = self._features(X, learning=True)
+        y = np.asarray(y, dtype=object).reshape(-1)
+        if y.shape[0] != Phi.shape[0]:
+            raise ValueError(f"X has {Phi.shape[0]} rows but y has {y.shape[0]} labels")
+        n0 = len(self._index)
+        idx = self._index.encode(y)
+        n = Phi.shape[0]
+        C = len(self._index)
+        if n == 0:
+            return np.zeros((0, C)) if want_proba else None
+        self._ensure(Phi.shape[1], C)
+        # classes known before each sample (for its prediction) and after it (for its gradient)
+        n_after = np.maximum(np.maximum.accumulate(idx) + 1, n0)
+        n_before = np.concatenate([[n0], n_after[:-1]])
+        Y = np.zeros((n, C))
+        Y[np.arange(n), idx] = 1.0
+        out = np.zeros((n, C)) if want_proba else None
+        start = 0
+        while start < n:
+            stop = min(n, start + self.max_chunk)
+            if self.learn_g:  # delta may change at the next aligned boundary: cut there
+                stop = min(stop, start + self.block_size - self.n_seen % self.block_size)
+            p = self._chunk(Phi[start:stop], Y[start:stop], n_before[start:stop], n_after[start:stop], want_proba)
+            if out is not None and p is not None:
+                out[start:stop] = p
+            start = stop
+        return out
+
+    def _cholesky(self, K: np.ndarray) -> np.ndarray:
+        try:
+            return np.linalg.cholesky(K)
+        except np.linalg.LinAlgError:
+            # Only reachable with extreme inputs: K >= s2 I in exact arithmetic.
+            diag = np.einsum("hii->hi", K)
+            jitter = 1e-10 * np.max(np.abs(diag), axis=1)
+            eye = np.eye(K.shape[1])
+            return np.linalg.cholesky(K + jitter[:, None, None] * eye)
+
+    def _chunk(
+        self, Phi: np.ndarray, Y: np.ndarray, n_before: np.ndarray, n_after: np.ndarray, want_proba: bool
+    ) -> np.ndarray | None:
+        assert self._M is not None and self._A is not None
+        B, D = Phi.shape
+        s0, s2 = self.s0, self.s2
+        t = self.n_seen + np.arange(B)
+        delta = self._delta_at(t)  # [H, B]
+        logg = -0.5 * delta
+        g = np.exp(logg)
+        logG = np.cumsum(logg, axis=1)  # log prod_{k<=j} g_k
+        G = np.exp(logG)
+        logGB = logG[:, -1]
+        GB = G[:, -1]
+
+        q = np.einsum("bd,bd->b", Phi, Phi)
+        GI = Phi @ Phi.T  # [B, B]
+        AP = self._A @ Phi.T  # [H, D, B]
+        GA = Phi @ AP  # [H, B, B]
+        E = np.exp(logG[:, :, None] + logG[:, None, :])  # G_i G_j
+        R = np.exp(-np.abs(logG[:, :, None] - logG[:, None, :]))  # G_max / G_min
+        K = E * GA + s0 * (R - E) * GI
+        K += s2 * np.eye(B)
+        L = self._cholesky(K)
+
+        M = self._M
+        EY = G[:, :, None] * (Phi @ M)  # [H, B, C]
+        r = Y[None, :, :] - EY
+        ratio = np.exp(logGB[:, None] - logG)  # G_B / G_j
+        GBG = GB[:, None] * G  # G_B G_j
+        Ct = GBG[:, :, None] * AP.transpose(0, 2, 1) + (s0 * (ratio - GBG))[:, :, None] * Phi[None]
+        sol = solve_triangular(L, np.concatenate([Ct, r], axis=2), lower=True, check_finite=False)
+        Wt = sol[:, :, :D]
+        z = sol[:, :, D:]
+        dL = np.einsum("hii->hi", L)  # [H, B]
+        innov = dL[:, :, None] * z  # y_j - yhat_j
+        var = dL**2  # one-step predictive variance
+
+        # posterior at the end of the chunk
+        self._M = GB[:, None, None] * M + Wt.transpose(0, 2, 1) @ z
+        A = (GB**2)[:, None, None] * self._A - Wt.transpose(0, 2, 1) @ Wt
+        A[:, np.arange(D), np.arange(D)] += s0 * (1.0 - GB**2)[:, None]
+        self._A = 0.5 * (A + A.transpose(0, 2, 1))
+
+        # prequential probabilities (mixture weights from losses before each sample)
+        sq = np.sum(innov**2, axis=2)  # [H, B]
+        csum = np.cumsum(sq, axis=1)
+        proba = None
+        if want_proba:
+            yhat = Y[None, :, :] - innov
+            p = self._to_proba(yhat, var, n_before)
+            lw = -self.eta * (self._loss[:, None] + csum - sq)  # [H, B]
+            w = np.exp(lw - lw.max(axis=0, keepdims=True))
+            w /= w.sum(axis=0, keepdims=True)
+            proba = np.einsum("hb,hbc->bc", w, p)
+        loss = self._loss + csum[:, -1]
+        self._loss = loss - loss.min()
+
+        # gradient of the one-step log predictive wrt delta (previous posterior fixed)
+        if self.learn_g and self.lr > 0:
+            active = t >= self.adapt_until
+            if np.any(active):
+                C = Y.shape[1]
+                mu = (Y[None] - innov) / g[:, :, None]
+                a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
+                dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
+                col = (np.arange(C)[None, :] < n_after[:, None]).astype(np.float64)  # [B, C]
+                tau = self._tau[:, None, None]
+                term = -0.5 * dS / var
+                per_col = (innov * mu) / (tau * var[:, :, None]) + 0.5 * innov**2 * (dS / var**2)[:, :, None] / tau
+                nk = np.maximum(n_after, 1)[None, :]
+                dll_dg = term + np.sum(per_col * col[None], axis=2) / nk
+                dll_dg = np.where(n_after[None, :] > 0, dll_dg, 0.0)
+                self._grad += np.sum((-0.5 * g * dll_dg) * active[None, :], axis=1)
+                # calibration of the predictive variance: mean over known columns of r^2 / S
+                z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)
+                self._tau_acc += np.sum(np.where(n_after[None, :] > 0, z2, 0.0) * active[None, :], axis=1)
+                self._tau_cnt += float(np.sum(active & (n_after > 0)))
+
+        before = self.n_seen
+        self.n_seen += B
+        bs = self.block_size
+        if self.n_seen // bs != before // bs:  # crossed an aligned boundary
+            if self.learn_g and self.n_seen % bs == 0:
+                self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
+                self._grad = np.zeros_like(self._grad)
+                if self.scale_rate > 0 and self._tau_cnt > 0:
+                    rate = self.scale_rate * self._tau_cnt / bs
+                    self._tau = (1.0 - rate) * self._tau + rate * (self._tau_acc / self._tau_cnt)
+                self._tau_acc = np.zeros_like(self._tau_acc)
+                self._tau_cnt = 0.0
+            self._hist_n.append(self.n_seen)
+            self._hist_g.append(self.forgetting_)
+            if len(self._hist_n) > self.history_size:
+                del self._hist_n[: len(self._hist_n) - self.history_size]
+                del self._hist_g[: len(self._hist_g) - self.history_size]
+        return proba
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> LearnerState:
+        arrays: dict[str, np.ndarray] = {
+            "delta": self._delta.copy(),
+            "grad": self._grad.copy(),
+            "loss": self._loss.copy(),
+            "hist_n": np.array(self._hist_n, dtype=np.int64),
+            "hist_g": np.array(self._hist_g, dtype=np.float64),
+        }
+        if self._M is not None and self._A is not None:
+            arrays["M"] = self._M.copy()
+            arrays["A"] = self._A.copy()
+        meta = {
+            "classes": labels_to_json(self._index.classes),
+            "n_seen": self.n_seen,
+            "adapt_until": self.adapt_until,
+            "n_features_in": self.n_features_in,
+        }
+        return LearnerState("KalmanHead", self._get_params(), arrays, meta)
+
+    @classmethod
+    def from_state(cls, state: LearnerState) -> "KalmanHead":
+        params = dict(state.params)
+        obj = cls(**params)
+        obj._index = ClassIndex(list(state.meta.get("classes", [])))
+        obj.n_seen = int(state.meta.get("n_seen", 0))
+        obj.adapt_until = int(state.meta.get("adapt_until", 0))
+        d = state.meta.get("n_features_in")
+        obj.n_features_in = None if d is None else int(d)
+        obj._delta = np.array(state.arrays["delta"], dtype=np.float64)
+        obj._grad = np.array(state.arrays["grad"], dtype=np.float64)
+        obj._loss = np.array(state.arrays["loss"], dtype=np.float64)
+        obj._hist_n = [int(v) for v in state.arrays.get("hist_n", np.zeros(0, np.int64))]
+        obj._hist_g = [float(v) for v in state.arrays.get("hist_g", np.zeros(0))]
+        if "M" in state.arrays:
+            obj._M = np.array(state.arrays["M"], dtype=np.float64)
+            obj._A = np.array(state.arrays["A"], dtype=np.float64)
+        return obj
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"g": [1.0, 0.99], "lr": 1e-3, "block_size": 8, "adapt_samples": 20, "max_chunk": 16}
+
+
+__all__ = ["KalmanHead"]
