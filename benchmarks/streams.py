@@ -51,6 +51,7 @@ def make_stream(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, l
 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    gen: Any
     if name in ("sea", "agrawal"):
         bounds = _quarters(n)
         parts = []

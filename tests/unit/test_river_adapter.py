@@ -74,7 +74,7 @@ def test_class_order_is_first_appearance_and_proba_columns_match() -> None:
 
 def test_binary_model_and_pipeline_spec() -> None:
     X, y = stream(200, seed=3, labels=(0, 1))
-    spec = [
+    spec: list[dict] = [
         {"model": "river.preprocessing.StandardScaler"},
         {"model": "river.linear_model.LogisticRegression", "params": {"l2": 0.0}},
     ]
