@@ -216,3 +216,16 @@ def json_roundtrip_tree(state: LearnerState) -> LearnerState:
 def test_registry_import_does_not_import_torch() -> None:
     code = "import sys, learners.registry, learners.mkd; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_factory_dotted_path() -> None:
+    # torch.nn.Identity ignores its arguments: the body is the identity, i.e. a softmax regression
+    m = small(model_factory="torch.nn.Identity")
+    X, y = blobs(60, [0, 1, 2], seed=14)
+    feed(m, X, y)
+    assert m._student["head"].in_features == D
+    assert m.predict_proba(X).shape == (60, 3)
+    b = MomentumKD.from_state(json_roundtrip(m.to_state()))
+    np.testing.assert_array_equal(m.predict_proba(X), b.predict_proba(X))
+    with pytest.raises(ValueError, match="model_factory"):
+        small(model_factory="no_such_module.make").learn(X, y)
