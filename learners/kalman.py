@@ -58,11 +58,22 @@ learner's own counter; the gradient accumulates in the state across partial bloc
 one ascent step ``delta += lr * grad`` (projected to [0, delta_max]) is taken at each
 aligned boundary.
 
+Variance calibration (``scale_rate`` > 0): one-hot targets are not Gaussian, so the
+modelled predictive variance S is off by a stream-dependent factor (on elec the squared
+residuals are about half of S). Scaling s0 and s2 together by tau leaves the posterior
+mean unchanged and scales every covariance by tau, so tau is a free noise scale of the
+same model; each sub-head keeps a running estimate tau (mean of r^2 / S over the known
+columns, folded in at each aligned boundary with weight ``scale_rate``) and uses tau * S
+in the delta gradient above (the r terms are divided by tau) and in the probabilities.
+
 Several sub-heads (``g`` a list of initial forgetting factors), each learning its own
-delta as above, are combined by exponential weights on their squared prequential error
-(``weights ∝ exp(-eta * cumulative sum_c r_c^2)``): the Gaussian one-hot likelihood alone
-over-forgets on some streams, the mixture picks per stream. ``forgetting_`` reports the
-weight-averaged g.
+delta by the gradient above, are combined by exponential weights on their squared
+prequential error (``weights ∝ exp(-eta * cumulative sum_c r_c^2)``). The Gaussian
+one-hot likelihood alone ranks forgetting factors badly across streams (on weather it
+asks for g ~ 0.995 although g ~ 1 classifies best; on elec it drifts to g = 1 without
+calibration), so each sub-head's delta is confined to its own band (``delta_bounds``):
+the exponential weights choose the band (the order of magnitude of the forgetting), the
+likelihood gradient chooses g inside it. ``forgetting_`` reports the weight-averaged g.
 
 ``adapt(event)``: for the next ``adapt_samples`` labelled samples every sub-head uses
 delta_eff = max(delta, adapt_delta) (g at most exp(-adapt_delta/2)), so it re-learns
@@ -106,6 +117,28 @@ def _softmax_masked(logits: np.ndarray, n_known: np.ndarray) -> np.ndarray:
     return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
 
 
+def _auto_bounds(delta0: list[float], delta_max: float) -> list[list[float]]:
+    """Bands of delta, one per sub-head, so the sub-heads stay distinct (see ``delta_bounds``).
+
+    One head: [0, delta_max]. Several: sorted by initial delta d_1 <= ... <= d_H, the edge
+    between neighbours is their geometric mean sqrt(d_k d_k+1) (a d = 0 counts as d_2 / 25),
+    the lowest edge is 0 and the highest min(delta_max, 2.5 d_H).
+    """
+    H = len(delta0)
+    if H == 1:
+        return [[0.0, delta_max]]
+    order = sorted(range(H), key=lambda k: delta0[k])
+    d = [delta0[k] for k in order]
+    positive = [v for v in d if v > 0]
+    floor = (min(positive) / 25.0) if positive else 1e-6
+    d = [max(v, floor) for v in d]
+    edges = [0.0] + [math.sqrt(d[k] * d[k + 1]) for k in range(H - 1)] + [max(d[-1], min(delta_max, 2.5 * d[-1]))]
+    bounds: list[list[float]] = [[0.0, 0.0]] * H
+    for rank, k in enumerate(order):
+        bounds[k] = [edges[rank], edges[rank + 1]]
+    return bounds
+
+
 class KalmanHead(Learner):
     """Linear head whose weights are tracked by a Kalman filter with learned forgetting.
 
@@ -115,11 +148,13 @@ class KalmanHead(Learner):
         exponential weights). 1.0 = no forgetting.
     learn_g: learn each sub-head's delta = -2 log g online (else g stays fixed).
     lr: gradient-ascent step on delta per unit of summed per-sample gradient.
-    block_size: delta is constant within aligned blocks of this many labelled samples.
+    block_size: delta and tau are constant within aligned blocks of this many labelled samples.
     delta_max: upper bound of delta (g >= exp(-delta_max / 2)).
+    delta_bounds: one [lo, hi] band for each sub-head's delta, or "auto" (see ``_auto_bounds``).
     s0: prior variance of each weight (and stationary variance of the drift process).
     s2: observation noise variance on the one-hot targets.
     eta: exponential-weights rate of the sub-head mixture (on squared error).
+    scale_rate: how fast the predictive-variance calibration tau follows (0 = tau stays 1).
     proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
     adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
     max_chunk: largest block solved at once (bounds the B^3 term).
@@ -134,10 +169,10 @@ class KalmanHead(Learner):
         self,
         g: float | Sequence[float] = (1.0, 0.9995, 0.998),
         learn_g: bool = True,
-        lr: float = 1e-4,
-        block_size: int = 64,
+        lr: float = 1e-6,
+        block_size: int = 256,
         delta_max: float = 0.2,
-        delta_bounds: Sequence[Sequence[float]] | None = None,
+        delta_bounds: Sequence[Sequence[float]] | str = "auto",
         s0: float = 1.0,
         s2: float = 0.1,
         eta: float = 0.05,
@@ -165,13 +200,17 @@ class KalmanHead(Learner):
         self.lr = float(lr)
         self.block_size = int(block_size)
         self.delta_max = float(delta_max)
-        if delta_bounds is None:
-            bounds = [[0.0, self.delta_max] for _ in g_list]
+        delta0 = [-2.0 * math.log(v) for v in g_list]
+        if isinstance(delta_bounds, str):
+            if delta_bounds != "auto":
+                raise ValueError(f"delta_bounds must be 'auto' or one [lo, hi] per entry of g; got {delta_bounds!r}")
+            bounds = _auto_bounds(delta0, self.delta_max)
+            self.delta_bounds: Any = "auto"
         else:
             bounds = [[float(lo), float(hi)] for lo, hi in delta_bounds]
             if len(bounds) != len(g_list) or any(not (0.0 <= lo <= hi) for lo, hi in bounds):
                 raise ValueError("delta_bounds must give one [lo, hi] with 0 <= lo <= hi per entry of g")
-        self.delta_bounds = None if delta_bounds is None else bounds
+            self.delta_bounds = bounds
         self._lo = np.array([b[0] for b in bounds])
         self._hi = np.array([b[1] for b in bounds])
         self.s0 = float(s0)
@@ -190,7 +229,7 @@ class KalmanHead(Learner):
         self.n_seen = 0  # labelled samples learned
         self.adapt_until = 0  # adapt window: samples with counter < adapt_until
         H = len(g_list)
-        self._delta = np.array([-2.0 * math.log(v) for v in g_list], dtype=np.float64)
+        self._delta = np.array(delta0, dtype=np.float64)
         self._delta = np.clip(self._delta, self._lo, self._hi)
         self._grad = np.zeros(H)
         self._tau = np.ones(H)  # calibration scale of the predictive variance (learned)
@@ -246,6 +285,17 @@ class KalmanHead(Learner):
         """Mixture-weighted posterior mean [D, C] (None before learning)."""
         return None if self._M is None else np.einsum("h,hdc->dc", self.weights_, self._M)
 
+    def posterior(self, head: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(M [D, C], A [D, D]) of one sub-head, columns in ``classes_`` order (copies)."""
+        if self._M is None or self._A is None:
+            raise RuntimeError("no posterior yet: learn at least one sample first")
+        return self._M[head].copy(), self._A[head].copy()
+
+    @property
+    def noise_scale_(self) -> np.ndarray:
+        """Learned calibration factor of each sub-head's predictive variance [H] (1 = as modelled)."""
+        return self._tau.copy()
+
     # ------------------------------------------------------------------ helpers
     def _features(self, X: Any, learning: bool) -> np.ndarray:
         Phi = check_X(X, self.n_features_in)
@@ -288,7 +338,7 @@ class KalmanHead(Learner):
         mean = g[:, None, None] * (Phi @ self._M[:, :, :C])  # [H, n, C]
         quad = np.einsum("hnd,nd->hn", Phi @ self._A, Phi)
         var = (g**2)[:, None] * quad + ((1.0 - g**2) * self.s0)[:, None] * q + self.s2
-        var = np.maximum(var, self.s2)
+        var = self._tau[:, None] * np.maximum(var, self.s2)
         p = self._to_proba(mean, var, np.full(n, C))
         return np.einsum("h,hnc->nc", self.weights_, p)
 
@@ -326,7 +376,7 @@ class KalmanHead(Learner):
         start = 0
         while start < n:
             stop = min(n, start + self.max_chunk)
-            if self.learn_g:  # delta may change at the next aligned boundary: cut there
+            if self.learn_g or self.scale_rate > 0:  # delta / tau change at aligned boundaries: cut there
                 stop = min(stop, start + self.block_size - self.n_seen % self.block_size)
             p = self._chunk(Phi[start:stop], Y[start:stop], n_before[start:stop], n_after[start:stop], want_proba)
             if out is not None and p is not None:
@@ -394,7 +444,7 @@ class KalmanHead(Learner):
         proba = None
         if want_proba:
             yhat = Y[None, :, :] - innov
-            p = self._to_proba(yhat, var, n_before)
+            p = self._to_proba(yhat, self._tau[:, None] * var, n_before)
             lw = -self.eta * (self._loss[:, None] + csum - sq)  # [H, B]
             w = np.exp(lw - lw.max(axis=0, keepdims=True))
             w /= w.sum(axis=0, keepdims=True)
@@ -402,39 +452,40 @@ class KalmanHead(Learner):
         loss = self._loss + csum[:, -1]
         self._loss = loss - loss.min()
 
-        # gradient of the one-step log predictive wrt delta (previous posterior fixed)
+        # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the
+        # running calibration tau of the predictive variance (mean over known columns of r^2 / S)
+        C = Y.shape[1]
+        known = n_after > 0
+        nk = np.maximum(n_after, 1)[None, :]
+        col = (np.arange(C)[None, :] < n_after[:, None]).astype(np.float64)  # [B, C]
+        if self.scale_rate > 0:
+            z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)  # [H, B]
+            self._tau_acc += np.sum(z2 * known[None, :], axis=1)
+            self._tau_cnt += float(np.sum(known))
         if self.learn_g and self.lr > 0:
-            active = t >= self.adapt_until
+            active = (t >= self.adapt_until) & known
             if np.any(active):
-                C = Y.shape[1]
                 mu = (Y[None] - innov) / g[:, :, None]
                 a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
                 dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
-                col = (np.arange(C)[None, :] < n_after[:, None]).astype(np.float64)  # [B, C]
                 tau = self._tau[:, None, None]
-                term = -0.5 * dS / var
                 per_col = (innov * mu) / (tau * var[:, :, None]) + 0.5 * innov**2 * (dS / var**2)[:, :, None] / tau
-                nk = np.maximum(n_after, 1)[None, :]
-                dll_dg = term + np.sum(per_col * col[None], axis=2) / nk
-                dll_dg = np.where(n_after[None, :] > 0, dll_dg, 0.0)
+                dll_dg = -0.5 * dS / var + np.sum(per_col * col[None], axis=2) / nk
                 self._grad += np.sum((-0.5 * g * dll_dg) * active[None, :], axis=1)
-                # calibration of the predictive variance: mean over known columns of r^2 / S
-                z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)
-                self._tau_acc += np.sum(np.where(n_after[None, :] > 0, z2, 0.0) * active[None, :], axis=1)
-                self._tau_cnt += float(np.sum(active & (n_after > 0)))
 
         before = self.n_seen
         self.n_seen += B
         bs = self.block_size
         if self.n_seen // bs != before // bs:  # crossed an aligned boundary
-            if self.learn_g and self.n_seen % bs == 0:
-                self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
-                self._grad = np.zeros_like(self._grad)
+            if self.n_seen % bs == 0:  # always true when chunks are cut at boundaries
+                if self.learn_g:
+                    self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
+                    self._grad = np.zeros_like(self._grad)
                 if self.scale_rate > 0 and self._tau_cnt > 0:
-                    rate = self.scale_rate * self._tau_cnt / bs
+                    rate = min(1.0, self.scale_rate * self._tau_cnt / bs)
                     self._tau = (1.0 - rate) * self._tau + rate * (self._tau_acc / self._tau_cnt)
-                self._tau_acc = np.zeros_like(self._tau_acc)
-                self._tau_cnt = 0.0
+                    self._tau_acc = np.zeros_like(self._tau_acc)
+                    self._tau_cnt = 0.0
             self._hist_n.append(self.n_seen)
             self._hist_g.append(self.forgetting_)
             if len(self._hist_n) > self.history_size:
@@ -448,6 +499,9 @@ class KalmanHead(Learner):
             "delta": self._delta.copy(),
             "grad": self._grad.copy(),
             "loss": self._loss.copy(),
+            "tau": self._tau.copy(),
+            "tau_acc": self._tau_acc.copy(),
+            "tau_cnt": np.array([self._tau_cnt]),
             "hist_n": np.array(self._hist_n, dtype=np.int64),
             "hist_g": np.array(self._hist_g, dtype=np.float64),
         }
@@ -474,6 +528,9 @@ class KalmanHead(Learner):
         obj._delta = np.array(state.arrays["delta"], dtype=np.float64)
         obj._grad = np.array(state.arrays["grad"], dtype=np.float64)
         obj._loss = np.array(state.arrays["loss"], dtype=np.float64)
+        obj._tau = np.array(state.arrays["tau"], dtype=np.float64)
+        obj._tau_acc = np.array(state.arrays["tau_acc"], dtype=np.float64)
+        obj._tau_cnt = float(state.arrays["tau_cnt"][0])
         obj._hist_n = [int(v) for v in state.arrays.get("hist_n", np.zeros(0, np.int64))]
         obj._hist_g = [float(v) for v in state.arrays.get("hist_g", np.zeros(0))]
         if "M" in state.arrays:
