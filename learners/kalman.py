@@ -94,7 +94,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dtrtrs
 
 from learners.base import ClassIndex, DriftEvent, Label, Learner, LearnerState, check_X, labels_to_json
 
@@ -413,10 +413,12 @@ class KalmanHead(Learner):
         GI = Phi @ Phi.T  # [B, B]
         AP = self._A @ Phi.T  # [H, D, B]
         GA = Phi @ AP  # [H, B, B]
-        E = np.exp(logG[:, :, None] + logG[:, None, :])  # G_i G_j
-        R = np.exp(-np.abs(logG[:, :, None] - logG[:, None, :]))  # G_max / G_min
-        K = E * GA + s0 * (R - E) * GI
-        K += s2 * np.eye(B)
+        E = G[:, :, None] * G[:, None, :]  # G_i G_j
+        R = np.exp(-np.abs(logG[:, :, None] - logG[:, None, :]))  # G_max(i,j) / G_min(i,j)
+        K = E * GA
+        K += s0 * (R - E) * GI
+        diag = np.arange(B)
+        K[:, diag, diag] += s2
         L = self._cholesky(K)
 
         M = self._M
@@ -425,7 +427,13 @@ class KalmanHead(Learner):
         ratio = np.exp(logGB[:, None] - logG)  # G_B / G_j
         GBG = GB[:, None] * G  # G_B G_j
         Ct = GBG[:, :, None] * AP.transpose(0, 2, 1) + (s0 * (ratio - GBG))[:, :, None] * Phi[None]
-        sol = solve_triangular(L, np.concatenate([Ct, r], axis=2), lower=True, check_finite=False)
+        sol = np.concatenate([Ct, r], axis=2)  # [H, B, D + C], solved in place per sub-head
+        for h in range(L.shape[0]):
+            # L[h].T is L[h] in Fortran order: solve (L^T)^T x = L x = rhs with LAPACK trtrs
+            x, info = dtrtrs(L[h].T, sol[h], lower=0, trans=1)
+            if info != 0:
+                raise np.linalg.LinAlgError(f"triangular solve failed (info={info})")
+            sol[h] = x
         Wt = sol[:, :, :D]
         z = sol[:, :, D:]
         dL = np.einsum("hii->hi", L)  # [H, B]
