@@ -177,6 +177,26 @@ def _build_mlp(n_features: int, hidden: tuple[int, ...], activation: str, batchn
     return nn.Sequential(*layers) if layers else nn.Identity()
 
 
+_FACTORY_MARK = "__ocld_body_factory__"
+
+
+def body_factory(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+    """Mark ``fn(n_features) -> torch.nn.Module`` as usable as ``MomentumKD(model_factory=...)``.
+
+    Only marked callables are accepted, so a config or snapshot naming some other callable
+    (``os._exit``, say) is refused instead of called. Importing the named module still runs
+    its top-level code: name only modules you trust.
+    """
+    setattr(fn, _FACTORY_MARK, True)
+    return fn
+
+
+@body_factory
+def identity_body(n_features: int) -> Any:
+    """No hidden layer: MomentumKD over a linear softmax head (``learners.mkd.identity_body``)."""
+    return _torch().nn.Identity()
+
+
 def _import_factory(path: str) -> Callable[[int], Any]:
     module, sep, name = path.replace(":", ".").rpartition(".")
     if not sep or not module:
@@ -185,8 +205,10 @@ def _import_factory(path: str) -> Callable[[int], Any]:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot import model_factory {path!r}: {exc}") from None
-    if not callable(obj):
-        raise ValueError(f"model_factory {path!r} is not callable")
+    if not callable(obj) or not getattr(obj, _FACTORY_MARK, False):
+        raise ValueError(
+            f"model_factory {path!r} is not a body factory; decorate it with @learners.mkd.body_factory"
+        )
     return obj  # type: ignore[no-any-return]
 
 
@@ -200,9 +222,9 @@ class MomentumKD(Learner):
         ``hidden``. Ignored when ``model_factory`` is given.
     model_factory:
         dotted import path of a callable ``f(n_features: int) -> torch.nn.Module`` returning the
-        *body* (any feature extractor, output shape [n, k]); the growing linear head is added by
-        this class. The path is imported when the learner is built or restored, so only name
-        code you trust.
+        *body* (any feature extractor, output shape [n, k]), decorated with
+        :func:`body_factory`; the growing linear head is added by this class. The module is
+        imported when the learner is built or restored, so only name code you trust.
     mkd:
         False gives plain experience replay (no teacher, predictions from the student).
     tau, kd_lambda, alpha:

@@ -219,8 +219,7 @@ def test_registry_import_does_not_import_torch() -> None:
 
 
 def test_model_factory_dotted_path() -> None:
-    # torch.nn.Identity ignores its arguments: the body is the identity, i.e. a softmax regression
-    m = small(model_factory="torch.nn.Identity")
+    m = small(model_factory="learners.mkd.identity_body")  # softmax regression
     X, y = blobs(60, [0, 1, 2], seed=14)
     feed(m, X, y)
     assert m._student["head"].in_features == D
@@ -229,3 +228,5 @@ def test_model_factory_dotted_path() -> None:
     np.testing.assert_array_equal(m.predict_proba(X), b.predict_proba(X))
     with pytest.raises(ValueError, match="model_factory"):
         small(model_factory="no_such_module.make").learn(X, y)
+    with pytest.raises(ValueError, match="body_factory"):  # not marked: refused, never called
+        small(model_factory="os._exit").learn(X, y)
