@@ -18,7 +18,6 @@ import numpy as np
 from learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
 
 
-
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finalizer on uint64 arrays (wraps mod 2^64 by design)."""
     with np.errstate(over="ignore"):
@@ -174,7 +173,7 @@ class Reservoir(Component):
             self._y[: self.size] = np.asarray(state.arrays["y"], dtype=np.int64)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "Reservoir":
+    def from_state(cls, state: LearnerState) -> Reservoir:
         obj = cls(**state.params)
         obj._restore(state)
         return obj
@@ -242,7 +241,7 @@ class ClassBalancedReservoir(Reservoir):
         return arrays
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "ClassBalancedReservoir":
+    def from_state(cls, state: LearnerState) -> ClassBalancedReservoir:
         obj = cls(**state.params)
         obj._restore(state)
         obj._grow()
@@ -252,4 +251,4 @@ class ClassBalancedReservoir(Reservoir):
         return obj
 
 
-__all__ = ["Reservoir", "ClassBalancedReservoir"]
+__all__ = ["ClassBalancedReservoir", "Reservoir"]

@@ -101,7 +101,7 @@ class ClassStats(Component):
         self.m2 = self.m2 + m2_b + delta * delta * (n_a * n_b / safe_n)[:, None]
         self.count = n
 
-    def merge(self, other: "ClassStats") -> None:
+    def merge(self, other: ClassStats) -> None:
         """Add another ClassStats (e.g. from another shard); classes are aligned by label."""
         if not isinstance(other, ClassStats):
             raise TypeError(f"can only merge a ClassStats, got {type(other).__name__}")
@@ -127,12 +127,16 @@ class ClassStats(Component):
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> LearnerState:
-        arrays = {} if self.n_features_in is None else {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
+        arrays = (
+            {}
+            if self.n_features_in is None
+            else {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
+        )
         meta = {"classes": labels_to_json(self.classes), "n_features_in": self.n_features_in}
         return LearnerState("ClassStats", self._get_params(), arrays, meta)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "ClassStats":
+    def from_state(cls, state: LearnerState) -> ClassStats:
         obj = cls(**state.params)
         obj._index = ClassIndex(list(state.meta.get("classes", [])))
         d = state.meta.get("n_features_in")

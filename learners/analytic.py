@@ -37,6 +37,7 @@ date with real data by the same Woodbury step. The real statistics stay exact.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -142,7 +143,6 @@ class AnalyticRidge(Learner):
             RandomReLU(n_components=int(expansion_size), scale=expansion_scale, seed=seed) if expansion_size else None
         )
         self.n_seen = 0  # samples learned (int; counts below may be discounted floats)
-        self._since_solve = 0  # samples since R was last re-solved exactly
         self._n_refresh = 0  # pseudo-sample draws so far (seeds the next draw)
         self._gram = np.zeros((0, 0))  # G = sum H^T H (minus rows still pending)
         self._pending: list[np.ndarray] = []  # rows of H not yet added to G
@@ -260,7 +260,6 @@ class AnalyticRidge(Learner):
         D = self._gram.shape[0]
         A = self._gram + self.gamma * np.eye(D)
         self._R, self._W = self._inverse_and_solve(A, self._cross)
-        self._since_solve = 0
         if with_compensation and self._pseudo_gram is not None and self._pseudo_cross is not None:
             self._Rc, self._Wc = self._inverse_and_solve(A + self._pseudo_gram, self._cross + self._pseudo_cross)
 
@@ -299,8 +298,11 @@ class AnalyticRidge(Learner):
         W += V.T @ Z
         return prior
 
-    def _absorb(self, H: np.ndarray, Y: np.ndarray, want_prior: bool) -> np.ndarray | None:
-        """Learn one segment (no refresh point inside). Returns the serving head's a-priori outputs."""
+    def _absorb(self, H: np.ndarray, Y: np.ndarray, want_prior: bool) -> tuple[np.ndarray | None, bool]:
+        """Learn one segment (no refresh point inside).
+
+        Returns (the serving head's a-priori outputs if ``want_prior``, whether R was re-solved).
+        """
         b, D = H.shape
         self._cross += H.T @ Y
         comp = self._Rc is not None and self._Wc is not None
@@ -309,22 +311,21 @@ class AnalyticRidge(Learner):
             self._flush()
             self._gram += H.T @ H
             self._resolve()
-            return None
+            return None, True
         self._pending.append(H)
         self._n_pending += b
         if self._n_pending >= _GRAM_FLUSH_ROWS:
             self._flush()
-        self._since_solve += b
-        priors = []
+        priors: list[np.ndarray] = []
         chunk = _PREQ_CHUNK if want_prior else b
         for a in range(0, b, chunk):
             Hs, Ys = H[a : a + chunk], Y[a : a + chunk]
             p = self._woodbury(self._R, self._W, Hs, Ys, want_prior and not comp)
             if comp:
                 p = self._woodbury(self._Rc, self._Wc, Hs, Ys, want_prior)  # type: ignore[arg-type]
-            if want_prior:
+            if want_prior and p is not None:
                 priors.append(p)
-        return np.vstack(priors) if want_prior else None
+        return (np.vstack(priors) if want_prior else None), False
 
     # ------------------------------------------------------------------ imbalance
     def _refresh_compensation(self) -> None:
@@ -341,7 +342,7 @@ class AnalyticRidge(Learner):
         owed = stats.count.max() - stats.count
         std = np.sqrt(stats.var())
         for row, label in enumerate(stats.classes):
-            n_draw = min(int(round(owed[row])), int(self.max_pseudo_per_class))
+            n_draw = min(int(np.rint(owed[row])), int(self.max_pseudo_per_class))
             if n_draw < 1 or stats.count[row] <= 0:
                 continue
             Xp = stats.mean[row] + std[row] * rng.standard_normal((n_draw, stats.mean.shape[1]))
@@ -393,22 +394,26 @@ class AnalyticRidge(Learner):
             start = self.n_seen
             cuts = list(range(step - start % step, n + 1, step))
             cuts += [int(r) + 1 for r in first_row[n_known:]]
-            cuts = sorted(set(c for c in cuts if 0 < c <= n))
+            cuts = sorted({c for c in cuts if 0 < c <= n})
         bounds = [0] + cuts + ([n] if not cuts or cuts[-1] != n else [])
         outputs = np.zeros((n, C)) if want_prior else None
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             if self._class_stats is not None:
                 self._class_stats.update(X[a:b], y[a:b])
-            prior = self._absorb(H[a:b], Y[a:b], want_prior)
+            prior, solved = self._absorb(H[a:b], Y[a:b], want_prior)
             if outputs is not None and prior is not None:
                 outputs[a:b] = prior
             np.add.at(self._counts, idx[a:b], 1.0)
             self.n_seen += b - a
             if b in cuts:
-                if self._since_solve >= int(self.refresh_every):
+                if self.n_seen % int(self.refresh_every) == 0 and not solved:
                     self._resolve(with_compensation=False)
                 self._refresh_compensation()
-        if not self.compensate_imbalance and self._since_solve >= int(self.refresh_every):
+        # Exact re-solve whenever the count passes a multiple of refresh_every (a function of
+        # the stream position only, so the state does not depend on the batch cut).
+        step = int(self.refresh_every)
+        crossed = (self.n_seen - n) // step != self.n_seen // step
+        if not self.compensate_imbalance and crossed and not solved:
             self._resolve()
         if outputs is None:
             return None
@@ -462,9 +467,11 @@ class AnalyticRidge(Learner):
             if (mine or 0) != (theirs or 0):
                 raise ValueError(f"cannot merge: {key} differs ({mine!r} here, {theirs!r} in the other model)")
         if self.n_features_in is not None and n_features_in is not None and n_features_in != self.n_features_in:
-            raise ValueError(f"cannot merge: {n_features_in} input features in the other model, {self.n_features_in} here")
+            raise ValueError(
+                f"cannot merge: {n_features_in} input features in the other model, {self.n_features_in} here"
+            )
 
-    def merge(self, other: "AnalyticRidge") -> None:
+    def merge(self, other: AnalyticRidge) -> None:
         """Add another worker's statistics (disjoint data) and re-solve: the joint model of both.
 
         Columns are aligned by label, so the workers may have met the classes in any order.
@@ -484,7 +491,11 @@ class AnalyticRidge(Learner):
         gram = np.asarray(stats["gram"], dtype=np.float64)
         if gram.shape != self._gram.shape:
             raise ValueError(f"cannot merge: Gram matrix of shape {gram.shape}, expected {self._gram.shape}")
-        cols = self._index.encode(np.asarray(list(stats["classes"]), dtype=object)) if stats["classes"] else np.zeros(0, np.int64)
+        cols = (
+            self._index.encode(np.asarray(list(stats["classes"]), dtype=object))
+            if stats["classes"]
+            else np.zeros(0, np.int64)
+        )
         self._grow_classes()
         self._gram += gram
         self._cross[:, cols] += np.asarray(stats["cross"], dtype=np.float64)
@@ -508,7 +519,7 @@ class AnalyticRidge(Learner):
         class_stats: ClassStats | None = None,
         n_seen: int = 0,
         **params: Any,
-    ) -> "AnalyticRidge":
+    ) -> AnalyticRidge:
         """A learner whose head is the ridge solution of the given sufficient statistics.
 
         To assemble k workers, sum their ``sufficient_statistics()`` (or call :meth:`merge`
@@ -549,18 +560,16 @@ class AnalyticRidge(Learner):
             "classes": labels_to_json(self.classes_),
             "n_features_in": self.n_features_in,
             "n_seen": self.n_seen,
-            "since_solve": self._since_solve,
             "n_refresh": self._n_refresh,
         }
         children = {} if self._class_stats is None else {"class_stats": self._class_stats.to_state()}
         return LearnerState("AnalyticRidge", self._get_params(), arrays, meta, children)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "AnalyticRidge":
+    def from_state(cls, state: LearnerState) -> AnalyticRidge:
         obj = cls(**state.params)
         obj._index = ClassIndex(list(state.meta.get("classes", [])))
         obj.n_seen = int(state.meta.get("n_seen", 0))
-        obj._since_solve = int(state.meta.get("since_solve", 0))
         obj._n_refresh = int(state.meta.get("n_refresh", 0))
         d = state.meta.get("n_features_in")
         if d is not None:

@@ -28,7 +28,9 @@ def make_stream(n: int = 300, d: int = 5, seed: int = 0, labels=("a", "b", "c", 
     return X, y
 
 
-def batch_ridge(X: np.ndarray, y: np.ndarray, classes: list, gamma: float = 1.0, size: int | None = D, seed: int = 0) -> np.ndarray:
+def batch_ridge(
+    X: np.ndarray, y: np.ndarray, classes: list, gamma: float = 1.0, size: int | None = D, seed: int = 0
+) -> np.ndarray:
     """Independent reference: expand with a fresh RandomReLU, one-hot in ``classes`` order, solve."""
     H = RandomReLU(n_components=size, seed=seed).transform(X) if size else X
     Y = np.zeros((len(y), len(classes)))
@@ -167,7 +169,9 @@ def test_state_round_trip_continues_identically():
         model = AnalyticRidge(**params)
         learn_in_batches(model, X[:120], y[:120], [7, 1])
         state = model.to_state()
-        json.dumps({"params": state.params, "meta": state.meta, "children": {k: v.meta for k, v in state.children.items()}})
+        json.dumps(
+            {"params": state.params, "meta": state.meta, "children": {k: v.meta for k, v in state.children.items()}}
+        )
         copy = learner_from_state(state)
         for m in (model, copy):
             learn_in_batches(m, X[120:], y[120:], [5, 30])
@@ -239,3 +243,18 @@ def test_registry_pipeline_and_labels():
     model.learn(X, yi)
     assert set(model.predict(X)) <= {0, 1, 3, 7}
     assert model.predict_proba(X).shape == (60, 4)
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_state_does_not_depend_on_the_batch_cut(compensate):
+    X, y = make_stream(n=260)
+    states = []
+    for sizes in ([1], [7], [D + 30], [260]):
+        model = AnalyticRidge(expansion_size=D, refresh_every=50, compensate_imbalance=compensate)
+        learn_in_batches(model, X, y, sizes)
+        states.append(model.to_state())
+    for state in states[1:]:
+        assert state.meta == states[0].meta
+        assert state.arrays.keys() == states[0].arrays.keys()
+        for key, value in state.arrays.items():
+            np.testing.assert_allclose(value, states[0].arrays[key], rtol=1e-9, atol=1e-9 * np.abs(value).max())

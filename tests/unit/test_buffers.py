@@ -96,8 +96,8 @@ def test_reservoir_is_batch_invariant_bounded_and_round_trips():
     _json_ok(state)
     c = component_from_state(state)
     assert isinstance(c, Reservoir)
-    Xs1, ys1 = a.sample(10)
-    Xs2, ys2 = c.sample(10)
+    Xs1, _ys1 = a.sample(10)
+    Xs2, _ys2 = c.sample(10)
     np.testing.assert_array_equal(Xs1, Xs2)
     assert len(Xs1) == 10 and len(set(map(tuple, Xs1))) == 10  # without replacement
     a.add(X[:50], y[:50])
