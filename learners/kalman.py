@@ -155,6 +155,7 @@ class KalmanHead(Learner):
     s2: observation noise variance on the one-hot targets.
     eta: exponential-weights rate of the sub-head mixture (on squared error).
     scale_rate: how fast the predictive-variance calibration tau follows (0 = tau stays 1).
+    max_log_weight_gap: a sub-head's log-weight never falls more than this below the best one's.
     proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
     adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
     max_chunk: largest block solved at once (bounds the B^3 term).
@@ -177,6 +178,7 @@ class KalmanHead(Learner):
         s2: float = 0.1,
         eta: float = 0.05,
         scale_rate: float = 0.1,
+        max_log_weight_gap: float = 10.0,
         proba: str = "probit",
         adapt_delta: float = 0.02,
         adapt_samples: int = 500,
@@ -217,6 +219,7 @@ class KalmanHead(Learner):
         self.s2 = float(s2)
         self.eta = float(eta)
         self.scale_rate = float(scale_rate)
+        self.max_log_weight_gap = float(max_log_weight_gap)
         self.proba = proba
         self.adapt_delta = float(adapt_delta)
         self.adapt_samples = int(adapt_samples)
@@ -376,8 +379,8 @@ class KalmanHead(Learner):
         start = 0
         while start < n:
             stop = min(n, start + self.max_chunk)
-            if self.learn_g or self.scale_rate > 0:  # delta / tau change at aligned boundaries: cut there
-                stop = min(stop, start + self.block_size - self.n_seen % self.block_size)
+            # delta, tau and the history change at aligned boundaries: never solve across one
+            stop = min(stop, start + self.block_size - self.n_seen % self.block_size)
             p = self._chunk(Phi[start:stop], Y[start:stop], n_before[start:stop], n_after[start:stop], want_proba)
             if out is not None and p is not None:
                 out[start:stop] = p
@@ -458,7 +461,9 @@ class KalmanHead(Learner):
             w /= w.sum(axis=0, keepdims=True)
             proba = np.einsum("hb,hbc->bc", w, p)
         loss = self._loss + csum[:, -1]
-        self._loss = loss - loss.min()
+        # a lagging sub-head keeps weight >= exp(-max_log_weight_gap) of the leader's, so a
+        # long-running daemon can still switch heads when the stream changes character
+        self._loss = np.minimum(loss - loss.min(), self.max_log_weight_gap / max(self.eta, 1e-300))
 
         # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the
         # running calibration tau of the predictive variance (mean over known columns of r^2 / S)
@@ -481,19 +486,17 @@ class KalmanHead(Learner):
                 dll_dg = -0.5 * dS / var + np.sum(per_col * col[None], axis=2) / nk
                 self._grad += np.sum((-0.5 * g * dll_dg) * active[None, :], axis=1)
 
-        before = self.n_seen
         self.n_seen += B
         bs = self.block_size
-        if self.n_seen // bs != before // bs:  # crossed an aligned boundary
-            if self.n_seen % bs == 0:  # always true when chunks are cut at boundaries
-                if self.learn_g:
-                    self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
-                    self._grad = np.zeros_like(self._grad)
-                if self.scale_rate > 0 and self._tau_cnt > 0:
-                    rate = min(1.0, self.scale_rate * self._tau_cnt / bs)
-                    self._tau = (1.0 - rate) * self._tau + rate * (self._tau_acc / self._tau_cnt)
-                    self._tau_acc = np.zeros_like(self._tau_acc)
-                    self._tau_cnt = 0.0
+        if self.n_seen % bs == 0:  # reached an aligned boundary (chunks never cross one)
+            if self.learn_g:
+                self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
+                self._grad = np.zeros_like(self._grad)
+            if self.scale_rate > 0 and self._tau_cnt > 0:
+                rate = min(1.0, self.scale_rate * self._tau_cnt / bs)
+                self._tau = (1.0 - rate) * self._tau + rate * (self._tau_acc / self._tau_cnt)
+                self._tau_acc = np.zeros_like(self._tau_acc)
+                self._tau_cnt = 0.0
             self._hist_n.append(self.n_seen)
             self._hist_g.append(self.forgetting_)
             if len(self._hist_n) > self.history_size:

@@ -136,6 +136,10 @@ def test_learn_predict_is_exact_prequential_and_cut_invariant(size):
         np.testing.assert_allclose(head.posterior(k)[1], ref.posterior(k)[1], rtol=0, atol=1e-9)
     np.testing.assert_allclose(head.forgetting_heads_, ref.forgetting_heads_, rtol=0, atol=1e-12)
     assert head.forgetting_heads_[1] != 0.98  # delta did move
+    np.testing.assert_allclose(head.noise_scale_, ref.noise_scale_, rtol=1e-10)
+    assert not np.allclose(head.noise_scale_, 1.0)  # tau did move
+    for got, want in zip(head.forgetting_history_, ref.forgetting_history_):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
 def _class_stream(n: int, jump_every: int | None, seed: int = 0, D: int = 8, C: int = 3):
