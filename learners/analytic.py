@@ -68,6 +68,15 @@ _GRAM_FLUSH_ROWS = 256
 _PREQ_CHUNK = 128
 
 
+def _clip_finite(a: np.ndarray, bound: float) -> np.ndarray:
+    """In place: NaN -> 0, everything else clipped to [-bound, bound] (inf included). Returns ``a``."""
+    np.minimum(a, bound, out=a)
+    np.maximum(a, -bound, out=a)
+    if np.isnan(a.sum()):
+        a[np.isnan(a)] = 0.0
+    return a
+
+
 class AnalyticRidge(Learner):
     """Random ReLU expansion + recursive ridge regression equal to the joint batch solution.
 
@@ -223,12 +232,8 @@ class AnalyticRidge(Learner):
 
     def _expand(self, X: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
-            if self._expansion is None:
-                H = X.copy()
-            else:
-                H = self._expansion.transform(X)
-            np.nan_to_num(H, copy=False, nan=0.0, posinf=_MAX_FEATURE, neginf=-_MAX_FEATURE)
-            np.clip(H, -_MAX_FEATURE, _MAX_FEATURE, out=H)
+            H = X.copy() if self._expansion is None else self._expansion.transform(X)
+            _clip_finite(H, _MAX_FEATURE)
         return H
 
     def _flush(self) -> None:
@@ -422,15 +427,16 @@ class AnalyticRidge(Learner):
 
     # ------------------------------------------------------------------ prediction
     def _softmax(self, logits: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-        z = np.nan_to_num(logits, nan=0.0, posinf=_MAX_LOGIT, neginf=-_MAX_LOGIT)
-        z = np.clip(z, -_MAX_LOGIT, _MAX_LOGIT) / float(self.temperature)
+        z = _clip_finite(np.array(logits, dtype=np.float64), _MAX_LOGIT)
+        z /= float(self.temperature)
         if known is not None:
             z = np.where(known, z, -np.inf)
         m = np.max(z, axis=1, keepdims=True) if z.shape[1] else np.zeros((z.shape[0], 1))
-        m = np.where(np.isfinite(m), m, 0.0)
+        m[~np.isfinite(m)] = 0.0
         e = np.exp(z - m)
         s = e.sum(axis=1, keepdims=True)
-        return e / np.where(s > 0, s, 1.0)
+        s[s <= 0] = 1.0
+        return e / s
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Ridge outputs H W [n, C] of the serving head (compensated when enabled)."""
