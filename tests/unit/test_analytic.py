@@ -120,16 +120,17 @@ def test_merge_refuses_incompatible_models():
         a.merge(b)
 
 
-def test_exact_prequential_is_independent_of_the_batch_cut():
+@pytest.mark.parametrize("params", [{}, {"compensate_imbalance": True, "refresh_every": 30}])
+def test_exact_prequential_is_independent_of_the_batch_cut(params):
     X, y = make_stream(n=200)
-    reference = AnalyticRidge(expansion_size=D)
+    reference = AnalyticRidge(expansion_size=D, **params)
     rows = []
     for i in range(len(y)):  # predict each sample with the model that has learned all before it
         p = reference.predict_proba(X[i : i + 1])
         reference.learn(X[i : i + 1], y[i : i + 1])
         rows.append(p)
     for size in (1, 7, D + 5, 200):
-        model = AnalyticRidge(expansion_size=D)
+        model = AnalyticRidge(expansion_size=D, **params)
         for a in range(0, len(y), size):
             P = model.learn_predict(X[a : a + size], y[a : a + size])
             for j in range(P.shape[0]):
