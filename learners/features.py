@@ -34,14 +34,17 @@ class Standardizer(FeatureMap):
         self.mean = np.zeros(d)
         self.m2 = np.zeros(d)
 
-    def _scale(self, centred: np.ndarray, m2: np.ndarray, n: np.ndarray | float) -> np.ndarray:
+    def _scale(self, centred: np.ndarray, m2: np.ndarray, n: np.ndarray | float, mean: np.ndarray) -> np.ndarray:
         if not self.with_std:
             out = centred
         else:
             var = m2 / np.maximum(n, 1.0)
             std = np.sqrt(np.maximum(var, 0.0))
+            # A spread below rounding level of the mean is "constant": map to 0, so that
+            # rounding noise is never blown up (and batch cuts cannot change the result).
+            ok = std > 1e-12 + 1e-7 * np.abs(mean)
             with np.errstate(divide="ignore", invalid="ignore"):
-                out = np.where(std > 1e-12, centred / np.where(std > 1e-12, std, 1.0), 0.0)
+                out = np.where(ok, centred / np.where(ok, std, 1.0), 0.0)
         if self.clip is not None:
             out = np.clip(out, -self.clip, self.clip)
         return out
@@ -51,7 +54,7 @@ class Standardizer(FeatureMap):
         if self.mean is None:
             self._init(X.shape[1])
         assert self.mean is not None and self.m2 is not None
-        return self._scale(X - self.mean, self.m2, self.n)
+        return self._scale(X - self.mean, self.m2, self.n, self.mean)
 
     def learn_transform(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
@@ -60,14 +63,18 @@ class Standardizer(FeatureMap):
         assert self.mean is not None and self.m2 is not None
         if X.shape[0] == 0:
             return X.copy()
-        # Shift by the old mean so the prefix sums stay small (numerically stable).
-        d = X - self.mean
+        # Shift by the old mean (or, on the very first rows, by the first row) so the prefix
+        # sums stay small and a constant feature gives exactly zero spread.
+        shift = self.mean if self.n > 0 else X[0]
+        d = X - shift
+        if self.n == 0:
+            self.mean = shift.copy()
         s1 = np.cumsum(d, axis=0)
         s2 = np.cumsum(d * d, axis=0)
         n_i = self.n + np.arange(1, X.shape[0] + 1, dtype=np.float64)[:, None]
         mean_i = self.mean + s1 / n_i
         m2_i = np.maximum(self.m2 + s2 - s1 * s1 / n_i, 0.0)
-        out = self._scale(X - mean_i, m2_i, n_i)
+        out = self._scale(X - mean_i, m2_i, n_i, mean_i)
         self.n = float(n_i[-1, 0])
         self.mean = mean_i[-1].copy()
         self.m2 = m2_i[-1].copy()

@@ -1,0 +1,85 @@
+"""Kafka client settings and topic administration shared by the consumer, producers and replay.
+
+All kafka-python clients are built from :func:`client_kwargs`, so security options
+(SASL PLAIN/SCRAM, SSL) are passed through in one place; the password is taken out of its
+``SecretStr`` only here, at the call into kafka-python.
+
+Note on tansu (the embedded broker): ``end_offsets()`` reports the base offset of the
+last record batch plus one, not the true end; lag and "caught up" are measured from the
+fetch high watermark (``consumer.highwater``) or by consuming, never from end_offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from stream.config import KafkaConfig
+
+log = logging.getLogger("ocld.broker")
+
+
+def client_kwargs(kafka: KafkaConfig, bootstrap: str | None = None) -> dict[str, Any]:
+    kw: dict[str, Any] = {"bootstrap_servers": (bootstrap or kafka.bootstrap).split(",")}
+    if kafka.security_protocol != "PLAINTEXT":
+        kw["security_protocol"] = kafka.security_protocol
+    if kafka.sasl_mechanism:
+        kw["sasl_mechanism"] = kafka.sasl_mechanism
+        kw["sasl_plain_username"] = kafka.sasl_username
+        kw["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(kafka, name)
+        if value:
+            kw[name] = value
+    return kw
+
+
+def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0):
+    """Call ``fn`` with exponential backoff on connection errors; log one clear line per retry."""
+    from kafka.errors import KafkaError
+
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (KafkaError, OSError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def ensure_topics(kafka: KafkaConfig, topics: dict[str, int], bootstrap: str | None = None) -> None:
+    """Create the topics that do not exist yet (name -> partitions). Existing ones are left alone."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    def _create() -> None:
+        admin = KafkaAdminClient(**client_kwargs(kafka, bootstrap), client_id="ocld-admin")
+        try:
+            existing = set(admin.list_topics())
+            new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+                log.info("created topics %s", [t.name for t in new])
+        finally:
+            admin.close()
+
+    retry("creating topics", _create)
+
+
+def topic_partitions(kafka: KafkaConfig, topic: str, bootstrap: str | None = None) -> list[int]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**client_kwargs(kafka, bootstrap), enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        return sorted(parts or [])
+    finally:
+        consumer.close()

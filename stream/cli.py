@@ -1,0 +1,299 @@
+"""The ``ocld`` command line: run, demo, replay, record, evaluate, status, query.
+
+Every command that needs a broker or Redis takes ``--bootstrap`` / ``--redis`` (or the
+config's values, or ``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); ``embedded`` starts local ones.
+Errors a user can cause (config, data file, unreachable server) print one clear message
+and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.config import Config, ConfigError, KafkaConfig, load_config, parse_config, redact_url
+
+log = logging.getLogger("ocld")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup_logging(level: str, json_logs: bool = False) -> None:
+    if json_logs:
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return orjson.dumps({"t": record.created, "level": record.levelname, "logger": record.name,
+                                     "msg": record.getMessage()}).decode()
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Json())
+        logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+def _config(path: str | None, args: argparse.Namespace) -> Config:
+    cfg = load_config(path) if path else parse_config({})
+    return cfg.with_services(getattr(args, "bootstrap", None), getattr(args, "redis", None))
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url = args.redis or os.environ.get("REDIS_URL")
+    if not url:
+        raise ConfigError("give --redis URL (or set REDIS_URL) to say which Redis holds the state")
+    return url
+
+
+# -- commands ------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream.daemon import Daemon
+    from stream.embedded import services
+
+    cfg = _config(args.config, args)
+    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):
+        if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
+            log.info("embedded servers: broker %s, Redis %s", bs, redact_url(url))
+        summary = Daemon(cfg.with_services(bs, url)).run(until_idle_s=args.until_idle, max_seconds=args.max_seconds)
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream.replay import replay
+
+    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
+    if kafka.bootstrap == "embedded":
+        raise ConfigError("replay needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
+    n = replay(args.file, args.topic, kafka, rate=args.rate, speed=args.speed, limit=args.limit,
+               label_column=args.label_column, partitions=args.partitions, progress=not args.quiet)
+    print(f"replayed {n} records to {args.topic}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from stream.replay import record
+
+    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
+    if kafka.bootstrap == "embedded":
+        raise ConfigError("record needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
+    n = record(args.topic, args.out, kafka, limit=args.limit, progress=not args.quiet)
+    print(f"recorded {n} records from {args.topic} to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from stream.offline import evaluate
+
+    cfg = _config(args.config, args)
+    result = evaluate(cfg, args.data, args.label_column, batch_size=args.batch_size, limit=args.limit)
+    _print_table("ocld evaluate", [
+        ("data", result["data"]), ("learner", result["learner"]), ("samples", result["samples"]),
+        ("accuracy", f"{result['accuracy']:.4f}"), ("no-change baseline", f"{result['nochange_accuracy']:.4f}"),
+        ("balanced accuracy", f"{result['balanced_accuracy']:.4f}"), ("log-loss", f"{result['log_loss']:.4f}"),
+        ("samples/s", f"{result['samples_per_s']:,.0f}"), ("drift events", len(result["drift_events"])),
+    ])
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from stream.client import StateClient
+
+    client = StateClient(_redis_url(args))
+    names = [args.pipeline] if args.pipeline else client.pipelines()
+    statuses = {name: client.status(name) for name in names}
+    if args.json:
+        print(orjson.dumps(statuses, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not names:
+        print("no pipelines found in this Redis")
+    for name, st in statuses.items():
+        if not st or list(st) == ["alive"]:
+            print(f"pipeline {name!r}: no status in this Redis")
+            continue
+        _print_table(f"pipeline {name}", [(k, st[k]) for k in sorted(st)])
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from stream.client import StateClient
+
+    client = StateClient(_redis_url(args))
+    if args.metrics:
+        out: Any = client.metrics(args.pipeline, count=args.count)
+    elif args.drift:
+        out = client.drift_events(args.pipeline, count=args.count)
+    else:
+        out = client.snapshot_info(args.pipeline)
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Embedded broker + Redis, replay data/elec.csv, learn until consumed, summarize, shut down."""
+    from stream.client import StateClient
+    from stream.daemon import Daemon
+    from stream.embedded import services
+    from stream.replay import replay
+
+    cfg = _config(args.config or str(ROOT / "config" / "demo.yaml"), args)
+    data_dir = Path(cfg.data_dir) / f"{cfg.name}-demo"
+    shutil.rmtree(data_dir, ignore_errors=True)  # the broker is memory-only: start Redis clean too
+    data = Path(args.data or ROOT / "data" / "elec.csv")
+    t0 = time.monotonic()
+    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), data_dir) as (bs, url):
+        cfg = cfg.with_services(bs, url)
+        print(f"broker {bs}, Redis {redact_url(url)}")
+        n = replay(data, cfg.kafka.topic, cfg.kafka, partitions=cfg.kafka.partitions, limit=args.limit, progress=True)
+        daemon = Daemon(cfg)
+        print(f"replayed {n} records; the daemon now learns until the topic is consumed ...")
+        summary = daemon.run(until_idle_s=1.0)
+        status = StateClient(url).status(cfg.name)
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        _print_table("ocld demo: summary", [
+            ("records", summary["records_seen"]), ("labelled samples learned", summary["labelled_seen"]),
+            ("prequential accuracy", f"{summary['accuracy']:.4f}"),
+            ("'no change' baseline", f"{summary['nochange_accuracy']:.4f}"),
+            ("log-loss", f"{summary['log_loss']:.4f}"), ("drift events", summary["drift_count"]),
+            ("dead-lettered", summary["dlq_count"]),
+            ("learning time", f"{summary['elapsed_s']:.1f} s"),
+            ("throughput", f"{summary['records_seen'] / max(summary['elapsed_s'], 1e-9):,.0f} records/s (incl. start-up)"),
+            ("snapshot version", summary["model_version"]), ("status in Redis", status.get("state")),
+        ])
+        print("\nInspect the state while servers run (ocld demo --keep-running), e.g.:")
+        print(f"  ocld status {cfg.name} --redis {url}")
+        print(f"  ocld query {cfg.name} --metrics --redis {url}")
+        print(f"  redis-cli -p {port} HGETALL ocld:{cfg.name}:status")
+        print(f"  redis-cli -p {port} HGETALL ocld:{cfg.name}:latest")
+        if args.keep_running:
+            print("\nservers keep running; Ctrl-C to stop them")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    print(f"\nservers stopped; demo took {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for k, v in rows:
+            table.add_row(str(k), str(v))
+        Console().print(table)
+    except ImportError:  # rich is a dependency; this only guards broken installs
+        print(title)
+        for k, v in rows:
+            print(f"  {k}: {v}")
+
+
+# -- parser --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ocld", description="streaming online continual-learning daemon")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--json-logs", action="store_true", help="structured JSON log lines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def services_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides the config)")
+        sp.add_argument("--redis", help="Redis URL (overrides the config)")
+
+    sp = sub.add_parser("run", help="run the daemon (long-lived service)")
+    sp.add_argument("config")
+    services_args(sp)
+    sp.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit once caught up and idle for S seconds (batch jobs, tests)")
+    sp.add_argument("--max-seconds", type=float, default=None)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("demo", help="embedded broker + Redis, replay elec, learn, summarize")
+    sp.add_argument("--config", default=None)
+    sp.add_argument("--data", default=None)
+    sp.add_argument("--limit", type=int, default=None)
+    sp.add_argument("--keep-running", action="store_true")
+    services_args(sp)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("replay", help="replay a CSV / JSON-lines file (optionally .gz) into a topic")
+    sp.add_argument("file")
+    sp.add_argument("--topic", required=True)
+    sp.add_argument("--bootstrap")
+    sp.add_argument("--rate", type=float, help="records per second")
+    sp.add_argument("--speed", type=float, help="pace by the ts column; 2 = twice real time")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--label-column")
+    sp.add_argument("--partitions", type=int, default=1, help="partitions if the topic is created")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("record", help="write a topic's history to a JSON-lines file")
+    sp.add_argument("--topic", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--bootstrap")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_record)
+
+    sp = sub.add_parser("evaluate", help="run the learner over a file (no Kafka, no Redis)")
+    sp.add_argument("config")
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--label-column")
+    sp.add_argument("--json", help="write the results as JSON to this file")
+    sp.add_argument("--batch-size", type=int, help="micro-batch size (default: kafka.max_batch)")
+    sp.add_argument("--limit", type=int)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("status", help="status of one or all pipelines, from Redis")
+    sp.add_argument("pipeline", nargs="?")
+    sp.add_argument("--redis")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("query", help="metrics, drift history or snapshot info, from Redis")
+    sp.add_argument("pipeline")
+    sp.add_argument("--redis")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--metrics", action="store_true")
+    g.add_argument("--drift", action="store_true")
+    g.add_argument("--snapshot", action="store_true")
+    sp.add_argument("--count", type=int, default=100)
+    sp.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.json_logs)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"ocld: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, LookupError, OSError) as exc:
+        from stream.files import DataFileError
+
+        if isinstance(exc, (DataFileError, LookupError, FileNotFoundError)) or type(exc) is ValueError:
+            print(f"ocld: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

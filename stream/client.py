@@ -1,0 +1,82 @@
+"""Query API over Redis: status, metrics, drift history, snapshots, and the learner itself.
+
+Any process can read what a running (or stopped) daemon published, with no access to the
+daemon. ``load_learner`` rebuilds a working learner from the latest complete snapshot;
+it refuses pickled (river) states unless ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from learners.base import Learner
+from learners.registry import learner_from_state
+from stream.state import Keys, SnapshotStore, connect
+
+
+def _decode(value: bytes) -> Any:
+    text = value.decode()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text[:1] in "[{":
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return text
+
+
+class StateClient:
+    def __init__(self, redis_url: str, namespace: str = "ocld", password: str | None = None,
+                 username: str | None = None) -> None:
+        self.r = connect(redis_url, password, username)
+        self.namespace = namespace
+
+    def pipelines(self) -> list[str]:
+        names = set()
+        for key in self.r.scan_iter(match=f"{self.namespace}:*:status", count=1000):
+            names.add(key.decode()[len(self.namespace) + 1:-len(":status")])
+        return sorted(names)
+
+    def status(self, pipeline: str) -> dict[str, Any]:
+        k = Keys(pipeline, self.namespace)
+        raw = self.r.hgetall(k.status)
+        out = {key.decode(): _decode(v) for key, v in raw.items()}
+        alive = self.r.get(k.alive)
+        out["alive"] = alive is not None
+        if out.get("state") == "running" and alive is None:
+            out["state"] = "dead (heartbeat expired)"
+        return out
+
+    def metrics(self, pipeline: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest ``count`` metric points, oldest first."""
+        entries = self.r.xrevrange(Keys(pipeline, self.namespace).metrics, count=count)
+        return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
+                for eid, fields in reversed(entries)]
+
+    def drift_events(self, pipeline: str, count: int = 1000) -> list[dict[str, Any]]:
+        entries = self.r.xrevrange(Keys(pipeline, self.namespace).drift, count=count)
+        return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
+                for eid, fields in reversed(entries)]
+
+    def store(self, pipeline: str) -> SnapshotStore:
+        return SnapshotStore(self.r, pipeline, self.namespace)
+
+    def snapshot_info(self, pipeline: str) -> dict[str, Any]:
+        store = self.store(pipeline)
+        latest = store.latest_version()
+        if latest is None:
+            return {"latest": None, "versions": []}
+        pinned = sorted(int(v) for v in self.r.smembers(store.keys.pinned))
+        return {"latest": store.manifest_info(latest), "versions": store.versions(), "pinned": pinned}
+
+    def load_learner(self, pipeline: str, allow_pickle: bool = False) -> Learner:
+        snap = self.store(pipeline).load_latest()
+        if snap is None:
+            raise LookupError(f"pipeline {pipeline!r} has no snapshot in Redis")
+        return learner_from_state(snap.parts["learner"], allow_pickle=allow_pickle)

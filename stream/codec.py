@@ -1,0 +1,228 @@
+"""Message decoding and validation (the one place records are parsed), and encoding.
+
+A record is one JSON (or msgpack) object: ``x`` (list of numbers, or object ordered by the
+configured feature names), ``y`` (int, string or null), optional ``id``, ``ts``, ``task``.
+A record with ``id`` and ``y`` but no ``x`` is a delayed label. Extra keys are ignored.
+
+Decoding works on a whole poll at once: one parse call per record, then one float64
+array for the batch and vectorized checks (width, NaN/Inf, magnitude). Records that fail
+are returned with a one-line reason and never reach a learner. JSON booleans in ``x`` are
+read as 1/0; ``null`` in ``x`` is rejected like NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+MAX_LABEL_CHARS = 256
+MAX_ID_CHARS = 512
+
+
+@dataclass
+class Decoded:
+    """A decoded poll. Indices refer to positions in the list of values given to decode()."""
+
+    rows: np.ndarray  # int64 [n]: record index of each feature row
+    X: np.ndarray  # float64 [n, d]
+    y: list[Any]  # [n] label or None (predict only)
+    ids: list[Any]  # [n] id or None
+    ts: list[Any]  # [n] event time or None
+    task: list[Any]  # [n]
+    labels_only: list[tuple[int, str, Any, Any]] = field(default_factory=list)  # (record index, id, y, ts)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (record index, reason)
+
+
+class Codec:
+    def __init__(
+        self,
+        format: Literal["json", "msgpack"] = "json",
+        features: list[str] | None = None,
+        n_features: int | None = None,
+        max_record_bytes: int = 1_048_576,
+        max_abs_value: float = 1e9,
+    ) -> None:
+        self.format = format
+        self.features = list(features) if features else None
+        self.n_features = len(self.features) if self.features else n_features
+        self.max_record_bytes = max_record_bytes
+        self.max_abs_value = max_abs_value
+        if format == "msgpack":
+            import msgpack
+
+            self._loads = lambda b: msgpack.unpackb(b, raw=False, strict_map_key=False)
+        else:
+            self._loads = orjson.loads
+
+    # -- encoding (replay, tests) ----------------------------------------------------
+    def encode(self, record: dict[str, Any]) -> bytes:
+        if self.format == "msgpack":
+            import msgpack
+
+            return msgpack.packb(record, use_bin_type=True)
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    # -- decoding --------------------------------------------------------------------
+    def decode(self, values: list[bytes | None]) -> Decoded:
+        rows: list[int] = []
+        xs: list[Any] = []
+        ys: list[Any] = []
+        ids: list[Any] = []
+        tss: list[Any] = []
+        tasks: list[Any] = []
+        labels_only: list[tuple[int, str, Any, Any]] = []
+        bad: list[tuple[int, str]] = []
+        loads = self._loads
+        features = self.features
+        limit = self.max_record_bytes
+
+        for i, value in enumerate(values):
+            if not value:
+                bad.append((i, "empty record"))
+                continue
+            if len(value) > limit:
+                bad.append((i, f"record is {len(value)} bytes, over max_record_bytes={limit}"))
+                continue
+            try:
+                rec = loads(value)
+            except Exception as exc:  # orjson.JSONDecodeError, msgpack errors, UnicodeDecodeError
+                bad.append((i, f"cannot decode {self.format}: {str(exc).splitlines()[0][:120]}"))
+                continue
+            if type(rec) is not dict:
+                bad.append((i, f"record must be an object, got {type(rec).__name__}"))
+                continue
+            x = rec.get("x")
+            y = rec.get("y")
+            if y is not None and type(y) is not int and type(y) is not str:
+                y, reason = _label(y)
+                if reason:
+                    bad.append((i, reason))
+                    continue
+            elif type(y) is str and len(y) > MAX_LABEL_CHARS:
+                bad.append((i, f"y is longer than {MAX_LABEL_CHARS} characters"))
+                continue
+            rid = rec.get("id")
+            if rid is not None and type(rid) is not str:
+                if type(rid) is int:
+                    rid = str(rid)
+                else:
+                    bad.append((i, f"id must be a string, got {type(rid).__name__}"))
+                    continue
+            if rid is not None and len(rid) > MAX_ID_CHARS:
+                bad.append((i, f"id is longer than {MAX_ID_CHARS} characters"))
+                continue
+            ts = rec.get("ts")
+            if ts is not None and (type(ts) not in (int, float) or ts != ts):
+                bad.append((i, f"ts must be a number, got {type(ts).__name__}"))
+                continue
+            if x is None:
+                if y is None:
+                    bad.append((i, "record has neither x nor y"))
+                elif rid is None:
+                    bad.append((i, "a label without x needs an id (delayed label)"))
+                else:
+                    labels_only.append((i, rid, y, ts))
+                continue
+            if type(x) is dict:
+                if features is None:
+                    bad.append((i, "x is an object but the config names no messages.features"))
+                    continue
+                try:
+                    x = [x[f] for f in features]
+                except KeyError as exc:
+                    bad.append((i, f"x is missing feature {exc.args[0]!r}"))
+                    continue
+            elif type(x) is not list:
+                bad.append((i, f"x must be a list or an object, got {type(x).__name__}"))
+                continue
+            task = rec.get("task")
+            if task is not None and type(task) is not int and type(task) is not str:
+                bad.append((i, f"task must be an int or a string, got {type(task).__name__}"))
+                continue
+            rows.append(i)
+            xs.append(x)
+            ys.append(y)
+            ids.append(rid)
+            tss.append(ts)
+            tasks.append(task)
+
+        X, keep, reasons = self._to_array(xs)
+        if reasons:
+            bad.extend((rows[j], r) for j, r in reasons)
+            bad.sort()
+            rows = [rows[j] for j in keep]
+            ys = [ys[j] for j in keep]
+            ids = [ids[j] for j in keep]
+            tss = [tss[j] for j in keep]
+            tasks = [tasks[j] for j in keep]
+        return Decoded(np.asarray(rows, dtype=np.int64), X, ys, ids, tss, tasks, labels_only, bad)
+
+    def _to_array(self, xs: list[Any]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """One float64 array for all rows; per-row fallback only when the fast path fails."""
+        d = self.n_features
+        if not xs:
+            return np.empty((0, d or 0)), [], []
+        try:
+            X = np.array(xs, dtype=np.float64)
+            ok_shape = X.ndim == 2 and (d is None or X.shape[1] == d)
+        except (ValueError, TypeError):
+            ok_shape = False
+        if not ok_shape:
+            return self._rows_one_by_one(xs)
+        if d is None:
+            self.n_features = d = X.shape[1]
+            if d == 0:
+                self.n_features = None
+                return np.empty((0, 0)), [], [(j, "x is empty") for j in range(len(xs))]
+        finite = np.isfinite(X).all(axis=1)
+        small = (np.abs(np.where(np.isfinite(X), X, 0.0)) <= self.max_abs_value).all(axis=1)
+        good = finite & small
+        if good.all():
+            return X, list(range(len(xs))), []
+        reasons = []
+        for j in np.flatnonzero(~good):
+            reasons.append((int(j), self._value_reason(X[j])))
+        keep = np.flatnonzero(good)
+        return X[keep], keep.tolist(), reasons
+
+    def _value_reason(self, row: np.ndarray) -> str:
+        j = int(np.flatnonzero(~np.isfinite(row) | (np.abs(np.nan_to_num(row)) > self.max_abs_value))[0])
+        if not np.isfinite(row[j]):
+            return f"x[{j}] is NaN, Inf or null"
+        return f"x[{j}]={row[j]:.3g} exceeds max_abs_value={self.max_abs_value:g}"
+
+    def _rows_one_by_one(self, xs: list[Any]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        rows: list[np.ndarray] = []
+        keep: list[int] = []
+        reasons: list[tuple[int, str]] = []
+        for j, x in enumerate(xs):
+            try:
+                r = np.asarray(x, dtype=np.float64)
+            except (ValueError, TypeError):
+                reasons.append((j, "x contains a value that is not a number"))
+                continue
+            if r.ndim != 1 or r.size == 0:
+                reasons.append((j, "x must be a flat, non-empty list of numbers"))
+                continue
+            if self.n_features is None:
+                self.n_features = r.size
+            if r.size != self.n_features:
+                reasons.append((j, f"expected {self.n_features} features, got {r.size}"))
+                continue
+            if not np.isfinite(r).all() or (np.abs(r) > self.max_abs_value).any():
+                reasons.append((j, self._value_reason(r)))
+                continue
+            rows.append(r)
+            keep.append(j)
+        X = np.vstack(rows) if rows else np.empty((0, self.n_features or 0))
+        return X, keep, reasons
+
+
+def _label(y: Any) -> tuple[Any, str | None]:
+    """Normalize a label that is not already int or str; return (label, reason-if-bad)."""
+    if type(y) is float and y.is_integer() and abs(y) < 2**53:
+        return int(y), None
+    return None, f"y must be an int, a string or null, got {type(y).__name__} {str(y)[:40]!r}"

@@ -1,0 +1,246 @@
+"""Pipeline configuration: one frozen, validated pydantic model read from YAML.
+
+Environment variables are read here and nowhere else (``KAFKA_BOOTSTRAP``, ``REDIS_URL``,
+``OCLD_KAFKA_SASL_PASSWORD``, ``OCLD_REDIS_PASSWORD``). Secrets are ``SecretStr`` and
+never printed. A mistake in a config file fails at load time with a message that names
+the field and says what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the field and the fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureMapSpec(_Model):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LearnerSpec(_Model):
+    name: str = "KalmanHead"
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: list[FeatureMapSpec] = Field(default_factory=list)
+
+
+class KafkaConfig(_Model):
+    bootstrap: str = "embedded"
+    topic: str = "ocld.samples"
+    partitions: int = Field(1, ge=1, description="partitions to create when the topic does not exist")
+    group_id: str | None = None  # default: ocld-{pipeline}
+    dlq_topic: str | None = None  # default: {topic}.dlq
+    predictions_topic: str | None = None  # publish predictions when set
+    create_topics: bool = True
+    start_from: Literal["earliest", "latest"] = "earliest"
+    max_batch: int = Field(500, ge=1, le=100_000)
+    max_wait_ms: int = Field(100, ge=0, le=60_000)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_poll_interval_ms: int = Field(10_000, ge=1000)
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "KafkaConfig":
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
+
+
+class RedisConfig(_Model):
+    url: SecretStr = SecretStr("embedded")
+    password: SecretStr | None = None
+    username: str | None = None
+    namespace: str = "ocld"
+    heartbeat_ttl_s: int = Field(15, ge=2)
+    metrics_maxlen: int = Field(10_000, ge=10)
+    drift_maxlen: int = Field(10_000, ge=10)
+
+
+class SnapshotConfig(_Model):
+    every_samples: int = Field(10_000, ge=1)
+    every_seconds: float = Field(30.0, gt=0)
+    keep: int = Field(3, ge=1, description="complete versions kept besides pinned ones")
+    chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class MessagesConfig(_Model):
+    format: Literal["json", "msgpack"] = "json"
+    features: list[str] | None = None  # order for object-valued x; also fixes the width
+    n_features: int | None = Field(None, ge=1)
+    max_record_bytes: int = Field(1_048_576, ge=16)
+    max_abs_value: float = Field(1e9, gt=0, description="larger |x| is rejected as poison")
+    max_classes: int = Field(1000, ge=2)
+    max_pending: int = Field(100_000, ge=0, description="unlabelled samples kept for delayed labels")
+
+    @model_validator(mode="after")
+    def _width_consistent(self) -> "MessagesConfig":
+        if self.features is not None and self.n_features is not None and len(self.features) != self.n_features:
+            raise ValueError(f"n_features ({self.n_features}) disagrees with the {len(self.features)} names in features")
+        return self
+
+
+class DriftConfig(_Model):
+    enabled: bool = True
+    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
+    params: dict[str, Any] = Field(default_factory=dict)
+    adapt: bool = True
+    window: int = Field(2000, ge=10, description="recent errors kept to rebuild the detector after a restart")
+    adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
+
+
+class EvaluationConfig(_Model):
+    window: int = Field(1000, ge=1, description="samples in the windowed accuracy")
+
+
+class StatusConfig(_Model):
+    interval_s: float = Field(1.0, gt=0)
+    metrics_every_s: float = Field(5.0, gt=0)
+
+
+class Config(_Model):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    learner: LearnerSpec = Field(default_factory=LearnerSpec)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    allow_pickle: bool = False
+    data_dir: str = ".ocld"
+
+    @field_validator("learner")
+    @classmethod
+    def _learner_builds(cls, spec: LearnerSpec) -> LearnerSpec:
+        from learners.registry import build_learner
+
+        build_learner(spec.name, spec.params, [f.model_dump() for f in spec.features])
+        return spec
+
+    # -- derived names ---------------------------------------------------------------
+    @property
+    def group_id(self) -> str:
+        return self.kafka.group_id or f"ocld-{self.name}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.kafka.dlq_topic or f"{self.kafka.topic}.dlq"
+
+    @property
+    def uses_pickle(self) -> bool:
+        return self.learner.name == "RiverLearner"
+
+    def build_learner(self):  # -> learners.base.Learner
+        from learners.registry import build_learner
+
+        return build_learner(self.learner.name, self.learner.params, [f.model_dump() for f in self.learner.features])
+
+    def with_services(self, bootstrap: str | None = None, redis_url: str | None = None) -> "Config":
+        """A copy with the broker and/or Redis replaced (CLI flags, test fixtures)."""
+        update: dict[str, Any] = {}
+        if bootstrap:
+            update["kafka"] = self.kafka.model_copy(update={"bootstrap": bootstrap})
+        if redis_url:
+            update["redis"] = self.redis.model_copy(update={"url": SecretStr(redis_url)})
+        return self.model_copy(update=update)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``loc`` (for did-you-mean hints)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(Config, loc)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"valid fields here: {', '.join(known)}"
+            lines.append(f"  {where}: unknown field; {fix}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) or "password" in where or "url" in where else f" (got {got!r})"
+            lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML file, apply environment overrides, validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping at the top level")
+    return apply_environment(parse_config(data, str(path)))
+
+
+def apply_environment(cfg: Config) -> Config:
+    """The one place environment variables are read."""
+    env = os.environ
+    # KAFKA_BOOTSTRAP / REDIS_URL replace the embedded servers only, never an explicit one.
+    cfg = cfg.with_services(
+        env.get("KAFKA_BOOTSTRAP") if cfg.kafka.bootstrap == "embedded" else None,
+        env.get("REDIS_URL") if cfg.redis.url.get_secret_value() == "embedded" else None,
+    )
+    if env.get("OCLD_KAFKA_SASL_PASSWORD"):
+        cfg = cfg.model_copy(
+            update={"kafka": cfg.kafka.model_copy(update={"sasl_password": SecretStr(env["OCLD_KAFKA_SASL_PASSWORD"])})}
+        )
+    if env.get("OCLD_REDIS_PASSWORD"):
+        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"password": SecretStr(env["OCLD_REDIS_PASSWORD"])})})
+    return cfg
+
+
+def redact_url(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host (for logs and errors)."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,307 @@
+"""The daemon loop: poll -> decode -> dead-letter bad records -> predict/learn -> drift -> snapshot -> commit.
+
+Order at every checkpoint (never changed): flush outputs (DLQ, predictions) -> write the
+snapshot and switch ``latest`` -> commit offsets to the group. Because the consumer seeks
+to the snapshot's offsets on every assignment, a crash anywhere re-learns exactly the
+records the last snapshot does not cover: every sample is learned exactly once in the
+surviving state.
+
+Redis outages: a failed snapshot or status write marks the daemon ``degraded`` and is
+retried with backoff; learning continues in memory (rule: keep learning, never commit
+offsets beyond the last durable snapshot). When Redis answers again the next snapshot
+covers everything learned meanwhile and the status returns to ``running``.
+
+SIGTERM/SIGINT: finish the batch in hand, snapshot, commit, mark ``stopped``, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import os
+import time
+from typing import Any
+
+import redis
+
+from stream.broker import ensure_topics
+from stream.codec import Codec
+from stream.config import Config
+from stream.faults import fault_point
+from stream.runtime import LearningCore
+from stream.sink import Sink
+from stream.snapshot import Snapshot
+from stream.source import KafkaSource
+from stream.state import SnapshotStore, StatusStore, connect
+
+log = logging.getLogger("ocld.daemon")
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
+            raise ValueError("Daemon needs resolved servers; use stream.embedded.services() or `ocld run`")
+        self.cfg = cfg
+        r = cfg.redis
+        self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username)
+        self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes)
+        self.status = StatusStore(self.redis, cfg.name, r.namespace, r.heartbeat_ttl_s, r.metrics_maxlen, r.drift_maxlen)
+        self.codec = Codec(cfg.messages.format, cfg.messages.features, cfg.messages.n_features,
+                           cfg.messages.max_record_bytes, cfg.messages.max_abs_value)
+        self.core = LearningCore.from_config(cfg)
+        self.core.on_drift = self._on_drift
+        self.model_version: int | None = None
+        self.started_at = time.time()
+        self.dlq_count = 0
+        self.records_seen = 0
+        self.degraded = False
+        self._stop = False
+        self._last_snapshot_t = time.monotonic()
+        self._labelled_at_snapshot = 0
+        self._records_at_snapshot = 0
+        self._next_status_t = 0.0
+        self._next_metrics_t = 0.0
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self.throughput = 0.0
+        self.source: KafkaSource | None = None
+        self.sink: Sink | None = None
+
+    # -- start-up --------------------------------------------------------------------
+    def _restore(self) -> dict[str, dict[int, int]]:
+        snap = self._redis_retry("loading the latest snapshot", self.store.load_latest)
+        self._redis_retry("cleaning incomplete snapshots", self.store.clean_orphans)
+        if snap is None:
+            log.info("pipeline %r: no snapshot, starting fresh", self.cfg.name)
+            return {}
+        self.core.restore(snap.parts, allow_pickle=self.cfg.allow_pickle)
+        n_features = snap.info.get("n_features")
+        if n_features and self.codec.n_features is None:
+            self.codec.n_features = int(n_features)
+        self.model_version = int(snap.info["version"])
+        self.dlq_count = int(snap.info.get("dlq_count", 0))
+        self.records_seen = int(snap.info.get("records_seen", 0))
+        self._labelled_at_snapshot = self.core.labelled_seen
+        self._records_at_snapshot = self.records_seen
+        log.info("pipeline %r: resumed from snapshot version %d (%d labelled samples, offsets %s)",
+                 self.cfg.name, self.model_version, self.core.labelled_seen, snap.offsets)
+        return snap.offsets
+
+    def _redis_retry(self, what: str, fn, attempts: int = 10):
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s: Redis unreachable (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, until_idle_s: float | None = None, max_seconds: float | None = None,
+            install_signals: bool = True) -> dict[str, Any]:
+        """Run until SIGTERM/SIGINT, or until caught up and idle for ``until_idle_s`` seconds."""
+        cfg = self.cfg
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._signal)
+            signal.signal(signal.SIGINT, self._signal)
+        offsets = self._restore()
+        if cfg.kafka.create_topics:
+            topics = {cfg.kafka.topic: cfg.kafka.partitions, cfg.dlq_topic: 1}
+            if cfg.kafka.predictions_topic:
+                topics[cfg.kafka.predictions_topic] = 1
+            ensure_topics(cfg.kafka, topics)
+        self.sink = Sink(cfg.kafka, cfg.dlq_topic, cfg.kafka.predictions_topic)
+        self.source = KafkaSource(cfg, offsets, on_revoke=self._on_revoke)
+        self._publish_status("running", force=True)
+        t_start = time.monotonic()
+        idle_since: float | None = None
+        try:
+            while not self._stop:
+                polled = self.source.poll()
+                if polled.values:
+                    idle_since = None
+                    self._handle(polled)
+                else:
+                    now = time.monotonic()
+                    if until_idle_s is not None and self.source.assignment():
+                        lag = self.source.lag()
+                        if lag == 0:
+                            idle_since = idle_since or now
+                            if now - idle_since >= until_idle_s:
+                                break
+                        else:
+                            idle_since = None
+                self._housekeeping()
+                if max_seconds is not None and time.monotonic() - t_start > max_seconds:
+                    break
+            self._checkpoint(final=True)
+        finally:
+            self._shutdown()
+        return self.summary()
+
+    def _handle(self, polled) -> None:
+        dec = self.codec.decode(polled.values)
+        res = self.core.process(dec)
+        sink = self.sink
+        assert sink is not None and self.source is not None
+        for i, reason in dec.bad + res.bad:
+            topic, part, off = polled.origin[i]
+            sink.dead_letter(polled.values[i], topic, part, off, reason)
+        self.dlq_count = sink.dlq_count
+        if sink.predictions_topic and res.predictions:
+            classes = self.core.learner.classes_
+            for i, label, proba in res.predictions:
+                topic, part, off = polled.origin[i]
+                sink.prediction(topic, part, off, None, label, proba.tolist(), classes)
+        for event in res.events:
+            self._record_drift(event)
+        self.source.advance(polled.next_offsets)
+        self.records_seen += len(polled.values)
+        self._rate_n += len(polled.values)
+        fault_point("daemon.after_batch")
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        snap = self.cfg.snapshot
+        due = (self.core.labelled_seen - self._labelled_at_snapshot >= snap.every_samples
+               or (now - self._last_snapshot_t >= snap.every_seconds and self.records_seen != self._records_at_snapshot))
+        if due and now >= self._retry_at:
+            self._checkpoint()
+        if now >= self._next_status_t:
+            self._publish_status("degraded" if self.degraded else "running")
+
+    # -- checkpoint ------------------------------------------------------------------
+    def _checkpoint(self, final: bool = False) -> bool:
+        """flush outputs -> snapshot + switch -> commit offsets. Returns True when durable."""
+        assert self.sink is not None and self.source is not None
+        if self.records_seen == self._records_at_snapshot and (self.model_version is not None or not final):
+            return True  # nothing new since the last durable snapshot
+        t0 = time.perf_counter()
+        try:
+            self.sink.flush()
+            snap = Snapshot(self.core.to_parts(), self.source.offsets_by_topic(), {
+                "pipeline": self.cfg.name, "samples_seen": self.core.samples_seen,
+                "labelled_seen": self.core.labelled_seen, "records_seen": self.records_seen,
+                "dlq_count": self.dlq_count, "n_features": self.codec.n_features, "learner": self.cfg.learner.name,
+                "created_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+            })
+            version = self.store.write(snap)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.degraded = True
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("snapshot failed, Redis unreachable (%s); learning continues, offsets not committed; "
+                        "retry in %.1f s", exc, self._backoff)
+            self._backoff = min(self._backoff * 2, 10.0)
+            if final:
+                log.error("final snapshot could not be written; the next start re-learns from the last durable one")
+            return False
+        fault_point("daemon.before_commit")
+        self.source.commit()
+        self.model_version = version
+        self._last_snapshot_t = time.monotonic()
+        self._labelled_at_snapshot = self.core.labelled_seen
+        self._records_at_snapshot = self.records_seen
+        self._backoff = 0.5
+        if self.degraded:
+            log.info("Redis reachable again: snapshot %d covers everything learned meanwhile", version)
+            self.degraded = False
+        self.snapshot_seconds = time.perf_counter() - t0
+        self._publish_status("running", force=True)
+        return True
+
+    def _on_revoke(self, revoked: list[Any]) -> None:
+        log.info("partitions revoked: %s; snapshot and commit before giving them up",
+                 sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        self._checkpoint()
+
+    # -- drift -----------------------------------------------------------------------
+    def _on_drift(self, event) -> None:
+        # Keep the snapshot taken just before the adaptation, so it can be rolled back to.
+        if self.model_version is not None:
+            try:
+                self.store.pin(self.model_version)
+            except redis.RedisError as exc:
+                log.warning("could not pin snapshot %s before adaptation: %s", self.model_version, exc)
+
+    def _record_drift(self, event) -> None:
+        record = {"index": event.index, "detector": event.detector, "kind": event.kind,
+                  "statistic": event.statistic if event.statistic is not None else "",
+                  "action": "adapt" if self.cfg.drift.adapt else "none", "at": time.time(),
+                  "pinned_version": self.model_version or ""}
+        log.info("drift detected at labelled sample %d by %s (%s); action: %s", event.index, event.detector,
+                 event.kind, record["action"])
+        try:
+            self.status.add_drift(record, self.core.drift_count)
+        except redis.RedisError as exc:
+            log.warning("could not record drift event in Redis: %s", exc)
+
+    # -- status ----------------------------------------------------------------------
+    def _publish_status(self, state: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_status_t:
+            return
+        self._next_status_t = now + self.cfg.status.interval_s
+        dt = now - self._rate_t
+        if dt >= 0.5:
+            self.throughput = self._rate_n / dt
+            self._rate_t, self._rate_n = now, 0
+        fields = self.status_fields(state)
+        try:
+            self.status.update(fields)
+            if now >= self._next_metrics_t:
+                self._next_metrics_t = now + self.cfg.status.metrics_every_s
+                self.status.add_metrics({"t": time.time(), **{k: fields[k] for k in (
+                    "samples_seen", "labelled_seen", "accuracy", "accuracy_total", "log_loss", "throughput",
+                    "drift_count", "model_version", "dlq_count")}, **self._learner_metrics()})
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not self.degraded:
+                log.warning("status update failed, Redis unreachable (%s)", exc)
+            self.degraded = True
+
+    def _learner_metrics(self) -> dict[str, Any]:
+        learner = getattr(self.core.learner, "head", self.core.learner)
+        g = getattr(learner, "forgetting_", None)
+        return {"forgetting": float(g)} if isinstance(g, (int, float)) else {}
+
+    def status_fields(self, state: str) -> dict[str, Any]:
+        lag = self.source.lag() if self.source else None
+        parts = [f"{tp.topic}[{tp.partition}]" for tp in self.source.assignment()] if self.source else []
+        return {
+            "state": state, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at,
+            "updated_at": time.time(), "records_seen": self.records_seen, **self.core.status_fields(),
+            "throughput": round(self.throughput, 1), "model_version": self.model_version or "",
+            "learner": self.cfg.learner.name, "dlq_count": self.dlq_count,
+            "dlq_by_reason": self.sink.dlq_by_reason if self.sink else {}, "lag": lag if lag is not None else "",
+            "partitions": parts, "topic": self.cfg.kafka.topic,
+        }
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        log.info("received %s: finishing the batch in hand, then a final snapshot", signal.Signals(signum).name)
+        self._stop = True
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def _shutdown(self) -> None:
+        try:
+            self.status.stopped(self.status_fields("stopped"))
+        except redis.RedisError as exc:
+            log.warning("could not mark the pipeline stopped in Redis: %s", exc)
+        if self.sink is not None:
+            self.sink.close()
+        if self.source is not None:
+            self.source.close()
+
+    def summary(self) -> dict[str, Any]:
+        s = self.core.metrics.summary()
+        return {"pipeline": self.cfg.name, "records_seen": self.records_seen, "samples_seen": self.core.samples_seen,
+                "labelled_seen": self.core.labelled_seen, "accuracy": s["accuracy"],
+                "nochange_accuracy": s["nochange_accuracy"], "balanced_accuracy": s["balanced_accuracy"],
+                "log_loss": s["log_loss"], "dlq_count": self.dlq_count, "drift_count": self.core.drift_count,
+                "model_version": self.model_version, "elapsed_s": time.time() - self.started_at}

@@ -1,0 +1,250 @@
+"""The learning core shared by the daemon and ``ocld evaluate``: decoded samples in, state out.
+
+One batch (what one poll returned, in stream order) is processed as:
+  1. predict-only rows are predicted by the model as it was before the batch; those with an
+     ``id`` are kept in a bounded pending table (features + prediction) for a delayed label;
+  2. delayed labels (id + y, no x) are joined with their pending row;
+  3. labelled rows and joined delayed labels are learned in stream order by
+     ``learner.learn_predict`` (exact per-sample test-then-train for learners that support
+     it); delayed ones are scored against the prediction made when their features came;
+  4. the 0/1 errors feed the drift monitor; on a detection the core calls the
+     ``on_drift`` hook (the daemon pins the last snapshot), then ``learner.adapt``.
+No I/O here: the daemon and the file evaluator wrap it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from learners.base import DriftEvent, Learner, LearnerState, pad_columns
+from learners.registry import learner_from_state
+from stream.codec import Decoded
+from stream.drift import DriftMonitor
+from stream.evaluation import PrequentialMetrics
+
+
+@dataclass
+class BatchResult:
+    predictions: list[tuple[int, Any, np.ndarray]] = field(default_factory=list)  # (record index, label, proba)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # rejected by the core (e.g. unknown id)
+    events: list[DriftEvent] = field(default_factory=list)
+    learned: int = 0
+
+
+class PendingTable:
+    """id -> (features, prediction, time); oldest evicted beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: OrderedDict[str, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
+        self.evicted = 0
+
+    def put(self, key: str, x: np.ndarray, proba: np.ndarray, at: float) -> None:
+        if self.capacity <= 0:
+            self.evicted += 1
+            return
+        self.items.pop(key, None)
+        self.items[key] = (x, proba, at)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+            self.evicted += 1
+
+    def pop(self, key: str) -> tuple[np.ndarray, np.ndarray, float] | None:
+        return self.items.pop(key, None)
+
+    def to_state(self) -> LearnerState:
+        keys = list(self.items)
+        if keys:
+            d = self.items[keys[0]][0].size
+            c = max(v[1].size for v in self.items.values())
+            X = np.vstack([v[0] for v in self.items.values()])
+            P = np.vstack([pad_columns(v[1].reshape(1, -1), c) for v in self.items.values()])
+            T = np.array([v[2] for v in self.items.values()])
+            widths = np.array([v[1].size for v in self.items.values()], dtype=np.int64)
+        else:
+            d = c = 0
+            X, P, T, widths = np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0), np.zeros(0, dtype=np.int64)
+        return LearnerState("PendingTable", {"capacity": self.capacity}, {"X": X, "P": P, "T": T, "widths": widths},
+                            {"ids": keys, "evicted": self.evicted, "d": d, "c": c})
+
+    @classmethod
+    def from_state(cls, state: LearnerState) -> "PendingTable":
+        t = cls(**state.params)
+        a = state.arrays
+        for i, key in enumerate(state.meta["ids"]):
+            t.items[key] = (a["X"][i].copy(), a["P"][i, : int(a["widths"][i])].copy(), float(a["T"][i]))
+        t.evicted = int(state.meta["evicted"])
+        return t
+
+
+class LearningCore:
+    def __init__(self, learner: Learner, metrics: PrequentialMetrics, monitor: DriftMonitor | None,
+                 pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100) -> None:
+        self.learner = learner
+        self.metrics = metrics
+        self.monitor = monitor
+        self.pending = pending
+        self.adapt = adapt
+        self.max_classes = max_classes
+        self.adapt_grid = adapt_grid
+        self.samples_seen = 0  # feature rows + delayed labels accepted
+        self.labelled_seen = 0  # samples learned
+        self.predicted = 0  # predict-only rows
+        self.drift_count = 0
+        self.last_drift_at: float | None = None
+        self.learn_seconds = 0.0
+        self.on_drift: Callable[[DriftEvent], None] | None = None
+        self.clock: Callable[[], float] = time.time
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LearningCore":
+        monitor = DriftMonitor(cfg.drift.detector, cfg.drift.params, cfg.drift.window) if cfg.drift.enabled else None
+        return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
+                   PendingTable(cfg.messages.max_pending), cfg.drift.adapt, cfg.messages.max_classes,
+                   cfg.drift.adapt_grid)
+
+    # -- processing ------------------------------------------------------------------
+    def process(self, dec: Decoded) -> BatchResult:
+        res = BatchResult()
+        labelled = [j for j, y in enumerate(dec.y) if y is not None]
+        unlabelled = [j for j, y in enumerate(dec.y) if y is None] if len(labelled) < len(dec.y) else []
+        now = self.clock()
+
+        if unlabelled:
+            Xu = dec.X[unlabelled]
+            proba = self.learner.predict_proba(Xu)
+            preds = self.learner.predict(Xu) if proba.shape[1] else [None] * len(unlabelled)
+            for k, j in enumerate(unlabelled):
+                res.predictions.append((int(dec.rows[j]), preds[k], proba[k]))
+                rid = dec.ids[j]
+                if rid is not None:
+                    ts = dec.ts[j]
+                    self.pending.put(rid, dec.X[j], proba[k], float(ts) if ts is not None else now)
+            self.predicted += len(unlabelled)
+
+        # Learn set in stream order: (record index, x, y, stored proba or None, delay)
+        order: list[tuple[int, int]] = [(int(dec.rows[j]), j) for j in labelled]
+        delayed: dict[int, tuple[np.ndarray, Any, np.ndarray, float]] = {}
+        for rec, rid, y, ts in dec.labels_only:
+            hit = self.pending.pop(rid)
+            if hit is None:
+                res.bad.append((rec, f"delayed label for unknown or expired id {rid[:64]!r}"))
+                continue
+            x, proba, at = hit
+            arrival = float(ts) if ts is not None else now
+            delayed[rec] = (x, y, proba, max(0.0, arrival - at))
+            order.append((rec, -1))
+
+        # Cap the number of classes: a flood of new labels must not grow the state without bound.
+        known = set(self.learner.classes_)
+        if len(known) >= self.max_classes or len(known) + len(order) > self.max_classes:
+            kept = []
+            for rec, j in order:
+                y = dec.y[j] if j >= 0 else delayed[rec][1]
+                if y not in known and len(known) >= self.max_classes:
+                    res.bad.append((rec, f"label {str(y)[:40]!r} would exceed messages.max_classes={self.max_classes}"))
+                    continue
+                known.add(y)
+                kept.append((rec, j))
+            order = kept
+
+        self.samples_seen += len(dec.y) + len(delayed)
+        if not order:
+            return res
+        if delayed:
+            order.sort()
+            X = np.vstack([dec.X[j] if j >= 0 else delayed[rec][0] for rec, j in order])
+            y = [dec.y[j] if j >= 0 else delayed[rec][1] for rec, j in order]
+        else:
+            idx = [j for _, j in order]
+            X = dec.X[idx] if len(idx) < len(dec.y) else dec.X
+            y = [dec.y[j] for j in idx]
+
+        t0 = time.perf_counter()
+        y_arr = np.empty(len(y), dtype=object)
+        y_arr[:] = y
+        probas = []
+        errors_all = []
+        for a, b in self._segments(len(y)):
+            proba = self.learner.learn_predict(X[a:b], y_arr[a:b])
+            if delayed:
+                proba = proba.copy()
+                for k in range(a, b):
+                    rec, j = order[k]
+                    if j < 0:
+                        proba[k - a] = pad_columns(delayed[rec][2].reshape(1, -1), proba.shape[1])[0]
+            errors = self.metrics.update(y[a:b], proba, self.learner.classes_)
+            errors_all.append(errors)
+            self.labelled_seen += b - a
+            if self.monitor is not None:
+                for event in self.monitor.update(errors):
+                    res.events.append(event)
+                    self.drift_count += 1
+                    self.last_drift_at = self.clock()
+                    if self.on_drift is not None:
+                        self.on_drift(event)
+                    if self.adapt:
+                        self.learner.adapt(event)
+        self.learn_seconds += time.perf_counter() - t0
+        if delayed:
+            self.metrics.add_delays(np.asarray([delayed[rec][3] for rec, j in order if j < 0]))
+        res.learned = len(y)
+        return res
+
+    def _segments(self, n: int) -> list[tuple[int, int]]:
+        """Cut the learn set at global multiples of ``adapt_grid`` labelled samples.
+
+        With adaptation on, a drift detected inside a segment is acted on before the next
+        segment, so when an adaptation takes effect depends only on the sample count, never
+        on how the stream was cut into polls (the daemon and ``ocld evaluate`` agree).
+        """
+        if self.monitor is None or not self.adapt or n == 0:
+            return [(0, n)]
+        g = self.adapt_grid
+        first = g - (self.labelled_seen % g)
+        cuts = [0] + list(range(first, n, g)) + [n]
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    # -- state -----------------------------------------------------------------------
+    def to_parts(self) -> dict[str, LearnerState]:
+        parts = {
+            "learner": self.learner.to_state(),
+            "metrics": self.metrics.to_state(),
+            "pending": self.pending.to_state(),
+            "counters": LearnerState("Counters", {}, {}, {
+                "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
+                "drift_count": self.drift_count, "last_drift_at": self.last_drift_at}),
+        }
+        if self.monitor is not None:
+            parts["monitor"] = self.monitor.to_state()
+        return parts
+
+    def restore(self, parts: dict[str, LearnerState], allow_pickle: bool = False) -> None:
+        self.learner = learner_from_state(parts["learner"], allow_pickle=allow_pickle)
+        self.metrics = PrequentialMetrics.from_state(parts["metrics"])
+        self.pending = PendingTable.from_state(parts["pending"])
+        if "monitor" in parts and self.monitor is not None:
+            self.monitor = DriftMonitor.from_state(parts["monitor"])
+        c = parts["counters"].meta
+        self.samples_seen = int(c["samples_seen"])
+        self.labelled_seen = int(c["labelled_seen"])
+        self.predicted = int(c["predicted"])
+        self.drift_count = int(c["drift_count"])
+        self.last_drift_at = c.get("last_drift_at")
+
+    def status_fields(self) -> dict[str, Any]:
+        s = self.metrics.summary()
+        return {
+            "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
+            "accuracy": round(s["accuracy_window"], 6), "accuracy_total": round(s["accuracy"], 6),
+            "balanced_accuracy": round(s["balanced_accuracy"], 6), "log_loss": round(s["log_loss"], 6),
+            "nochange_accuracy": round(s["nochange_accuracy"], 6), "drift_count": self.drift_count,
+            "last_drift_at": self.last_drift_at or "", "pending": len(self.pending.items),
+            "pending_evicted": self.pending.evicted, "label_delay_mean_s": round(s["label_delay_mean_s"], 6),
+            "delayed_labels": s["delayed_labels"],
+        }

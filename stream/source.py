@@ -1,0 +1,130 @@
+"""Kafka input: a consumer-group member that polls micro-batches and owns the offsets.
+
+The next offset of every owned partition comes from the snapshot, not from the group's
+committed offsets: on every assignment the consumer seeks to the snapshot's offset (or
+to the beginning/end for a partition the snapshot has never seen). Offsets are committed
+to the group only after a snapshot switch, for monitoring tools. Lag is measured from
+the fetch high watermark (tansu misreports end_offsets; see stream.broker).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from stream.broker import client_kwargs, retry
+from stream.config import Config
+
+log = logging.getLogger("ocld.source")
+
+
+@dataclass
+class Polled:
+    values: list[bytes | None]
+    origin: list[tuple[str, int, int]]  # (topic, partition, offset) per value
+    next_offsets: dict[tuple[str, int], int]
+
+
+class KafkaSource:
+    def __init__(self, cfg: Config, offsets: dict[str, dict[int, int]],
+                 on_revoke: Callable[[list[Any]], None] | None = None,
+                 on_assign: Callable[[list[Any]], None] | None = None) -> None:
+        from kafka import KafkaConsumer
+
+        self.cfg = cfg
+        self.topic = cfg.kafka.topic
+        self.offsets = {(t, int(p)): int(o) for t, ps in offsets.items() for p, o in ps.items()}
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
+        k = cfg.kafka
+        self.consumer = retry("connecting to the broker", lambda: KafkaConsumer(
+            **client_kwargs(k), group_id=cfg.group_id, client_id=f"ocld-{cfg.name}", enable_auto_commit=False,
+            auto_offset_reset=k.start_from, max_poll_records=k.max_batch, fetch_max_wait_ms=max(k.max_wait_ms, 1),
+            session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms, fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=min(k.fetch_max_bytes, 10 * 1024 * 1024),
+        ))
+        from kafka import ConsumerRebalanceListener
+
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):  # type: ignore[override]
+                if revoked and source.on_revoke is not None:
+                    source.on_revoke(list(revoked))
+
+            def on_partitions_assigned(self, assigned):  # type: ignore[override]
+                source._seek(list(assigned))
+                if source.on_assign is not None:
+                    source.on_assign(list(assigned))
+
+        self.consumer.subscribe([self.topic], listener=_Listener())
+
+    def _seek(self, assigned: list[Any]) -> None:
+        for tp in assigned:
+            stored = self.offsets.get((tp.topic, tp.partition))
+            if stored is not None:
+                self.consumer.seek(tp, stored)
+            elif self.cfg.kafka.start_from == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}" for tp in assigned))
+
+    def poll(self) -> Polled:
+        k = self.cfg.kafka
+        records = self.consumer.poll(timeout_ms=k.max_wait_ms, max_records=k.max_batch)
+        values: list[bytes | None] = []
+        origin: list[tuple[str, int, int]] = []
+        nxt: dict[tuple[str, int], int] = {}
+        for tp, recs in records.items():
+            for r in recs:
+                values.append(r.value)
+                origin.append((tp.topic, tp.partition, r.offset))
+            if recs:
+                nxt[(tp.topic, tp.partition)] = recs[-1].offset + 1
+        return Polled(values, origin, nxt)
+
+    def advance(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        self.offsets.update(next_offsets)
+
+    def offsets_by_topic(self) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        for (t, p), o in self.offsets.items():
+            out.setdefault(t, {})[p] = o
+        return out
+
+    def assignment(self) -> list[Any]:
+        return sorted(self.consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+
+    def lag(self) -> int | None:
+        """Records between our position and the high watermark over owned partitions (None if unknown)."""
+        total = 0
+        for tp in self.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                return None
+            pos = self.offsets.get((tp.topic, tp.partition), 0)
+            total += max(0, hw - pos)
+        return total
+
+    def commit(self, owned_only: bool = True) -> None:
+        """Commit the snapshot's offsets to the group (monitoring only); failures are logged, not fatal."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        owned = {(tp.topic, tp.partition) for tp in self.assignment()}
+        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in self.offsets.items() if not owned_only or (t, p) in owned}
+        if not payload:
+            return
+        try:
+            self.consumer.commit(payload)
+        except Exception as exc:  # CommitFailedError during a rebalance, broker hiccups
+            log.warning("offset commit to the group failed (%s); the snapshot holds the offsets", exc)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("closing the consumer: %s", exc)

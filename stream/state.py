@@ -1,0 +1,239 @@
+"""Redis: versioned snapshot store, live status, metric and drift streams, notifications.
+
+Keys (namespace ``{ns}:{pipeline}``, ``ns`` = ``ocld`` by default):
+
+    status            hash    live status (state, host, pid, counters, accuracy, ...)
+    alive             string  heartbeat, expires after heartbeat_ttl_s
+    version           string  counter of snapshot versions (INCR)
+    snap:{v}:chunk:{i} string one chunk of raw array bytes (<= 64 MiB)
+    snap:{v}:manifest string  JSON manifest (stream.snapshot)
+    latest            hash    version, offsets (JSON), checksum, created_at, samples_seen
+    versions          zset    complete versions (score = version)
+    pinned            set     versions kept for rollback (taken just before an adaptation)
+    metrics           stream  periodic metric points (MAXLEN ~)
+    drift             stream  drift events (MAXLEN ~)
+    events            pub/sub "snapshot {v}", "drift {n}"
+
+Snapshot write order (a crash at any step leaves ``latest`` at a complete version):
+    1. v = INCR version
+    2. SET every chunk, then the manifest
+    3. MULTI: HSET latest ..., ZADD versions v; EXEC        <- the switch
+    4. delete versions beyond ``keep`` that are not pinned
+    5. PUBLISH events "snapshot v"
+The daemon commits Kafka offsets only after step 3 returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from stream import snapshot as fmt
+from stream.config import redact_url
+from stream.faults import fault_point
+
+log = logging.getLogger("ocld.state")
+
+
+def connect(url: str, password: str | None = None, username: str | None = None, timeout: float = 5.0) -> redis.Redis:
+    """A redis-py client; ``rediss://`` gives TLS. Errors never show the password."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
+    if password:
+        kwargs["password"] = password
+    if username:
+        kwargs["username"] = username
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+
+
+class Keys:
+    def __init__(self, pipeline: str, namespace: str = "ocld") -> None:
+        self.base = f"{namespace}:{pipeline}"
+
+    def __getattr__(self, name: str) -> str:  # status, alive, latest, versions, ...
+        return f"{self.base}:{name}"
+
+    def chunk(self, version: int, i: int) -> str:
+        return f"{self.base}:snap:{version}:chunk:{i}"
+
+    def manifest(self, version: int) -> str:
+        return f"{self.base}:snap:{version}:manifest"
+
+
+class SnapshotStore:
+    def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", keep: int = 3,
+                 chunk_bytes: int = 64 * 1024 * 1024) -> None:
+        self.r = client
+        self.pipeline = pipeline
+        self.keys = Keys(pipeline, namespace)
+        self.keep = keep
+        self.chunk_bytes = chunk_bytes
+
+    # -- write -----------------------------------------------------------------------
+    def write(self, snap: fmt.Snapshot) -> int:
+        """Write a new complete version and switch ``latest`` to it; return the version."""
+        snap.info.setdefault("created_at", time.time())
+        manifest, chunks = fmt.encode(snap, self.chunk_bytes)
+        k = self.keys
+        version = int(self.r.incr(k.version))
+        for i, chunk in enumerate(chunks):
+            self.r.set(k.chunk(version, i), chunk)
+            fault_point("snapshot.after_chunk")
+        self.r.set(k.manifest(version), manifest)
+        fault_point("snapshot.before_switch")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(k.latest, mapping={
+            "version": version,
+            "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}),
+            "checksum": fmt.checksum(manifest),
+            "created_at": snap.info["created_at"],
+            "samples_seen": snap.info.get("samples_seen", 0),
+        })
+        pipe.zadd(k.versions, {str(version): version})
+        pipe.execute()
+        fault_point("snapshot.after_switch")
+        self.prune()
+        self.r.publish(k.events, f"snapshot {version}")
+        return version
+
+    def prune(self) -> None:
+        k = self.keys
+        versions = [int(v) for v in self.r.zrevrange(k.versions, 0, -1)]
+        pinned = {int(v) for v in self.r.smembers(k.pinned)}
+        for v in versions[self.keep:]:
+            if v not in pinned:
+                self._delete(v)
+
+    def clean_orphans(self) -> int:
+        """Delete chunks of versions that never became complete (crash before the switch)."""
+        k = self.keys
+        complete = {int(v) for v in self.r.zrange(k.versions, 0, -1)}
+        latest = self.latest_version() or 0
+        current = int(self.r.get(k.version) or 0)
+        orphans: set[int] = set()
+        prefix = f"{k.base}:snap:"
+        for key in self.r.scan_iter(match=f"{prefix}*", count=1000):
+            v = int(key.decode()[len(prefix):].split(":", 1)[0])
+            if v not in complete and v <= current and v != latest:
+                orphans.add(v)
+        for v in orphans:
+            self._delete(v)
+        return len(orphans)
+
+    def _delete(self, version: int) -> None:
+        k = self.keys
+        keys = list(self.r.scan_iter(match=f"{k.base}:snap:{version}:*", count=1000))
+        pipe = self.r.pipeline(transaction=True)
+        if keys:
+            pipe.delete(*keys)
+        pipe.zrem(k.versions, str(version))
+        pipe.execute()
+
+    def pin(self, version: int) -> None:
+        self.r.sadd(self.keys.pinned, version)
+
+    # -- read ------------------------------------------------------------------------
+    def latest_version(self) -> int | None:
+        v = self.r.hget(self.keys.latest, "version")
+        return int(v) if v is not None else None
+
+    def versions(self) -> list[int]:
+        return [int(v) for v in self.r.zrevrange(self.keys.versions, 0, -1)]
+
+    def read(self, version: int) -> fmt.Snapshot:
+        k = self.keys
+        manifest = self.r.get(k.manifest(version))
+        if manifest is None:
+            raise fmt.CorruptSnapshot(f"version {version} has no manifest")
+        n = len(fmt.parse_manifest(manifest)["chunks"])
+        chunks = self.r.mget([k.chunk(version, i) for i in range(n)]) if n else []
+        snap = fmt.decode(manifest, chunks)
+        snap.info["version"] = version
+        return snap
+
+    def load_latest(self) -> fmt.Snapshot | None:
+        """The latest complete snapshot; on a checksum failure, the newest older one that verifies."""
+        latest = self.latest_version()
+        if latest is None:
+            return None
+        candidates = [latest] + [v for v in self.versions() if v < latest]
+        for v in candidates:
+            try:
+                snap = self.read(v)
+            except fmt.CorruptSnapshot as exc:
+                log.error("snapshot version %d of pipeline %r is unusable (%s); trying an older version", v, self.pipeline, exc)
+                continue
+            if v != latest:
+                log.warning("fell back from snapshot version %d to %d", latest, v)
+                snap.info["fell_back_from"] = latest
+            return snap
+        log.error("no usable snapshot for pipeline %r; starting fresh", self.pipeline)
+        return None
+
+    def manifest_info(self, version: int) -> dict[str, Any]:
+        manifest = self.r.get(self.keys.manifest(version))
+        if manifest is None:
+            raise fmt.CorruptSnapshot(f"version {version} has no manifest")
+        m = fmt.parse_manifest(manifest)
+        return {"version": version, "created_at": m["created_at"], "info": m["info"], "offsets": m["offsets"],
+                "total_bytes": m["total_bytes"], "chunks": len(m["chunks"]),
+                "learner": m["tree"].get("learner", {}).get("kind")}
+
+    def set_latest(self, version: int) -> None:
+        """Make an existing complete version the latest (rollback)."""
+        info = self.manifest_info(version)
+        self.read(version)  # verify checksums before switching
+        self.r.hset(self.keys.latest, mapping={
+            "version": version, "offsets": orjson.dumps(info["offsets"]), "created_at": info["created_at"],
+            "samples_seen": info["info"].get("samples_seen", 0),
+            "checksum": fmt.checksum(self.r.get(self.keys.manifest(version))),
+        })
+
+
+class StatusStore:
+    """Live status hash, heartbeat, metric and drift streams, event notifications."""
+
+    def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", heartbeat_ttl_s: int = 15,
+                 metrics_maxlen: int = 10_000, drift_maxlen: int = 10_000) -> None:
+        self.r = client
+        self.keys = Keys(pipeline, namespace)
+        self.ttl = heartbeat_ttl_s
+        self.metrics_maxlen = metrics_maxlen
+        self.drift_maxlen = drift_maxlen
+        self.identity = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def update(self, fields: dict[str, Any]) -> None:
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(k.status, mapping={key: _scalar(v) for key, v in fields.items()})
+        pipe.set(k.alive, orjson.dumps({**self.identity, "at": time.time()}), ex=self.ttl)
+        pipe.execute()
+
+    def add_metrics(self, point: dict[str, Any]) -> None:
+        self.r.xadd(self.keys.metrics, {k: _scalar(v) for k, v in point.items()}, maxlen=self.metrics_maxlen, approximate=True)
+
+    def add_drift(self, event: dict[str, Any], n: int) -> None:
+        self.r.xadd(self.keys.drift, {k: _scalar(v) for k, v in event.items()}, maxlen=self.drift_maxlen, approximate=True)
+        self.r.publish(self.keys.events, f"drift {n}")
+
+    def stopped(self, fields: dict[str, Any]) -> None:
+        self.update({**fields, "state": "stopped"})
+        self.r.delete(self.keys.alive)
+
+
+def _scalar(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float, str, bytes)):
+        return v
+    return orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)

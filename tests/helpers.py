@@ -1,0 +1,62 @@
+"""Small helpers for integration tests: produce raw records and read a topic to its end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], partitions: int = 1) -> None:
+    from kafka import KafkaProducer
+
+    from stream.broker import ensure_topics
+    from stream.config import KafkaConfig
+
+    ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: partitions})
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i, v in enumerate(values):
+        producer.send(topic, value=v, partition=i % partitions)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
+    """Every record of every partition, read until the high watermark (not end_offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            for recs in batch.values():
+                out.extend(recs)
+            hws = [consumer.highwater(tp) for tp in tps]
+            if all(hw is not None and consumer.position(tp) >= hw for tp, hw in zip(tps, hws)):
+                break
+            if not batch and all(hw is None for hw in hws) and time.monotonic() > deadline - timeout + 3:
+                break  # nothing was ever written
+        return out
+    finally:
+        consumer.close()
+
+
+def elec_records(n: int, start: int = 0) -> tuple[np.ndarray, list[int]]:
+    from stream.files import read_table
+    from tests.conftest import ROOT
+
+    table = read_table(ROOT / "data" / "elec.csv")
+    return table.X[start:start + n], table.y[start:start + n]
+
+
+def encode_rows(X: np.ndarray, y: list[Any]) -> list[bytes]:
+    import orjson
+
+    return [orjson.dumps({"x": X[i].tolist(), "y": y[i]}) for i in range(len(y))]
