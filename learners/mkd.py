@@ -38,11 +38,15 @@ Design choices (see also the class docstring):
   ``optimizer="sgd"`` (with ``momentum``) is available. Gradients are clipped to ``clip_norm``; a step whose loss is not finite is
   skipped; inputs are cleaned (NaN -> 0, +-Inf and large values clipped to
   ``input_clip``).
+- Replay buffer: ``buffers.reservoir.Reservoir`` (uniform reservoir sampling) or, with
+  ``buffer_kind="class_balanced"``, ``ClassBalancedReservoir``; it stores class indices
+  as labels and is saved as a child state. Replay draws happen before the incoming batch
+  is added (the batch is already in the loss once).
 - Randomness: the network is initialised, and dropout (if a custom body has it) runs,
   under this learner's own torch RNG state, inside ``torch.random.fork_rng`` so the
-  global torch RNG is never perturbed; buffer and replay sampling use a numpy
-  ``Generator``. Both RNG states are part of the state, so a restored copy continues
-  bit for bit.
+  global torch RNG is never perturbed; the buffer draws from its own counter-based RNG
+  seeded by ``seed``. Both are part of the state, so a restored copy continues bit for
+  bit.
 """
 
 from __future__ import annotations
@@ -71,82 +75,6 @@ def _torch() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("MomentumKD needs torch: pip install 'ocld[torch]' (torch==2.13.0)") from exc
     return torch
-
-
-# ---------------------------------------------------------------------------------------------
-# numpy RNG state <-> JSON (PCG64 state integers exceed 64 bits, which orjson refuses: use str)
-
-
-def rng_state_to_json(rng: np.random.Generator) -> dict[str, Any]:
-    st = rng.bit_generator.state
-    inner = st["state"]
-    return {
-        "bit_generator": st["bit_generator"],
-        "state": {k: str(v) for k, v in inner.items()},
-        "has_uint32": int(st["has_uint32"]),
-        "uinteger": str(st["uinteger"]),
-    }
-
-
-def rng_from_json(data: dict[str, Any]) -> np.random.Generator:
-    bitgen_cls = getattr(np.random, data["bit_generator"])
-    bitgen = bitgen_cls()
-    bitgen.state = {
-        "bit_generator": data["bit_generator"],
-        "state": {k: int(v) for k, v in data["state"].items()},
-        "has_uint32": int(data["has_uint32"]),
-        "uinteger": int(data["uinteger"]),
-    }
-    return np.random.Generator(bitgen)
-
-
-# ---------------------------------------------------------------------------------------------
-# replay buffer
-
-
-class ReplayReservoir:
-    """Reservoir sampling (Vitter's algorithm R) over (x, class index) pairs, numpy only.
-
-    Every sample seen so far is in the buffer with probability capacity / n_seen. The
-    random draws come from the generator passed in, so the owner controls seeding and
-    serializes one RNG state. X is stored as float32 (what the network consumes).
-    """
-
-    def __init__(self, capacity: int, n_features: int) -> None:
-        if capacity < 0:
-            raise ValueError(f"buffer_size must be >= 0, got {capacity}")
-        self.capacity = int(capacity)
-        self.X = np.zeros((self.capacity, n_features), dtype=np.float32)
-        self.y = np.zeros(self.capacity, dtype=np.int64)
-        self.size = 0
-        self.n_seen = 0
-
-    def add(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
-        n = X.shape[0]
-        if n == 0 or self.capacity == 0:
-            self.n_seen += n
-            return
-        # Fill the free slots first, then one draw per remaining sample (vectorized).
-        free = min(self.capacity - self.size, n)
-        if free > 0:
-            self.X[self.size : self.size + free] = X[:free]
-            self.y[self.size : self.size + free] = y[:free]
-            self.size += free
-        rest = n - free
-        if rest > 0:
-            highs = self.n_seen + free + np.arange(1, rest + 1, dtype=np.int64)
-            slots = rng.integers(0, highs)
-            for i in np.flatnonzero(slots < self.capacity):  # later samples overwrite earlier ones
-                self.X[slots[i]] = X[free + i]
-                self.y[slots[i]] = y[free + i]
-        self.n_seen += n
-
-    def sample(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        k = min(int(k), self.size)
-        if k <= 0:
-            return self.X[:0], self.y[:0]
-        idx = rng.choice(self.size, size=k, replace=False)
-        return self.X[idx], self.y[idx]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +159,9 @@ class MomentumKD(Learner):
         distillation temperature, weight of the tau^2-scaled KL term, EMA rate of the teacher.
     optimizer, lr, weight_decay, momentum:
         ``"sgd"`` or ``"adam"``; ``momentum`` is used by SGD only.
-    buffer_size, replay_batch:
-        reservoir capacity (samples) and replay rows joined to each incoming batch.
+    buffer_size, replay_batch, buffer_kind:
+        replay buffer capacity (samples; 0: no replay), replay rows joined to each incoming
+        batch, and ``"reservoir"`` or ``"class_balanced"``.
     iterations:
         gradient steps per incoming batch (each with a fresh replay draw).
     clip_norm, input_clip:
@@ -263,6 +192,7 @@ class MomentumKD(Learner):
         momentum: float = 0.0,
         buffer_size: int = 200,
         replay_batch: int = 32,
+        buffer_kind: str = "reservoir",
         iterations: int = 3,
         clip_norm: float = 5.0,
         input_clip: float = 1e4,
@@ -278,6 +208,8 @@ class MomentumKD(Learner):
             raise ValueError(f"tau must be > 0, got {tau}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if buffer_kind not in ("reservoir", "class_balanced"):
+            raise ValueError(f"buffer_kind must be 'reservoir' or 'class_balanced', got {buffer_kind!r}")
         if iterations < 1 or replay_batch < 0 or buffer_size < 0:
             raise ValueError("iterations must be >= 1, replay_batch and buffer_size >= 0")
         self.hidden = tuple(int(h) for h in hidden)
@@ -295,6 +227,7 @@ class MomentumKD(Learner):
         self.momentum = float(momentum)
         self.buffer_size = int(buffer_size)
         self.replay_batch = int(replay_batch)
+        self.buffer_kind = buffer_kind
         self.iterations = int(iterations)
         self.clip_norm = float(clip_norm)
         self.input_clip = float(input_clip)
@@ -304,14 +237,13 @@ class MomentumKD(Learner):
         self.n_features: int | None = None
         self.n_learned = 0
         self.n_steps = 0
-        self._rng = np.random.default_rng(self.seed)
         self._torch_rng: Any = None  # torch ByteTensor (CPU generator state), set on build
         self._student: Any = None
         self._teacher: Any = None
         self._opt: Any = None
         self._predictor: Any = None
         self._predictor_stale = True
-        self._buffer: ReplayReservoir | None = None
+        self._buffer: Any = None  # buffers.reservoir.Reservoir, built with the network
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -350,14 +282,18 @@ class MomentumKD(Learner):
         if len(self._index) > before:
             self._grow(len(self._index))
         Xc = self._clean(X)
-        assert self._buffer is not None
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self._torch_rng)
             for _ in range(self.iterations):
-                Xr, yr = self._buffer.sample(self.replay_batch, self._rng)
-                self._step(np.concatenate([Xc, Xr]), np.concatenate([y_idx, yr]))
+                Xb, yb = Xc, y_idx
+                if self._buffer is not None and self.replay_batch > 0 and len(self._buffer) > 0:
+                    Xr, yr = self._buffer.sample(self.replay_batch)
+                    Xb = np.concatenate([Xc, Xr.astype(np.float32)])
+                    yb = np.concatenate([y_idx, np.asarray(yr, dtype=np.int64)])
+                self._step(Xb, yb)
             self._torch_rng = torch.get_rng_state()
-        self._buffer.add(Xc, y_idx, self._rng)
+        if self._buffer is not None:
+            self._buffer.add(Xc, y_idx)
         self.n_learned += X.shape[0]
         self._predictor_stale = True
 
@@ -409,7 +345,15 @@ class MomentumKD(Learner):
         if self.mkd:
             self._teacher = self._copy_net(self._student)
         self._opt = self._make_optimizer()
-        self._buffer = ReplayReservoir(self.buffer_size, n_features)
+        self._buffer = self._make_buffer()
+
+    def _make_buffer(self) -> Any:
+        if self.buffer_size == 0:
+            return None
+        from buffers.reservoir import ClassBalancedReservoir, Reservoir
+
+        cls = ClassBalancedReservoir if self.buffer_kind == "class_balanced" else Reservoir
+        return cls(capacity=self.buffer_size, seed=self.seed)
 
     @staticmethod
     def _copy_net(net: Any) -> Any:
@@ -557,7 +501,6 @@ class MomentumKD(Learner):
             "n_features": self.n_features,
             "n_learned": self.n_learned,
             "n_steps": self.n_steps,
-            "rng": rng_state_to_json(self._rng),
             "built": self._student is not None,
         }
         if self._student is not None:
@@ -579,11 +522,8 @@ class MomentumKD(Learner):
                     opt_keys[str(i)] = keys
             meta["opt_keys"] = opt_keys
             arrays["torch_rng"] = self._torch_rng.numpy().copy()
-            assert self._buffer is not None
-            arrays["buffer_X"] = self._buffer.X[: self._buffer.size].copy()
-            arrays["buffer_y"] = self._buffer.y[: self._buffer.size].copy()
-            meta["buffer_n_seen"] = self._buffer.n_seen
-        return LearnerState("MomentumKD", self._params_json(), arrays, meta)
+        children = {} if self._buffer is None else {"buffer": self._buffer.to_state()}
+        return LearnerState("MomentumKD", self._params_json(), arrays, meta, children)
 
     @classmethod
     def from_state(cls, state: LearnerState) -> "MomentumKD":
@@ -592,15 +532,10 @@ class MomentumKD(Learner):
         obj._index = ClassIndex(list(meta.get("classes", [])))
         obj.n_learned = int(meta.get("n_learned", 0))
         obj.n_steps = int(meta.get("n_steps", 0))
-        if "rng" in meta:
-            obj._rng = rng_from_json(meta["rng"])
         if not meta.get("built", False):
             return obj
         torch = _torch()
-        d = int(meta["n_features"])
-        rng = obj._rng
-        obj._build(d)
-        obj._rng = rng
+        obj._build(int(meta["n_features"]))
         if len(obj._index) > 0:
             obj._grow(len(obj._index))
 
@@ -620,12 +555,7 @@ class MomentumKD(Learner):
             p = params[int(i_str)]
             obj._opt.state[p] = {k: torch.from_numpy(np.array(state.arrays[f"opt.{i_str}.{k}"])) for k in keys}
         obj._torch_rng = torch.from_numpy(np.array(state.arrays["torch_rng"], dtype=np.uint8))
-        assert obj._buffer is not None
-        bx = np.asarray(state.arrays["buffer_X"], dtype=np.float32)
-        by = np.asarray(state.arrays["buffer_y"], dtype=np.int64)
-        obj._buffer.X[: len(bx)] = bx
-        obj._buffer.y[: len(by)] = by
-        obj._buffer.size = len(bx)
-        obj._buffer.n_seen = int(meta.get("buffer_n_seen", len(bx)))
+        if "buffer" in state.children:
+            obj._buffer = type(obj._buffer).from_state(state.children["buffer"])
         obj._predictor_stale = True
         return obj

@@ -39,10 +39,20 @@ def feed(learner: MomentumKD, X: np.ndarray, y: np.ndarray, batch: int = 7) -> N
 def json_roundtrip(state: LearnerState) -> LearnerState:
     """What a snapshot does: params/meta through JSON, arrays through raw bytes."""
     arrays = {k: np.frombuffer(v.tobytes(), dtype=v.dtype).reshape(v.shape).copy() for k, v in state.arrays.items()}
-    return LearnerState(state.kind, json.loads(json.dumps(state.params)), arrays, json.loads(json.dumps(state.meta)))
+    children = {k: json_roundtrip(v) for k, v in state.children.items()}
+    params, meta = json.loads(json.dumps(state.params)), json.loads(json.dumps(state.meta))
+    return LearnerState(state.kind, params, arrays, meta, children)
 
 
-@pytest.mark.parametrize("kw", [{}, {"mkd": False}, {"batchnorm": True, "optimizer": "sgd", "momentum": 0.9}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"mkd": False},
+        {"batchnorm": True, "optimizer": "sgd", "momentum": 0.9, "buffer_kind": "class_balanced"},
+        {"buffer_size": 0},
+    ],
+)
 def test_state_round_trip_continues_identically(kw: dict) -> None:
     X, y = blobs(120, [0, 1, 2], seed=0)
     a = small(**kw)
@@ -56,9 +66,12 @@ def test_state_round_trip_continues_identically(kw: dict) -> None:
     assert a.classes_ == b.classes_
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     sa, sb = a.to_state(), b.to_state()
-    assert sa.arrays.keys() == sb.arrays.keys()
+    assert sa.arrays.keys() == sb.arrays.keys() and sa.children.keys() == sb.children.keys()
     for k in sa.arrays:
         np.testing.assert_array_equal(sa.arrays[k], sb.arrays[k], err_msg=k)
+    if "buffer" in sa.children:
+        assert sa.children["buffer"].meta == sb.children["buffer"].meta
+        np.testing.assert_array_equal(sa.children["buffer"].arrays["X"], sb.children["buffer"].arrays["X"])
 
 
 def test_unbuilt_state_round_trip() -> None:
@@ -203,14 +216,8 @@ def test_registry_builds_in_a_pipeline() -> None:
     learner = build_learner("MomentumKD", {"hidden": [8], "buffer_size": 20}, [{"name": "Standardizer"}])
     X, y = blobs(30, [0, 1], seed=13)
     learner.learn(X, y)
-    restored = learner_from_state(json_roundtrip_tree(learner.to_state()))
+    restored = learner_from_state(json_roundtrip(learner.to_state()))
     np.testing.assert_array_equal(learner.predict_proba(X), restored.predict_proba(X))
-
-
-def json_roundtrip_tree(state: LearnerState) -> LearnerState:
-    out = json_roundtrip(state)
-    out.children = {k: json_roundtrip_tree(v) for k, v in state.children.items()}
-    return out
 
 
 def test_registry_import_does_not_import_torch() -> None:
