@@ -1,0 +1,76 @@
+"""Config validation: every mistake names the field and what to change."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from stream.config import ConfigError, load_config, parse_config, redact_url
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    cfg.build_learner()
+
+
+def test_unknown_field_suggests_the_right_name():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"kafka": {"max_bach": 10}})
+    assert "kafka.max_bach" in str(err.value) and "did you mean 'max_batch'" in str(err.value)
+
+
+def test_out_of_range_value_names_field_and_value():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"kafka": {"max_batch": 0}})
+    msg = str(err.value)
+    assert "kafka.max_batch" in msg and "greater than or equal to 1" in msg and "(got 0)" in msg
+
+
+def test_unknown_learner_lists_the_choices():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"learner": {"name": "KalmanHed"}})
+    assert "learner" in str(err.value) and "KalmanHead" in str(err.value)
+
+
+def test_bad_learner_parameter_is_reported():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"learner": {"name": "KalmanHead", "params": {"gg": 1}}})
+    assert "KalmanHead" in str(err.value) and "gg" in str(err.value)
+
+
+def test_bad_feature_map_is_reported():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"learner": {"name": "KalmanHead", "features": [{"name": "Scaler"}]}})
+    assert "features[0]" in str(err.value) and "Standardizer" in str(err.value)
+
+
+def test_yaml_errors_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_secrets_are_not_echoed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"redis": {"url": "redis://u:hunter2@h:6379/0", "password": 12345678}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "12345678" not in str(err.value)
+    assert "hunter2" not in repr(parse_config({"redis": {"url": "redis://u:hunter2@h:6379/0"}}))
+    assert redact_url("redis://u:hunter2@h:6379/0") == "redis://u:***@h:6379/0"
+
+
+def test_environment_replaces_embedded_only(monkeypatch):
+    from stream.config import apply_environment
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:2")
+    cfg = apply_environment(parse_config({}))
+    assert cfg.kafka.bootstrap == "127.0.0.1:2" and cfg.redis.url.get_secret_value() == "redis://127.0.0.1:1/0"
+    explicit = apply_environment(parse_config({"kafka": {"bootstrap": "k:9092"}, "redis": {"url": "redis://r/0"}}))
+    assert explicit.kafka.bootstrap == "k:9092" and explicit.redis.url.get_secret_value() == "redis://r/0"
