@@ -505,19 +505,21 @@ class MomentumKD(Learner):
         }
         if self._student is not None:
             torch = _torch()
+            # Scalars (Adam's step, BatchNorm's num_batches_tracked) are stored with shape (1,)
+            # and reshaped on restore: the snapshot codec need not keep 0-d shapes.
             for name, t in self._student.state_dict().items():
-                arrays[f"student.{name}"] = t.detach().cpu().numpy().copy()
+                arrays[f"student.{name}"] = np.atleast_1d(t.detach().cpu().numpy()).copy()
             if self._teacher is not None:
                 for name, t in self._teacher.state_dict().items():
-                    arrays[f"teacher.{name}"] = t.detach().cpu().numpy().copy()
-            opt_keys: dict[str, list[str]] = {}
+                    arrays[f"teacher.{name}"] = np.atleast_1d(t.detach().cpu().numpy()).copy()
+            opt_keys: dict[str, list[list[Any]]] = {}  # param index -> [[key, shape], ...]
             for i, p in enumerate(self._student.parameters()):
                 st = self._opt.state.get(p, {})
                 keys = []
                 for k, v in st.items():
                     if isinstance(v, torch.Tensor):
-                        arrays[f"opt.{i}.{k}"] = v.detach().cpu().numpy().copy()
-                        keys.append(k)
+                        arrays[f"opt.{i}.{k}"] = np.atleast_1d(v.detach().cpu().numpy()).copy()
+                        keys.append([k, list(v.shape)])
                 if keys:
                     opt_keys[str(i)] = keys
             meta["opt_keys"] = opt_keys
@@ -541,8 +543,8 @@ class MomentumKD(Learner):
 
         def load(net: Any, prefix: str) -> None:
             sd = {
-                name: torch.from_numpy(np.array(state.arrays[f"{prefix}.{name}"]))
-                for name in net.state_dict()
+                name: torch.from_numpy(np.array(state.arrays[f"{prefix}.{name}"]).reshape(t.shape))
+                for name, t in net.state_dict().items()
             }
             net.load_state_dict(sd)
 
@@ -553,7 +555,9 @@ class MomentumKD(Learner):
         params = list(obj._student.parameters())
         for i_str, keys in meta.get("opt_keys", {}).items():
             p = params[int(i_str)]
-            obj._opt.state[p] = {k: torch.from_numpy(np.array(state.arrays[f"opt.{i_str}.{k}"])) for k in keys}
+            obj._opt.state[p] = {
+                k: torch.from_numpy(np.array(state.arrays[f"opt.{i_str}.{k}"]).reshape(shape)) for k, shape in keys
+            }
         obj._torch_rng = torch.from_numpy(np.array(state.arrays["torch_rng"], dtype=np.uint8))
         if "buffer" in state.children:
             obj._buffer = type(obj._buffer).from_state(state.children["buffer"])
