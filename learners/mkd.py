@@ -247,7 +247,7 @@ class MomentumKD(Learner):
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
-        return {"hidden": (16,), "buffer_size": 50, "replay_batch": 8, "seed": 1}
+        return {"hidden": (16,), "buffer_size": 50, "replay_batch": 8, "iterations": 2, "seed": 1}
 
     # -- protocol -----------------------------------------------------------------------------
 

@@ -18,6 +18,14 @@ from learners.registry import build_learner, learner_from_state  # noqa: E402
 D = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():  # tiny networks: threads only add contention on a shared machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small(**kw: object) -> MomentumKD:
     params = MomentumKD._unit_test_params()
     params.update(kw)
@@ -199,7 +207,7 @@ def test_mkd_beats_er_on_a_small_class_incremental_stream() -> None:
     for mkd in (False, True):
         total = 0.0
         for seed in (0, 1):
-            m = MomentumKD(hidden=(32,), buffer_size=40, mkd=mkd, seed=seed)
+            m = MomentumKD(hidden=(32,), buffer_size=40, iterations=2, mkd=mkd, seed=seed)
             for task in range(3):
                 yt = np.repeat([2 * task, 2 * task + 1], 60)
                 yt = yt[np.random.default_rng(seed + task).permutation(len(yt))]
