@@ -35,9 +35,15 @@ Design choices (see also the class docstring):
   200) were chosen on the class-incremental digits stream (``benchmarks/digits_cl.py``):
   plain SGD (lr 0.05-0.1, one step) underfits a single pass badly (ER ~0.2-0.86), Adam with
   3 steps gives the strongest ER baseline and the strongest ER+MKD among those tried.
-  ``optimizer="sgd"`` (with ``momentum``) is available. Gradients are clipped to ``clip_norm``; a step whose loss is not finite is
-  skipped; inputs are cleaned (NaN -> 0, +-Inf and large values clipped to
-  ``input_clip``).
+  ``optimizer="sgd"`` (with ``momentum``) is available.
+- Never NaN: inputs are cleaned (NaN -> 0, +-Inf and large values clipped to
+  ``input_clip``), gradients are clipped to norm ``clip_norm``, and a step whose loss
+  is not finite is skipped.
+- State: student, teacher and optimizer tensors (Adam moments and step counts included)
+  as float arrays, the torch RNG state as uint8, scalars stored with shape (1,); the
+  averaged prediction network is recomputed, not stored.
+- Speed: these networks are small; run the process with ``torch.set_num_threads(1)``
+  on shared cores (intra-op threads mostly add contention).
 - Replay buffer: ``buffers.reservoir.Reservoir`` (uniform reservoir sampling) or, with
   ``buffer_kind="class_balanced"``, ``ClassBalancedReservoir``; it stores class indices
   as labels and is saved as a child state. Replay draws happen before the incoming batch
