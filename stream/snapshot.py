@@ -62,12 +62,12 @@ def encode(snapshot: Snapshot, chunk_bytes: int = 64 * 1024 * 1024) -> tuple[byt
     def node(state: LearnerState, path: str) -> dict[str, Any]:
         names = []
         for name, arr in state.arrays.items():
-            a = np.ascontiguousarray(arr)
+            a = np.asarray(arr)
             if a.dtype.kind not in _ALLOWED_KINDS:
                 raise TypeError(f"array {path}/{name} has dtype {a.dtype}; only numeric arrays go into a snapshot")
             arrays.append({"path": f"{path}/{name}", "dtype": a.dtype.str, "shape": list(a.shape),
                            "start": len(blob), "nbytes": a.nbytes})
-            blob.extend(a.tobytes())
+            blob.extend(a.tobytes(order="C"))  # shape kept as is (0-d arrays stay 0-d)
             names.append(name)
         return {"kind": state.kind, "params": state.params, "meta": state.meta, "arrays": names,
                 "children": {k: node(c, f"{path}/{k}") for k, c in state.children.items()}}

@@ -77,12 +77,6 @@ def test_every_registered_component_is_covered() -> None:
         assert checks.CHECKS[case.kind]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="stream.snapshot.encode stores np.ascontiguousarray(arr), which makes a 0-d array 1-d: "
-    "the manifest records shape [1] and decode gives back shape (1,) instead of ()",
-)
 def test_snapshot_format_keeps_0d_arrays() -> None:
     """Every learner state passes through the snapshot codec, so it must keep shapes exactly
     (a learner may hold scalars as 0-d arrays, e.g. torch optimizer step counters)."""
