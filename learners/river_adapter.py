@@ -100,6 +100,7 @@ class RiverLearner(Learner):
 
     uses_pickle: ClassVar[bool] = True
     batch_invariant: ClassVar[bool] = True  # one sample at a time whatever the batch cut
+    exact_prequential: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class RiverLearner(Learner):
         self.n_features: int | None = None
         self._names: list[str] = []
         self.n_learned = 0
+        self._known_before = 0
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -137,6 +139,18 @@ class RiverLearner(Learner):
     def _row(self, row: np.ndarray) -> dict[str, float]:
         return dict(zip(self._names, row.tolist()))
 
+    def _proba_into(self, out: np.ndarray, features: dict[str, float], k: int) -> None:
+        """river's probabilities for one row into ``out[:k]``, normalized (uniform if empty)."""
+        for j, p in self._model.predict_proba_one(features).items():
+            j = int(j)  # binary models answer with False/True
+            if 0 <= j < k and p is not None and np.isfinite(p):
+                out[j] = p
+        total = out[:k].sum()
+        if total > 0:
+            out[:k] /= total
+        else:
+            out[:k] = 1.0 / k  # the model knows nothing yet: uniform
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features)
         k = len(self._index)
@@ -144,32 +158,43 @@ class RiverLearner(Learner):
         if k == 0:
             return out
         for i, row in enumerate(X):
-            proba = self._model.predict_proba_one(self._row(row))
-            for j, p in proba.items():
-                j = int(j)  # binary models answer with False/True
-                if 0 <= j < k and p is not None and np.isfinite(p):
-                    out[i, j] = p
-        sums = out.sum(axis=1, keepdims=True)
-        empty = sums[:, 0] <= 0
-        out[empty] = 1.0 / k  # the model knows nothing yet: uniform
-        sums[empty] = 1.0
-        return out / sums
+            self._proba_into(out[i], self._row(row), k)
+        return out
 
-    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+    def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """River's own test-then-train, one sample at a time: row i is predicted by the model
+        that has learned rows < i (exact prequential, whatever the batch cut)."""
         X = check_X(X, self.n_features)
+        y_idx = self._encode(X, y)
+        out = np.zeros((X.shape[0], len(self._index)), dtype=np.float64)
+        known = self._known_before  # classes seen before this batch; new ones appear in index order
+        for i, (row, j) in enumerate(zip(X, y_idx.tolist())):
+            features = self._row(row)
+            if known:
+                self._proba_into(out[i], features, known)
+            self._model.learn_one(features, j)
+            known = max(known, j + 1)
+        self.n_learned += X.shape[0]
+        return out
+
+    def _encode(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         y_arr = np.asarray(y, dtype=object).reshape(-1)
         if y_arr.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {y_arr.shape[0]} labels")
-        if X.shape[0] == 0:
-            return
-        if self.n_features is None:
+        if self.n_features is None and X.shape[0]:
             self._set_width(X.shape[1])
+        self._known_before = len(self._index)
         y_idx = self._index.encode(y_arr)
         if len(self._index) > 2 and not getattr(self._model, "_multiclass", True):
             raise ValueError(
                 f"{self.model!r} is a binary classifier but the stream has a third class; wrap it: "
                 "model: river.multiclass.OneVsRestClassifier, params: {classifier: {model: ...}}"
             )
+        return y_idx
+
+    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+        X = check_X(X, self.n_features)
+        y_idx = self._encode(X, y)
         for row, j in zip(X, y_idx.tolist()):
             self._model.learn_one(self._row(row), j)
         self.n_learned += X.shape[0]
