@@ -5,16 +5,27 @@ topic/partition/offset travel in headers (``ocld.reason``, ``ocld.topic``,
 ``ocld.partition``, ``ocld.offset``), as Kafka Connect does. Sends are asynchronous and
 flushed before every snapshot, so outputs are durable before offsets move (after a crash
 they may be sent again: at-least-once, while learning is exactly-once).
+
+Bounded memory: kafka-python 3 has no ``buffer_memory``, so the sink caps the bytes of
+queued, unacknowledged outputs itself at ``max_buffer_bytes``. When the cap is reached it
+flushes (backpressure on the daemon loop, at most ``max_block_ms``); if that does not make
+room (broker gone), the record is dropped and counted in ``dlq_dropped`` /
+``predictions_dropped`` (status and /metrics), never raised into the loop, and later
+records are dropped at once until the queue drains (no second long block). A failed ``flush`` raises ``kafka.errors.KafkaError``: the
+daemon then postpones the snapshot, so offsets never move past unflushed outputs.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from typing import Any
 
 import orjson
 
-from stream.broker import client_kwargs
+from stream.broker import client_kwargs, retry
 from stream.config import KafkaConfig
 
 log = logging.getLogger("ocld.sink")
@@ -22,26 +33,31 @@ log = logging.getLogger("ocld.sink")
 
 class Sink:
     def __init__(self, kafka: KafkaConfig, dlq_topic: str, predictions_topic: str | None = None,
-                 max_buffer_bytes: int = 32 * 1024 * 1024) -> None:
+                 max_buffer_bytes: int = 32 * 1024 * 1024, max_block_ms: int = 60_000) -> None:
         from kafka import KafkaProducer
 
         self.dlq_topic = dlq_topic
         self.predictions_topic = predictions_topic
-        # buffer_memory caps the producer queue: when full, send() blocks (backpressure)
-        # instead of growing without bound.
-        self.producer = KafkaProducer(**client_kwargs(kafka), linger_ms=20,
-                                      max_block_ms=60_000, client_id="ocld-sink")
+        self.producer = retry("connecting the output producer to the broker", lambda: KafkaProducer(
+            **client_kwargs(kafka), linger_ms=20, max_block_ms=max_block_ms, client_id="ocld-sink"))
         self.max_buffer_bytes = max_buffer_bytes
+        self.max_block_ms = max_block_ms
+        self.queued_bytes = 0  # outputs sent to the producer and not yet acknowledged
+        self._lock = threading.Lock()
+        self._full_since: float | None = None
         self.dlq_count = 0
         self.dlq_by_reason: dict[str, int] = {}
+        self.dlq_dropped = 0
+        self.predictions_dropped = 0
 
     def dead_letter(self, value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         headers = [("ocld.reason", reason.encode()), ("ocld.topic", topic.encode()),
                    ("ocld.partition", str(partition).encode()), ("ocld.offset", str(offset).encode())]
-        self.producer.send(self.dlq_topic, value=value or b"", headers=headers)
         self.dlq_count += 1
-        key = reason.split(":", 1)[0].split(" got ")[0][:60]
+        key = reason_key(reason)
         self.dlq_by_reason[key] = self.dlq_by_reason.get(key, 0) + 1
+        if not self._send(self.dlq_topic, value or b"", headers):
+            self.dlq_dropped += 1
 
     def prediction(self, topic: str, partition: int, offset: int, rid: Any, label: Any, proba: list[float],
                    classes: list[Any]) -> None:
@@ -49,7 +65,49 @@ class Sink:
             return
         body = {"topic": topic, "partition": partition, "offset": offset, "id": rid, "y_pred": label,
                 "proba": dict(zip(map(str, classes), proba))}
-        self.producer.send(self.predictions_topic, value=orjson.dumps(body))
+        if not self._send(self.predictions_topic, orjson.dumps(body), None):
+            self.predictions_dropped += 1
+
+    def _send(self, topic: str, value: bytes, headers: list[tuple[str, bytes]] | None) -> bool:
+        from kafka.errors import KafkaError
+
+        size = len(value) + 64
+        if self.queued_bytes + size > self.max_buffer_bytes and not self._make_room(size):
+            self._dropped(topic, "the output queue is full and the broker does not take records")
+            return False
+        try:
+            future = self.producer.send(topic, value=value, headers=headers)
+        except (KafkaError, AssertionError, ValueError) as exc:  # metadata timeout, record too large
+            self._dropped(topic, f"{type(exc).__name__}: {exc}")
+            return False
+        with self._lock:
+            self.queued_bytes += size
+        future.add_both(self._acked, size)
+        return True
+
+    def _acked(self, size: int, _result: object = None) -> None:
+        with self._lock:
+            self.queued_bytes -= size
+
+    def _make_room(self, size: int) -> bool:
+        from kafka.errors import KafkaError
+
+        now = time.monotonic()
+        if self._full_since is not None and now - self._full_since < 5.0:
+            return False  # a flush just failed: drop at once instead of blocking again
+        try:
+            self.producer.flush(self.max_block_ms / 1000)
+        except KafkaError:
+            pass
+        if self.queued_bytes + size > self.max_buffer_bytes:
+            self._full_since = now
+            return False
+        self._full_since = None
+        return True
+
+    def _dropped(self, topic: str, why: str) -> None:
+        if not (self.dlq_dropped + self.predictions_dropped) % 1000:
+            log.warning("dropped an output record for %s (%s); dropped records are counted in the status", topic, why)
 
     def flush(self, timeout: float | None = 30.0) -> None:
         self.producer.flush(timeout)
@@ -59,3 +117,13 @@ class Sink:
             self.producer.flush(10)
         finally:
             self.producer.close(5)
+
+
+def reason_key(reason: str) -> str:
+    """A short, low-cardinality key for a rejection reason (status ``dlq_by_reason``, metric label)."""
+    key = _QUOTED.sub("?", reason.split(": ", 1)[0])
+    return _NUMBER.sub("N", key)[:60]
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?")
