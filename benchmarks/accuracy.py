@@ -19,8 +19,9 @@ Models, one config each and the SAME config on every stream (no per-stream tunin
   binary-only model needs);
 - ``hat``: river ``HoeffdingAdaptiveTreeClassifier()`` (defaults, no scaler);
 - ``arf``: river ``ARFClassifier(n_models=10, seed=42)`` (no scaler);
-- ``arf_yaml`` (not in the default set): config/river-arf.yaml unchanged.
-River baselines run with ``drift.adapt: false``: the ADWIN monitor still runs (same
+- ``arf_yaml`` (not in the default set): config/river-arf.yaml unchanged (scaler in front,
+  and the default drift section, so the model is started over on every ADWIN detection).
+The other river baselines run with ``drift.adapt: false``: the ADWIN monitor still runs (same
 bookkeeping cost as for ocld's learners) but never resets the river model, which keeps
 its own internal drift handling; that is how river evaluates its models
 (``RiverLearner.adapt`` would start the model over on every detection).
@@ -141,7 +142,7 @@ def config_for(model: str, stream: str) -> Any:
             raise ValueError(f"unknown model {model!r}; choose from {list(ALL_MODELS)}")
         data = {"name": f"bench-{model}", "allow_pickle": True, "learner": {"name": "RiverLearner", "params": params}}
     data = copy.deepcopy(data)
-    if model in RIVER_MODELS:
+    if model in RIVER_MODELS and model != "arf_yaml":
         data["drift"] = dict(data.get("drift") or {}, adapt=False)
     return parse_config(data, f"benchmark config {model}")
 
