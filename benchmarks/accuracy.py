@@ -57,8 +57,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# ROOT first: this folder holds a ``learners.py`` that must not shadow the ``learners`` package.
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SEED = 42
 SYNTHETIC = ("sea", "agrawal", "hyperplane", "rbf")
@@ -103,7 +103,13 @@ def stream_file(name: str, samples: int | None) -> tuple[Path, int | None]:
         return ROOT / "data" / f"{name}.csv", samples
     if name == "digits":
         return ROOT / "data" / "digits_train.csv", samples
-    from streams import make_stream, write_csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ocld_bench_streams", ROOT / "benchmarks" / "streams.py")
+    assert spec is not None and spec.loader is not None
+    streams = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(streams)
+    make_stream, write_csv = streams.make_stream, streams.write_csv
 
     n = samples or DEFAULT_SAMPLES
     path = cache_dir() / f"{name}_{n}_{SEED}.csv"
