@@ -143,10 +143,12 @@ class EmbeddedRedis(_ChildProcess):
 
     what = "embedded Redis"
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, appendonly: bool = True,
+                 extra_args: list[str] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args or [])  # e.g. ["--requirepass", secret] (tests of authentication)
 
     @property
     def url(self) -> str:
@@ -156,7 +158,7 @@ class EmbeddedRedis(_ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir.resolve()),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
-                "--protected-mode", "yes"]
+                "--protected-mode", "yes", *self.extra_args]
         self._spawn(argv, self.data_dir / "redis.log", self.port)
 
 
