@@ -19,6 +19,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,44 @@ def test_ten_thousand_bad_records_end_to_end(make_config, broker, redis_url):
     assert np.isfinite(daemon.core.learner.predict_proba(X[:100])).all()
     status = StateClient(redis_url).status(cfg.name)
     assert status["dlq_count"] == 10_000 and sum(status["dlq_by_reason"].values()) == 10_000
+
+
+# -- bounded memory under abuse ---------------------------------------------------------
+def test_pending_table_is_capped_and_evictions_are_counted(make_config, broker, redis_url):
+    from stream.daemon import Daemon
+
+    cfg = make_config(drift={"enabled": False}, messages={"n_features": 6, "max_pending": 50})
+    X, y = elec_records(400)
+    values = encode_rows(X[:100], y[:100])
+    values += [orjson.dumps({"x": X[100 + i].tolist(), "id": f"never-labelled-{i}"}) for i in range(300)]
+    produce(broker, cfg.kafka.topic, values)
+    Daemon(cfg).run(until_idle_s=0.5, max_seconds=60, install_signals=False)
+    status = StateClient(redis_url).status(cfg.name)
+    assert status["pending"] == 50
+    assert status["pending_evicted"] == 250
+    assert status["predicted"] == 300 and status["labelled_seen"] == 100
+
+
+def test_output_queue_is_capped_when_the_broker_is_gone(tmp_path):
+    from stream.config import KafkaConfig
+    from stream.embedded import EmbeddedBroker
+    from stream.sink import Sink
+
+    with EmbeddedBroker(tmp_path / "broker") as b:
+        produce(b.bootstrap, "q.dlq", [])
+        sink = Sink(KafkaConfig(bootstrap=b.bootstrap), "q.dlq", max_buffer_bytes=64 * 1024, max_block_ms=500)
+        sink.dead_letter(b"warm-up", "q", 0, 0, "bad")
+        sink.flush(10)
+        b.stop()
+        t0 = time.monotonic()
+        for i in range(2000):  # 2 MB of dead letters, 32x the cap
+            sink.dead_letter(b"z" * 1000, "q", 0, i, "bad")
+            assert sink.queued_bytes <= sink.max_buffer_bytes
+        elapsed = time.monotonic() - t0
+    assert sink.dlq_count == 2001
+    assert sink.dlq_dropped > 1500, "the rest was dropped and counted, not queued"
+    assert elapsed < 30, "one bounded wait, not one per record"
+    try:
+        sink.producer.close(0)
+    except Exception:
+        pass
