@@ -153,9 +153,16 @@ class SnapshotStore:
         manifest = self.r.get(k.manifest(version))
         if manifest is None:
             raise fmt.CorruptSnapshot(f"version {version} has no manifest")
-        n = len(fmt.parse_manifest(manifest)["chunks"])
-        chunks = self.r.mget([k.chunk(version, i) for i in range(n)]) if n else []
-        snap = fmt.decode(manifest, chunks)
+        try:
+            n = len(fmt.parse_manifest(manifest)["chunks"])
+            chunks = self.r.mget([k.chunk(version, i) for i in range(n)]) if n else []
+            snap = fmt.decode(manifest, chunks)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, fmt.CorruptSnapshot):
+                raise
+            # A manifest that parses but lacks or mistypes a field (crafted or cut short).
+            raise fmt.CorruptSnapshot(f"version {version} has a malformed manifest ({type(exc).__name__}: "
+                                      f"{str(exc)[:80]})") from None
         snap.info["version"] = version
         return snap
 

@@ -88,6 +88,10 @@ def test_object_dtype_in_a_manifest_is_refused(redis_url, name):
     r.set(store.keys.manifest(version), orjson.dumps(manifest))
     with pytest.raises(CorruptSnapshot, match="forbidden dtype"):
         store.read(version)
+    r.set(store.keys.manifest(version), orjson.dumps({"format": "ocld-snapshot", "format_version": 1}))
+    with pytest.raises(CorruptSnapshot, match="malformed manifest"):
+        store.read(version)
+    assert store.load_latest() is None  # reported, and nothing usable: start fresh rather than crash
 
 
 def _assert_no_secret(where: str, text: str | bytes) -> None:
