@@ -69,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream.embedded import services
 
     cfg = _config(args.config, args)
+    if cfg.log_format == "json" and not args.json_logs:
+        _setup_logging(args.log_level, json_logs=True)
     with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):
         if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
             log.info("embedded servers: broker %s, Redis %s", bs, redact_url(url))

@@ -120,6 +120,14 @@ class StatusConfig(_Model):
     metrics_every_s: float = Field(5.0, gt=0)
 
 
+class HttpConfig(_Model):
+    """Optional HTTP endpoint: ``/metrics`` (Prometheus) and ``/healthz`` (readiness)."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="serve /metrics and /healthz here (0: any free port)")
+    host: str = "127.0.0.1"
+    max_snapshot_age_s: float = Field(120.0, gt=0, description="/healthz is not ready when unsnapshotted work is older")
+
+
 class Config(_Model):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     learner: LearnerSpec = Field(default_factory=LearnerSpec)
@@ -132,6 +140,8 @@ class Config(_Model):
     status: StatusConfig = Field(default_factory=StatusConfig)
     allow_pickle: bool = False
     data_dir: str = ".ocld"
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("learner")
     @classmethod

@@ -6,10 +6,19 @@ to the snapshot's offsets on every assignment, a crash anywhere re-learns exactl
 records the last snapshot does not cover: every sample is learned exactly once in the
 surviving state.
 
-Redis outages: a failed snapshot or status write marks the daemon ``degraded`` and is
-retried with backoff; learning continues in memory (rule: keep learning, never commit
-offsets beyond the last durable snapshot). When Redis answers again the next snapshot
-covers everything learned meanwhile and the status returns to ``running``.
+Redis outages (the rule): learning continues in memory, and offsets are never committed
+beyond the last durable snapshot. A failed snapshot is retried with exponential backoff
+(0.5 s doubling to 10 s); status writes are retried every ``status.interval_s``. The
+first status write that succeeds again marks the status ``degraded`` (with
+``redis_outages`` and ``degraded_since``) and triggers an immediate snapshot; once that
+snapshot is durable the status returns to ``running``. A crash during the outage loses
+nothing: the restart re-learns from the last durable snapshot. Any Redis error (refused,
+timeout, loading, read-only, out of memory) is handled this way; none stops the daemon.
+
+Broker outages: kafka-python reconnects by itself with backoff; the daemon probes the
+bootstrap address while no records arrive and logs one line when the broker becomes
+unreachable and one when it is back. Start-up waits for the broker with backoff. A flush of
+the outputs that fails postpones the snapshot (outputs are flushed before offsets move).
 
 SIGTERM/SIGINT: finish the batch in hand, snapshot, commit, mark ``stopped``, exit 0.
 """
@@ -24,11 +33,13 @@ import time
 from typing import Any
 
 import redis
+from kafka.errors import KafkaError
 
 from stream.broker import ensure_topics
 from stream.codec import Codec
 from stream.config import Config
 from stream.faults import fault_point
+from stream.http import DaemonMetrics, HealthServer
 from stream.runtime import LearningCore
 from stream.sink import Sink
 from stream.snapshot import Snapshot
@@ -69,6 +80,17 @@ class Daemon:
         self.throughput = 0.0
         self.source: KafkaSource | None = None
         self.sink: Sink | None = None
+        self.snapshot_seconds = 0.0
+        self.last_snapshot_at: float | None = None  # wall time of the last durable snapshot
+        self.redis_outages = 0
+        self.degraded_since: float | None = None
+        self.broker_reachable = True
+        self._last_records_t = time.monotonic()
+        self._next_probe_t = 0.0
+        self._redis_down = False
+        self._last_lag: int | None = None
+        self.metrics = DaemonMetrics(cfg.name)
+        self.http: HealthServer | None = None
 
     # -- start-up --------------------------------------------------------------------
     def _restore(self) -> dict[str, dict[int, int]]:
@@ -82,6 +104,7 @@ class Daemon:
         if n_features and self.codec.n_features is None:
             self.codec.n_features = int(n_features)
         self.model_version = int(snap.info["version"])
+        self.last_snapshot_at = float(snap.info.get("created_at") or time.time())
         self.dlq_count = int(snap.info.get("dlq_count", 0))
         self.records_seen = int(snap.info.get("records_seen", 0))
         self._labelled_at_snapshot = self.core.labelled_seen
@@ -95,10 +118,17 @@ class Daemon:
         for attempt in range(1, attempts + 1):
             try:
                 return fn()
+            except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError,
+                    redis.exceptions.NoPermissionError) as exc:
+                # Retrying cannot help; say what to change, never what the password was.
+                user = self.cfg.redis.username or "default"
+                raise ValueError(
+                    f"{what}: Redis refused the credentials of user {user!r} ({type(exc).__name__}); check "
+                    "redis.username and redis.password (or OCLD_REDIS_PASSWORD), and the user's ACL") from None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if attempt == attempts:
                     raise
-                log.warning("%s: Redis unreachable (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                log.warning("%s: Redis unreachable (%s); retry %d in %.1f s", what, _redis_error(exc), attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -111,6 +141,11 @@ class Daemon:
             signal.signal(signal.SIGTERM, self._signal)
             signal.signal(signal.SIGINT, self._signal)
         offsets = self._restore()
+        self.metrics.baseline(self)
+        if cfg.http.port is not None:
+            self.http = HealthServer(self.metrics, self.health, cfg.http.host, cfg.http.port,
+                                     before_scrape=self._scrape_gauges).start()
+        self._wait_for_broker()
         if cfg.kafka.create_topics:
             topics = {cfg.kafka.topic: cfg.kafka.partitions, cfg.dlq_topic: 1}
             if cfg.kafka.predictions_topic:
@@ -126,7 +161,12 @@ class Daemon:
                 polled = self.source.poll()
                 if polled.values:
                     idle_since = None
+                    t_batch = time.perf_counter()
                     self._handle(polled)
+                    self.metrics.batch_latency.observe(time.perf_counter() - t_batch)
+                    self.metrics.batch_size.observe(len(polled.values))
+                    self.metrics.sync_from(self)
+                    self._last_records_t = time.monotonic()
                 else:
                     now = time.monotonic()
                     if until_idle_s is not None and self.source.assignment():
@@ -175,6 +215,38 @@ class Daemon:
             self._checkpoint()
         if now >= self._next_status_t:
             self._publish_status("degraded" if self.degraded else "running")
+        if now >= self._next_probe_t and now - self._last_records_t > 2.0:
+            self._probe_broker()
+
+    def _wait_for_broker(self) -> None:
+        """At start-up, wait (backoff 0.5 s doubling to 10 s, until SIGTERM) for the broker to accept connections."""
+        delay, attempt = 0.5, 0
+        bootstrap = self.cfg.kafka.bootstrap
+        while not _reachable(bootstrap):
+            attempt += 1
+            log.warning("broker %s unreachable at start-up (attempt %d); retry in %.1f s", bootstrap, attempt, delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if self._stop:
+                    raise SystemExit(0)
+                time.sleep(0.1)
+            delay = min(delay * 2, 10.0)
+        if attempt:
+            log.info("broker %s is reachable; starting to consume", bootstrap)
+
+    def _probe_broker(self) -> None:
+        """While no records arrive, check that the broker still accepts connections (log changes once)."""
+        self._next_probe_t = time.monotonic() + 2.0
+        reachable = _reachable(self.cfg.kafka.bootstrap)
+        if reachable != self.broker_reachable:
+            if reachable:
+                log.info("broker %s is reachable again; consuming resumes", self.cfg.kafka.bootstrap)
+            else:
+                log.warning("broker %s is unreachable; the Kafka client reconnects with backoff and consuming "
+                            "resumes when it returns (learned state and snapshots are unaffected)",
+                            self.cfg.kafka.bootstrap)
+        self.broker_reachable = reachable
+        self.metrics.up.labels(self.cfg.name, "kafka").set(int(reachable))
 
     # -- checkpoint ------------------------------------------------------------------
     def _checkpoint(self, final: bool = False) -> bool:
@@ -184,7 +256,12 @@ class Daemon:
             return True  # nothing new since the last durable snapshot
         t0 = time.perf_counter()
         try:
-            self.sink.flush()
+            self.sink.flush(10.0)
+        except KafkaError as exc:
+            # Outputs (DLQ, predictions) must be durable before offsets move: postpone.
+            self._snapshot_failed(f"outputs could not be flushed to the broker ({type(exc).__name__})", final)
+            return False
+        try:
             snap = Snapshot(self.core.to_parts(), self.source.offsets_by_topic(), {
                 "pipeline": self.cfg.name, "samples_seen": self.core.samples_seen,
                 "labelled_seen": self.core.labelled_seen, "records_seen": self.records_seen,
@@ -192,28 +269,46 @@ class Daemon:
                 "created_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
             })
             version = self.store.write(snap)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.degraded = True
-            self._retry_at = time.monotonic() + self._backoff
-            log.warning("snapshot failed, Redis unreachable (%s); learning continues, offsets not committed; "
-                        "retry in %.1f s", exc, self._backoff)
-            self._backoff = min(self._backoff * 2, 10.0)
-            if final:
-                log.error("final snapshot could not be written; the next start re-learns from the last durable one")
+        except redis.RedisError as exc:
+            self._redis_down = True
+            self._snapshot_failed(f"Redis unreachable or refusing writes ({_redis_error(exc)})", final)
             return False
         fault_point("daemon.before_commit")
         self.source.commit()
         self.model_version = version
         self._last_snapshot_t = time.monotonic()
+        self.last_snapshot_at = time.time()
         self._labelled_at_snapshot = self.core.labelled_seen
         self._records_at_snapshot = self.records_seen
         self._backoff = 0.5
-        if self.degraded:
-            log.info("Redis reachable again: snapshot %d covers everything learned meanwhile", version)
-            self.degraded = False
         self.snapshot_seconds = time.perf_counter() - t0
+        self.metrics.snapshot_duration.observe(self.snapshot_seconds)
+        if self.degraded:
+            log.info("snapshot %d is durable and covers everything learned during the outage; status running",
+                     version)
+            self.degraded = False
+            self.degraded_since = None
+            self.metrics.degraded.set(0)
+            try:
+                self.store.clean_orphans()  # chunks of snapshots that the outage cut short
+            except redis.RedisError:
+                pass
         self._publish_status("running", force=True)
         return True
+
+    def _snapshot_failed(self, why: str, final: bool) -> None:
+        if not self.degraded:
+            self.redis_outages += 1 if self._redis_down else 0
+            self.degraded_since = time.time()
+        self.degraded = True
+        self.metrics.degraded.set(1)
+        self.metrics.snapshot_failures.inc()
+        self._retry_at = time.monotonic() + self._backoff
+        log.warning("snapshot failed: %s; learning continues, offsets not committed past snapshot %s; retry in %.1f s",
+                    why, self.model_version, self._backoff)
+        self._backoff = min(self._backoff * 2, 10.0)
+        if final:
+            log.error("final snapshot could not be written; the next start re-learns from the last durable one")
 
     def _on_revoke(self, revoked: list[Any]) -> None:
         log.info("partitions revoked: %s; snapshot and commit before giving them up",
@@ -254,14 +349,27 @@ class Daemon:
         fields = self.status_fields(state)
         try:
             self.status.update(fields)
+            self.metrics.up.labels(self.cfg.name, "redis").set(1)
+            if self._redis_down:
+                # Redis answers again: status says degraded until a snapshot catches up; try it now.
+                log.info("Redis answers again; status degraded until a snapshot covers the outage")
+                self._redis_down = False
+                self._retry_at = now
+                self._backoff = 0.5
             if now >= self._next_metrics_t:
                 self._next_metrics_t = now + self.cfg.status.metrics_every_s
                 self.status.add_metrics({"t": time.time(), **{k: fields[k] for k in (
                     "samples_seen", "labelled_seen", "accuracy", "accuracy_total", "log_loss", "throughput",
-                    "drift_count", "model_version", "dlq_count")}, **self._learner_metrics()})
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    "drift_count", "drift_count_error", "drift_count_input", "model_version", "dlq_count")},
+                    **self._learner_metrics()})
+        except redis.RedisError as exc:
+            self.metrics.up.labels(self.cfg.name, "redis").set(0)
+            self._redis_down = True
             if not self.degraded:
-                log.warning("status update failed, Redis unreachable (%s)", exc)
+                log.warning("status update failed, Redis unreachable (%s); learning continues", _redis_error(exc))
+                self.redis_outages += 1
+                self.degraded_since = time.time()
+                self.metrics.degraded.set(1)
             self.degraded = True
 
     def _learner_metrics(self) -> dict[str, Any]:
@@ -271,6 +379,7 @@ class Daemon:
 
     def status_fields(self, state: str) -> dict[str, Any]:
         lag = self.source.lag() if self.source else None
+        self._last_lag = lag
         parts = [f"{tp.topic}[{tp.partition}]" for tp in self.source.assignment()] if self.source else []
         return {
             "state": state, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at,
@@ -279,7 +388,47 @@ class Daemon:
             "learner": self.cfg.learner.name, "dlq_count": self.dlq_count,
             "dlq_by_reason": self.sink.dlq_by_reason if self.sink else {}, "lag": lag if lag is not None else "",
             "partitions": parts, "topic": self.cfg.kafka.topic,
+            "dlq_dropped": self.sink.dlq_dropped if self.sink else 0,
+            "predictions_dropped": self.sink.predictions_dropped if self.sink else 0,
+            "redis_outages": self.redis_outages, "degraded_since": self.degraded_since or "",
+            "broker_reachable": int(self.broker_reachable), "last_snapshot_at": self.last_snapshot_at or "",
+            "snapshot_seconds": round(self.snapshot_seconds, 4),
         }
+
+    # -- health ----------------------------------------------------------------------
+    def unsnapshotted_age(self) -> float:
+        """Seconds that consumed work has waited for a durable snapshot (0 when all of it is durable)."""
+        if self.records_seen == self._records_at_snapshot:
+            return 0.0
+        return time.monotonic() - self._last_snapshot_t
+
+    def health(self) -> dict[str, Any]:
+        """Readiness for /healthz: broker and Redis reachable, state durable within the limit (thread-safe reads)."""
+        reasons = []
+        kafka_ok = _reachable(self.cfg.kafka.bootstrap)
+        if not kafka_ok:
+            reasons.append("broker unreachable")
+        try:
+            self.redis.ping()
+            redis_ok = True
+        except redis.RedisError:
+            redis_ok = False
+            reasons.append("Redis unreachable")
+        age = self.unsnapshotted_age()
+        limit = self.cfg.http.max_snapshot_age_s
+        if age > limit:
+            reasons.append(f"unsnapshotted work is {age:.0f} s old (limit {limit:g} s)")
+        if self.source is None:
+            reasons.append("starting")
+        return {"ready": not reasons, "reasons": reasons, "kafka": kafka_ok, "redis": redis_ok,
+                "snapshot_age_s": round(age, 3), "model_version": self.model_version,
+                "degraded": self.degraded, "pipeline": self.cfg.name}
+
+    def _scrape_gauges(self) -> None:
+        self.metrics.snapshot_age.set(time.time() - self.last_snapshot_at if self.last_snapshot_at else 0.0)
+        lag = self._last_lag
+        if lag is not None:
+            self.metrics.lag.set(lag)
 
     def _signal(self, signum: int, frame: Any) -> None:
         log.info("received %s: finishing the batch in hand, then a final snapshot", signal.Signals(signum).name)
@@ -289,6 +438,8 @@ class Daemon:
         self._stop = True
 
     def _shutdown(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         try:
             self.status.stopped(self.status_fields("stopped"))
         except redis.RedisError as exc:
@@ -305,3 +456,20 @@ class Daemon:
                 "nochange_accuracy": s["nochange_accuracy"], "balanced_accuracy": s["balanced_accuracy"],
                 "log_loss": s["log_loss"], "dlq_count": self.dlq_count, "drift_count": self.core.drift_count,
                 "model_version": self.model_version, "elapsed_s": time.time() - self.started_at}
+
+
+def _reachable(bootstrap: str, timeout: float = 0.5) -> bool:
+    """True when any bootstrap address accepts a TCP connection."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _redis_error(exc: Exception) -> str:
+    """A one-line description of a Redis error (redis-py messages name host:port, never credentials)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
