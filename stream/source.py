@@ -10,7 +10,7 @@ the fetch high watermark (tansu misreports end_offsets; see stream.broker).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from stream.broker import client_kwargs, retry
@@ -21,9 +21,20 @@ log = logging.getLogger("ocld.source")
 
 @dataclass
 class Polled:
+    """One poll: the record values in order, and where each came from (built only when asked)."""
+
     values: list[bytes | None]
-    origin: list[tuple[str, int, int]]  # (topic, partition, offset) per value
+    parts: list[tuple[str, int, list[Any]]]  # (topic, partition, ConsumerRecords) in the order of ``values``
     next_offsets: dict[tuple[str, int], int]
+    _origin: list[tuple[str, int, int]] | None = field(default=None, repr=False)
+
+    @property
+    def origin(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, offset) per value. Built on first use (dead letters, predictions),
+        so the common path creates no per-record tuples."""
+        if self._origin is None:
+            self._origin = [(t, p, r.offset) for t, p, recs in self.parts for r in recs]
+        return self._origin
 
 
 class KafkaSource:
@@ -76,15 +87,14 @@ class KafkaSource:
         k = self.cfg.kafka
         records = self.consumer.poll(timeout_ms=k.max_wait_ms, max_records=k.max_batch)
         values: list[bytes | None] = []
-        origin: list[tuple[str, int, int]] = []
+        parts: list[tuple[str, int, list[Any]]] = []
         nxt: dict[tuple[str, int], int] = {}
         for tp, recs in records.items():
-            for r in recs:
-                values.append(r.value)
-                origin.append((tp.topic, tp.partition, r.offset))
             if recs:
+                values += [r.value for r in recs]
+                parts.append((tp.topic, tp.partition, recs))
                 nxt[(tp.topic, tp.partition)] = recs[-1].offset + 1
-        return Polled(values, origin, nxt)
+        return Polled(values, parts, nxt)
 
     def advance(self, next_offsets: dict[tuple[str, int], int]) -> None:
         self.offsets.update(next_offsets)
