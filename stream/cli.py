@@ -1,4 +1,4 @@
-"""The ``ocld`` command line: run, demo, replay, record, evaluate, status, query.
+"""The ``ocld`` command line: run, demo, replay, record, evaluate, status, query, rollback, report.
 
 Every command that needs a broker or Redis takes ``--bootstrap`` / ``--redis`` (or the
 config's values, or ``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); ``embedded`` starts local ones.
@@ -106,13 +106,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream.offline import evaluate
 
     cfg = _config(args.config, args)
-    result = evaluate(cfg, args.data, args.label_column, batch_size=args.batch_size, limit=args.limit)
-    _print_table("ocld evaluate", [
+    if args.eval_every is not None and not args.test:
+        raise ConfigError("--eval-every needs --test FILE (the held-out samples to evaluate on)")
+    if args.no_adapt:
+        cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"adapt": False})})
+    result = evaluate(cfg, args.data, args.label_column, batch_size=args.batch_size, limit=args.limit,
+                      test=args.test, eval_every=args.eval_every)
+    rows: list[tuple[str, Any]] = [
         ("data", result["data"]), ("learner", result["learner"]), ("samples", result["samples"]),
         ("accuracy", f"{result['accuracy']:.4f}"), ("no-change baseline", f"{result['nochange_accuracy']:.4f}"),
         ("balanced accuracy", f"{result['balanced_accuracy']:.4f}"), ("log-loss", f"{result['log_loss']:.4f}"),
-        ("samples/s", f"{result['samples_per_s']:,.0f}"), ("drift events", len(result["drift_events"])),
-    ])
+        ("samples/s", f"{result['samples_per_s']:,.0f}"),
+        ("drift events (error / input)", f"{result['drift_count_error']} / {result['drift_count_input']}"
+                                         f"{'' if cfg.drift.adapt else ' (adaptation off)'}"),
+    ]
+    if "final_accuracy" in result:
+        rows.append(("test: final accuracy", f"{result['final_accuracy']:.4f}"))
+    for key, label in (("aaa", "test: average anytime accuracy"), ("forgetting", "test: forgetting"),
+                       ("min_acc", "test: min-ACC"), ("wc_acc", "test: WC-ACC")):
+        if result.get(key) is not None:
+            rows.append((label, f"{result[key]:.4f}"))
+    _print_table("ocld evaluate", rows)
+    if args.plot:
+        from stream.report import plot_run
+
+        print(f"wrote {plot_run(result, args.plot)}")
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         print(f"wrote {args.json}")
@@ -149,6 +167,40 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         out = client.snapshot_info(args.pipeline)
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Make an older snapshot the latest; the daemon resumes from it at its next start."""
+    from stream.client import RollbackRefused, StateClient
+
+    client = StateClient(_redis_url(args))
+    try:
+        out = client.rollback(args.pipeline, args.to, force=args.force)
+    except RollbackRefused as exc:
+        print(f"ocld: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    print(f"latest is now version {out['version']} (was {out['previous']}): the next start of the daemon loads it "
+          f"and re-learns every record after offsets {orjson.dumps(out['offsets']).decode()}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """A PNG of prequential accuracy with drift events (and the Kalman forgetting factor)."""
+    from stream.report import plot_run, run_from_redis
+
+    if args.from_json:
+        result = orjson.loads(Path(args.from_json).read_bytes())
+    elif args.pipeline:
+        from stream.client import StateClient
+
+        result = run_from_redis(StateClient(_redis_url(args)), args.pipeline, count=args.count)
+        if not result["curve"]["n"]:
+            raise LookupError(f"pipeline {args.pipeline!r} has no metric points in this Redis")
+    else:
+        raise ConfigError("give a PIPELINE (read from Redis) or --from-json FILE (written by ocld evaluate --json)")
+    print(f"wrote {plot_run(result, args.out)}")
     return 0
 
 
@@ -270,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="write the results as JSON to this file")
     sp.add_argument("--batch-size", type=int, help="micro-batch size (default: kafka.max_batch)")
     sp.add_argument("--limit", type=int)
+    sp.add_argument("--test", help="held-out file for continual evaluation (rows with a task column)")
+    sp.add_argument("--eval-every", type=int, metavar="N",
+                    help="evaluate on the test rows of every task seen so far every N training samples")
+    sp.add_argument("--plot", metavar="FILE.png", help="draw accuracy, drift events (and per-task curves)")
+    sp.add_argument("--no-adapt", action="store_true", help="record drift events but do not adapt (to compare)")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("status", help="status of one or all pipelines, from Redis")
@@ -287,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--snapshot", action="store_true")
     sp.add_argument("--count", type=int, default=100)
     sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("rollback", help="make an older snapshot the latest (takes effect at the daemon's next start)")
+    sp.add_argument("pipeline")
+    sp.add_argument("--to", type=int, required=True, metavar="VERSION", help="see `ocld query P --snapshot`")
+    sp.add_argument("--redis")
+    sp.add_argument("--force", action="store_true", help="roll back although the heartbeat says a daemon runs")
+    sp.set_defaults(func=cmd_rollback)
+
+    sp = sub.add_parser("report", help="PNG: accuracy over time, drift events, forgetting factor")
+    sp.add_argument("pipeline", nargs="?", help="read metric and drift streams from Redis")
+    sp.add_argument("--redis")
+    sp.add_argument("--from-json", metavar="FILE", help="an `ocld evaluate --json` result instead of Redis")
+    sp.add_argument("--out", required=True, metavar="FILE.png")
+    sp.add_argument("--count", type=int, default=10_000, help="newest metric points / drift events read")
+    sp.set_defaults(func=cmd_report)
     return p
 
 

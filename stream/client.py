@@ -3,6 +3,14 @@
 Any process can read what a running (or stopped) daemon published, with no access to the
 daemon. ``load_learner`` rebuilds a working learner from the latest complete snapshot;
 it refuses pickled (river) states unless ``allow_pickle=True``.
+
+``rollback`` makes an older complete snapshot the latest. Rule: it takes effect when the
+daemon next *starts* (it loads ``latest`` and seeks to that snapshot's offsets, so every
+record after them is learned again, once). A running daemon never re-reads ``latest``:
+it would overwrite it with its own next snapshot, so ``rollback`` refuses while the
+pipeline's heartbeat key ``alive`` exists (stop the daemon, roll back, start it again);
+``force=True`` switches anyway (for a heartbeat left by a daemon known to be dead). The
+newer versions are kept (rolling forward is another rollback) until pruning removes them.
 """
 
 from __future__ import annotations
@@ -13,7 +21,12 @@ import orjson
 
 from learners.base import Learner
 from learners.registry import learner_from_state
+from stream.snapshot import CorruptSnapshot
 from stream.state import Keys, SnapshotStore, connect
+
+
+class RollbackRefused(LookupError):
+    """A rollback that cannot be done as asked; the message says what to do instead."""
 
 
 def _decode(value: bytes) -> Any:
@@ -80,3 +93,33 @@ class StateClient:
         if snap is None:
             raise LookupError(f"pipeline {pipeline!r} has no snapshot in Redis")
         return learner_from_state(snap.parts["learner"], allow_pickle=allow_pickle)
+
+    def rollback(self, pipeline: str, version: int, force: bool = False) -> dict[str, Any]:
+        """Make complete snapshot ``version`` the latest (see the module docstring for the rule).
+
+        Verifies every chunk's checksum first. Returns the previous and new latest version and
+        the offsets (topic -> partition -> next offset) the daemon will resume from.
+        """
+        store = self.store(pipeline)
+        k = Keys(pipeline, self.namespace)
+        versions = store.versions()
+        if version not in versions:
+            raise RollbackRefused(f"pipeline {pipeline!r} has no complete snapshot version {version}; "
+                                  f"stored versions: {sorted(versions)} (pinned ones are kept for rollback)")
+        alive = self.r.get(k.alive)
+        if alive is not None and not force:
+            raise RollbackRefused(
+                f"pipeline {pipeline!r} has a running daemon ({alive.decode(errors='replace')}): it would overwrite "
+                "'latest' with its next snapshot. Stop it (SIGTERM), run the rollback, then start it again; "
+                "or pass --force if that daemon is known to be dead")
+        previous = store.latest_version()
+        try:
+            store.set_latest(version)
+        except CorruptSnapshot as exc:
+            raise RollbackRefused(f"snapshot version {version} of {pipeline!r} fails verification ({exc}); "
+                                  "choose another version") from None
+        info = store.manifest_info(version)
+        self.r.publish(k.events, f"rollback {version}")
+        return {"pipeline": pipeline, "previous": previous, "version": version, "offsets": info["offsets"],
+                "labelled_seen": info["info"].get("labelled_seen"), "samples_seen": info["info"].get("samples_seen"),
+                "created_at": info["created_at"], "forced": bool(force and alive is not None)}

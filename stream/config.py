@@ -102,13 +102,35 @@ class MessagesConfig(_Model):
         return self
 
 
+class InputDriftConfig(_Model):
+    """Label-free drift monitor on block means of the features (stream.drift.InputDriftMonitor)."""
+
+    enabled: bool = False
+    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
+    params: dict[str, Any] = Field(default_factory=lambda: {"clock": 1, "min_window_length": 2, "grace_period": 5})
+    block: int = Field(100, ge=2, description="samples per block; each feature's block mean feeds its detector")
+    warmup: int = Field(10, ge=1, description="blocks that fix each feature's scale before detection starts")
+    max_features: int = Field(16, ge=1, description="at most this many features (evenly spaced) are monitored")
+    window: int = Field(200, ge=1, description="recent blocks kept to rebuild the detectors after a restart")
+    adapt: bool = Field(False, description="call learner.adapt on input drift events too (they are always recorded)")
+
+
 class DriftConfig(_Model):
     enabled: bool = True
     detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
     params: dict[str, Any] = Field(default_factory=dict)
-    adapt: bool = True
+    adapt: bool = Field(True, description="call learner.adapt on error drift events (false: record them only)")
     window: int = Field(2000, ge=10, description="recent errors kept to rebuild the detector after a restart")
     adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
+    input: InputDriftConfig = Field(default_factory=InputDriftConfig)
+
+    @model_validator(mode="after")
+    def _detectors_build(self) -> "DriftConfig":
+        from stream.drift import make_detector
+
+        make_detector(self.detector, self.params)
+        make_detector(self.input.detector, self.input.params)
+        return self
 
 
 class EvaluationConfig(_Model):

@@ -327,7 +327,7 @@ class Daemon:
     def _record_drift(self, event) -> None:
         record = {"index": event.index, "detector": event.detector, "kind": event.kind,
                   "statistic": event.statistic if event.statistic is not None else "",
-                  "action": "adapt" if self.cfg.drift.adapt else "none", "at": time.time(),
+                  "action": self.core.action_for(event), "at": time.time(),
                   "pinned_version": self.model_version or ""}
         log.info("drift detected at labelled sample %d by %s (%s); action: %s", event.index, event.detector,
                  event.kind, record["action"])

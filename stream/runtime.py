@@ -8,7 +8,17 @@ One batch (what one poll returned, in stream order) is processed as:
      ``learner.learn_predict`` (exact per-sample test-then-train for learners that support
      it); delayed ones are scored against the prediction made when their features came;
   4. the 0/1 errors feed the drift monitor; on a detection the core calls the
-     ``on_drift`` hook (the daemon pins the last snapshot), then ``learner.adapt``.
+     ``on_drift`` hook (the daemon pins the last snapshot), then ``learner.adapt``
+     (when ``drift.adapt``). Adaptation is due at the first multiple of
+     ``drift.adapt_grid`` labelled samples after the detection: the learn set is cut at
+     those multiples and due adaptations are applied there (pending ones wait across
+     batches and are part of the snapshot), so an adaptation takes effect at the same
+     sample whatever the poll cut, in the daemon and in ``ocld evaluate`` alike.
+Before step 3, every feature row (labelled or not) feeds the optional label-free input
+monitor (``drift.input``); its events (kind ``input``) go through the same hook at once and
+adapt the learner only when ``drift.input.adapt`` is true, due at the first grid multiple
+after the labelled rows that preceded the event's block end (cut-invariant too, except that
+delayed labels are not counted in that mapping).
 No I/O here: the daemon and the file evaluator wrap it.
 """
 
@@ -24,7 +34,7 @@ import numpy as np
 from learners.base import DriftEvent, Learner, LearnerState, pad_columns
 from learners.registry import learner_from_state
 from stream.codec import Decoded
-from stream.drift import DriftMonitor
+from stream.drift import DriftMonitor, InputDriftMonitor
 from stream.evaluation import PrequentialMetrics
 
 
@@ -34,6 +44,7 @@ class BatchResult:
     bad: list[tuple[int, str]] = field(default_factory=list)  # rejected by the core (e.g. unknown id)
     events: list[DriftEvent] = field(default_factory=list)
     learned: int = 0
+    errors: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))  # 0/1 error of each learned sample, in order
 
 
 class PendingTable:
@@ -84,10 +95,13 @@ class PendingTable:
 
 class LearningCore:
     def __init__(self, learner: Learner, metrics: PrequentialMetrics, monitor: DriftMonitor | None,
-                 pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100) -> None:
+                 pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100,
+                 input_monitor: InputDriftMonitor | None = None, adapt_input: bool = False) -> None:
         self.learner = learner
         self.metrics = metrics
         self.monitor = monitor
+        self.input_monitor = input_monitor
+        self.adapt_input = adapt_input
         self.pending = pending
         self.adapt = adapt
         self.max_classes = max_classes
@@ -96,6 +110,8 @@ class LearningCore:
         self.labelled_seen = 0  # samples learned
         self.predicted = 0  # predict-only rows
         self.drift_count = 0
+        self.drift_counts: dict[str, int] = {"error": 0, "input": 0}
+        self.pending_adapt: list[tuple[int, DriftEvent]] = []  # (due labelled count, event), due ascending
         self.last_drift_at: float | None = None
         self.learn_seconds = 0.0
         self.on_drift: Callable[[DriftEvent], None] | None = None
@@ -103,10 +119,38 @@ class LearningCore:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "LearningCore":
-        monitor = DriftMonitor(cfg.drift.detector, cfg.drift.params, cfg.drift.window) if cfg.drift.enabled else None
+        d = cfg.drift
+        monitor = DriftMonitor(d.detector, d.params, d.window) if d.enabled else None
+        inp = d.input
+        input_monitor = (InputDriftMonitor(inp.detector, inp.params, inp.block, inp.warmup, inp.max_features,
+                                           inp.window) if inp.enabled else None)
         return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
-                   PendingTable(cfg.messages.max_pending), cfg.drift.adapt, cfg.messages.max_classes,
-                   cfg.drift.adapt_grid)
+                   PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
+                   d.adapt_grid, input_monitor, inp.adapt)
+
+    def action_for(self, event: DriftEvent) -> str:
+        """What the core does on ``event``: ``adapt`` (learner.adapt is called) or ``none`` (recorded only)."""
+        return "adapt" if (self.adapt_input if event.kind == "input" else self.adapt) else "none"
+
+    def _drift(self, event: DriftEvent, res: BatchResult, labelled_at: int) -> None:
+        """Record ``event``; when it calls for adaptation, schedule it for the first grid
+        multiple after labelled sample ``labelled_at`` (0-based)."""
+        res.events.append(event)
+        self.drift_count += 1
+        self.drift_counts[event.kind] = self.drift_counts.get(event.kind, 0) + 1
+        self.last_drift_at = self.clock()
+        if self.on_drift is not None:
+            self.on_drift(event)
+        if self.action_for(event) == "adapt":
+            g = self.adapt_grid
+            self.pending_adapt.append(((labelled_at // g + 1) * g, event))
+
+    def _apply_due(self) -> None:
+        if self.pending_adapt and self.pending_adapt[0][0] <= self.labelled_seen:
+            due = [e for d, e in self.pending_adapt if d <= self.labelled_seen]
+            self.pending_adapt = [(d, e) for d, e in self.pending_adapt if d > self.labelled_seen]
+            for event in due:
+                self.learner.adapt(event)
 
     # -- processing ------------------------------------------------------------------
     def process(self, dec: Decoded) -> BatchResult:
@@ -126,6 +170,17 @@ class LearningCore:
                     ts = dec.ts[j]
                     self.pending.put(rid, dec.X[j], proba[k], float(ts) if ts is not None else now)
             self.predicted += len(unlabelled)
+
+        if self.input_monitor is not None and len(dec.y):
+            seen_before = self.input_monitor.n_seen
+            input_events = self.input_monitor.update(dec.X)
+            if input_events:
+                is_lab = np.fromiter((v is not None for v in dec.y), dtype=bool, count=len(dec.y))
+                lab_upto = np.cumsum(is_lab)
+                for event in input_events:
+                    before = self.labelled_seen + int(lab_upto[event.index - seen_before])
+                    self._drift(event, res, labelled_at=before - 1)
+                self._apply_due()  # due at a grid point already reached: before this batch is learned
 
         # Learn set in stream order: (record index, x, y, stored proba or None, delay)
         order: list[tuple[int, int]] = [(int(dec.rows[j]), j) for j in labelled]
@@ -183,17 +238,13 @@ class LearningCore:
             self.labelled_seen += b - a
             if self.monitor is not None:
                 for event in self.monitor.update(errors):
-                    res.events.append(event)
-                    self.drift_count += 1
-                    self.last_drift_at = self.clock()
-                    if self.on_drift is not None:
-                        self.on_drift(event)
-                    if self.adapt:
-                        self.learner.adapt(event)
+                    self._drift(event, res, labelled_at=event.index)
+            self._apply_due()
         self.learn_seconds += time.perf_counter() - t0
         if delayed:
             self.metrics.add_delays(np.asarray([delayed[rec][3] for rec, j in order if j < 0]))
         res.learned = len(y)
+        res.errors = errors_all[0] if len(errors_all) == 1 else np.concatenate(errors_all)
         return res
 
     def _segments(self, n: int) -> list[tuple[int, int]]:
@@ -203,7 +254,8 @@ class LearningCore:
         segment, so when an adaptation takes effect depends only on the sample count, never
         on how the stream was cut into polls (the daemon and ``ocld evaluate`` agree).
         """
-        if self.monitor is None or not self.adapt or n == 0:
+        can_adapt = (self.monitor is not None and self.adapt) or (self.input_monitor is not None and self.adapt_input)
+        if not can_adapt or n == 0:
             return [(0, n)]
         g = self.adapt_grid
         first = g - (self.labelled_seen % g)
@@ -218,10 +270,14 @@ class LearningCore:
             "pending": self.pending.to_state(),
             "counters": LearnerState("Counters", {}, {}, {
                 "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
-                "drift_count": self.drift_count, "last_drift_at": self.last_drift_at}),
+                "drift_count": self.drift_count, "drift_counts": dict(self.drift_counts),
+                "last_drift_at": self.last_drift_at,
+                "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt]}),
         }
         if self.monitor is not None:
             parts["monitor"] = self.monitor.to_state()
+        if self.input_monitor is not None:
+            parts["input_monitor"] = self.input_monitor.to_state()
         return parts
 
     def restore(self, parts: dict[str, LearnerState], allow_pickle: bool = False) -> None:
@@ -230,11 +286,18 @@ class LearningCore:
         self.pending = PendingTable.from_state(parts["pending"])
         if "monitor" in parts and self.monitor is not None:
             self.monitor = DriftMonitor.from_state(parts["monitor"])
+        if "input_monitor" in parts and self.input_monitor is not None:
+            self.input_monitor = InputDriftMonitor.from_state(parts["input_monitor"])
         c = parts["counters"].meta
         self.samples_seen = int(c["samples_seen"])
         self.labelled_seen = int(c["labelled_seen"])
         self.predicted = int(c["predicted"])
         self.drift_count = int(c["drift_count"])
+        self.drift_counts = {"error": 0, "input": 0, **{k: int(v) for k, v in (c.get("drift_counts") or {}).items()}}
+        if "drift_counts" not in c:  # snapshots written before kinds were counted: all were error events
+            self.drift_counts["error"] = self.drift_count
+        self.pending_adapt = [(int(d), DriftEvent(int(i), str(det), str(kind), stat))
+                              for d, i, det, kind, stat in c.get("pending_adapt") or []]
         self.last_drift_at = c.get("last_drift_at")
 
     def status_fields(self) -> dict[str, Any]:
@@ -244,6 +307,7 @@ class LearningCore:
             "accuracy": round(s["accuracy_window"], 6), "accuracy_total": round(s["accuracy"], 6),
             "balanced_accuracy": round(s["balanced_accuracy"], 6), "log_loss": round(s["log_loss"], 6),
             "nochange_accuracy": round(s["nochange_accuracy"], 6), "drift_count": self.drift_count,
+            "drift_count_error": self.drift_counts.get("error", 0), "drift_count_input": self.drift_counts.get("input", 0),
             "last_drift_at": self.last_drift_at or "", "pending": len(self.pending.items),
             "pending_evicted": self.pending.evicted, "label_delay_mean_s": round(s["label_delay_mean_s"], 6),
             "delayed_labels": s["delayed_labels"],

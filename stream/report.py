@@ -1,0 +1,148 @@
+"""Pictures of a run: prequential accuracy over time with drift events marked, the Kalman
+head's learned forgetting factor on a second axis, and per-task accuracy curves of a
+continual evaluation. matplotlib with the headless Agg backend; writes only the PNG it is
+asked for.
+
+Input is one dict in the shape ``ocld evaluate`` returns (``curve``, ``drift_events`` and,
+for continual evaluation, ``accuracy_matrix``); :func:`run_from_redis` builds the same
+dict from a pipeline's metric and drift streams in Redis, so ``ocld report`` and
+``ocld evaluate --plot`` draw the same picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+KIND_COLORS = {"error": "tab:red", "input": "tab:purple"}
+
+
+def run_from_redis(client: Any, pipeline: str, count: int = 10_000) -> dict[str, Any]:
+    """A result dict (``curve``, ``drift_events``) from the metric and drift streams in Redis."""
+    points = [p for p in client.metrics(pipeline, count=count) if isinstance(p.get("labelled_seen"), int)]
+    g = [p.get("forgetting") for p in points]
+    status = client.status(pipeline)
+    return {
+        "data": f"redis pipeline {pipeline}", "learner": status.get("learner", ""),
+        "accuracy": status.get("accuracy_total"), "samples": status.get("labelled_seen"),
+        "curve": {"n": [p["labelled_seen"] for p in points], "accuracy_window": [p.get("accuracy") for p in points],
+                  "forgetting": g if g and all(isinstance(v, (int, float)) for v in g) else None},
+        "drift_events": [{"index": e.get("index"), "kind": e.get("kind", "error"), "detector": e.get("detector"),
+                          "action": e.get("action")} for e in client.drift_events(pipeline, count=count)],
+    }
+
+
+def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
+             true_drifts: list[int] | None = None) -> Path:
+    """Draw ``result`` to ``path`` (PNG, about 50-150 KB). Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    continual = bool(result.get("accuracy_matrix"))
+    fig, axes = plt.subplots(2 if continual else 1, 1, figsize=(10, 7.2 if continual else 4.2), dpi=90,
+                             squeeze=False)
+    ax = axes[0][0]
+    curve = result.get("curve") or {}
+    n = curve.get("n") or []
+    acc = curve.get("accuracy_window") or []
+    window = curve.get("window")
+    label = f"prequential accuracy (last {window:,} samples)" if window else "prequential accuracy (windowed)"
+    ax.plot(n, acc, color="tab:blue", lw=1.1, label=label)
+    ax.set_xlabel("labelled samples learned")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    seen_kinds: set[str] = set()
+    for e in result.get("drift_events") or []:
+        kind = e.get("kind", "error")
+        idx = e.get("index")
+        if not isinstance(idx, (int, float)):
+            continue
+        first = kind not in seen_kinds
+        seen_kinds.add(kind)
+        ax.axvline(idx, color=KIND_COLORS.get(kind, "gray"), lw=0.8, ls="--", alpha=0.7,
+                   label=f"{kind} drift detected ({e.get('action', '')})" if first else None)
+    for i, pos in enumerate(true_drifts or []):
+        ax.axvline(pos, color="black", lw=1.2, alpha=0.5, label="true drift" if i == 0 else None)
+    g = curve.get("forgetting")
+    handles, labels = ax.get_legend_handles_labels()
+    if g and len(g) == len(n):
+        ax2 = ax.twinx()
+        ax2.plot(n, g, color="tab:green", lw=1.0, label="forgetting factor g (Kalman head)")
+        ax2.set_ylabel("forgetting factor g")
+        lo = min(g)
+        ax2.set_ylim(min(lo, 0.99) - 0.0005, 1.0005)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="lower left", fontsize=8, framealpha=0.85)
+    head = title or f"{result.get('learner', '')} on {Path(str(result.get('data', ''))).name}"
+    overall = result.get("accuracy")
+    if isinstance(overall, (int, float)):
+        head += f": accuracy {overall:.3f}"
+    ax.set_title(head, fontsize=10)
+
+    if continual:
+        ax = axes[1][0]
+        pts = result["eval_points"]
+        M = result["accuracy_matrix"]
+        for j, task in enumerate(result["tasks"]):
+            xs = [pts[r] for r in range(len(M)) if M[r][j] is not None]
+            ys = [M[r][j] for r in range(len(M)) if M[r][j] is not None]
+            if xs:
+                ax.plot(xs, ys, lw=1.1, label=f"task {task}")
+        for t, end in (result.get("task_ends") or {}).items():
+            ax.axvline(end, color="gray", lw=0.6, ls=":")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("training samples")
+        ax.set_ylabel("test accuracy per task")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=5, loc="lower left")
+        ax.set_title(f"continual evaluation every {result.get('eval_every')} samples: final {result['final_accuracy']:.3f}, "
+                     f"AAA {_f(result.get('aaa'))}, min-ACC {_f(result.get('min_acc'))}, "
+                     f"WC-ACC {_f(result.get('wc_acc'))}, forgetting {_f(result.get('forgetting'))}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_task_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Several continual evaluations side by side (one panel per learner), same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(results)
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.6), dpi=90, sharey=True, squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        pts, M = res["eval_points"], res["accuracy_matrix"]
+        for j, task in enumerate(res["tasks"]):
+            xs = [pts[r] for r in range(len(M)) if M[r][j] is not None]
+            ys = [M[r][j] for r in range(len(M)) if M[r][j] is not None]
+            ax.plot(xs, ys, lw=1.0, label=f"task {task}")
+        for end in (res.get("task_ends") or {}).values():
+            ax.axvline(end, color="gray", lw=0.6, ls=":")
+        ax.set_title(f"{name}\nfinal {res['final_accuracy']:.3f}, min-ACC {_f(res.get('min_acc'))}, "
+                     f"WC-ACC {_f(res.get('wc_acc'))}", fontsize=9)
+        ax.set_xlabel("training samples")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy per task")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
