@@ -1,0 +1,199 @@
+"""Time from a record's production to the moment the daemon has learned it, at a steady rate.
+
+One embedded broker (tansu) and one embedded Redis in a temporary folder, all traffic on
+127.0.0.1. For each micro-batch setting, a fresh topic and pipeline: the daemon runs
+in-process (default snapshot and status settings, the learner of config/kalman.yaml unless
+``--learner``) and, once it owns its partition, a producer thread sends elec-shaped JSON
+records at a steady ``--rate`` (records due are sent in small bursts, ``linger_ms=1``), each
+carrying its production time in ``ts``. ``LearningCore.process`` is wrapped on the daemon
+instance: when it returns, every record of the batch has been learned, and
+``now - ts`` is its latency. The first second is dropped as warm-up.
+
+Besides p50/p95/p99/max latency, each row gives the mean batch size and the daemon thread's
+CPU time per record and share of one core at that rate: the cost of small batches, and so
+how much headroom a setting leaves (estimated capacity = rate / CPU share).
+
+    python benchmarks/latency.py                       # default settings, then max_wait_ms 5, 20, 100, 500
+    python benchmarks/latency.py --seconds 4 --waits 20,100
+
+No timing is asserted anywhere; figures depend on the machine's load (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.throughput import LEARNERS, load_average, pipeline_config  # noqa: E402
+from stream.config import Config, KafkaConfig  # noqa: E402
+
+
+def paced_producer(bootstrap: str, topic: str, rows: np.ndarray, labels: list[Any], rate: float,
+                   ready: threading.Event, done: threading.Event, errors: list[BaseException]) -> None:
+    """Send ``len(labels)`` records at ``rate``/s once ``ready`` is set; each carries ``ts`` = send time."""
+    from kafka import KafkaProducer
+
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, client_id="bench-latency")
+        try:
+            if not ready.wait(60):
+                raise TimeoutError("the daemon did not get its partition within 60 s")
+            n = len(labels)
+            t0 = time.monotonic()
+            i = 0
+            deadline = t0 + n / rate + 60
+            while i < n and time.monotonic() < deadline:
+                due = min(n, int((time.monotonic() - t0) * rate) + 1)
+                while i < due:
+                    producer.send(topic, orjson.dumps({"x": rows[i].tolist(), "y": labels[i], "ts": time.time()}),
+                                  partition=0)
+                    i += 1
+                time.sleep(0.0005)
+            producer.flush(30)
+        finally:
+            producer.close()
+    except BaseException as exc:  # reported by the main thread
+        errors.append(exc)
+    finally:
+        done.set()
+
+
+def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmup_s: float,
+            timeout_s: float) -> dict[str, Any]:
+    from stream.broker import ensure_topics
+    from stream.daemon import Daemon
+
+    n = len(labels)
+    ensure_topics(cfg.kafka, {cfg.kafka.topic: 1})
+    daemon = Daemon(cfg)
+    latencies: list[np.ndarray] = []
+    batch_sizes: list[int] = []
+    marks: dict[str, tuple[float, float, int]] = {}  # (wall, daemon thread CPU, steady records so far)
+    steady_count = [0]
+    ready, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    t_start: list[float] = []
+    process_fn = daemon.core.process
+
+    def process(dec: Any) -> Any:
+        res = process_fn(dec)
+        now = time.time()
+        ts = np.asarray([t for t in dec.ts if t is not None], dtype=np.float64)
+        if t_start and ts.size:
+            steady = ts >= t_start[0] + warmup_s
+            if steady.any():
+                latencies.append(now - ts[steady])
+                batch_sizes.append(len(dec.ts))
+                steady_count[0] += int(steady.sum())
+                point = (time.monotonic(), time.thread_time(), steady_count[0])
+                marks.setdefault("first", point)
+                marks["last"] = point
+        return res
+
+    daemon.core.process = process  # type: ignore[method-assign]
+
+    def supervise() -> None:
+        """Start the producer once the daemon owns its partition; stop the daemon when all is learned."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not (daemon.source is not None and daemon.source.assignment()):
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the first fetch go out
+        t_start.append(time.time())
+        ready.set()
+        while time.monotonic() < deadline and not (done.is_set() and daemon.records_seen >= n):
+            time.sleep(0.05)
+        daemon.stop()
+
+    producer = threading.Thread(target=paced_producer, daemon=True,
+                                args=(cfg.kafka.bootstrap, cfg.kafka.topic, rows, labels, rate, ready, done, errors))
+    watcher = threading.Thread(target=supervise, daemon=True)
+    producer.start()
+    watcher.start()
+    daemon.run(max_seconds=timeout_s + 5, install_signals=False)
+    producer.join(5)
+    watcher.join(5)
+    if errors:
+        raise errors[0]
+    if not latencies:
+        raise RuntimeError("no steady-state latencies recorded")
+    lat = np.concatenate(latencies) * 1000.0
+    (w0, c0, k0), (w1, c1, k1) = marks["first"], marks["last"]
+    counted = k1 - k0
+    cpu_share = (c1 - c0) / (w1 - w0) if w1 > w0 else float("nan")
+    return {"n": lat.size, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "p99": float(np.percentile(lat, 99)), "max": float(lat.max()), "batch": float(np.mean(batch_sizes)),
+            "cpu_us": 1e6 * (c1 - c0) / counted if counted else float("nan"), "cpu_share": cpu_share,
+            "learned": daemon.core.labelled_seen}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=5000.0, help="records per second")
+    ap.add_argument("--seconds", type=float, default=6.0, help="production time per setting")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds dropped at the start")
+    ap.add_argument("--waits", default="5,20,100,500", help="max_wait_ms values for the trade-off table")
+    ap.add_argument("--learner", default="KalmanHead", help="one of: " + ", ".join(LEARNERS))
+    ap.add_argument("--timeout", type=float, default=90.0, help="upper bound in seconds for each setting")
+    args = ap.parse_args(argv)
+    if args.learner not in LEARNERS:
+        ap.error(f"unknown learner {args.learner!r}; choose from {list(LEARNERS)}")
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    from stream.embedded import EmbeddedBroker, EmbeddedRedis
+    from stream.files import read_table
+
+    table = read_table(ROOT / "data" / "elec.csv")
+    n = int(args.rate * args.seconds)
+    reps = -(-n // table.X.shape[0])
+    rows = np.tile(table.X, (reps, 1))[:n]
+    labels = (list(table.y) * reps)[:n]
+    defaults = KafkaConfig()
+    settings: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
+    settings += [(f"max_wait_ms={w}", {"max_wait_ms": int(w)}) for w in args.waits.split(",") if w.strip()]
+
+    load_before = load_average()
+    t_run = time.monotonic()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ocld-latency-") as tmp, \
+            EmbeddedBroker(Path(tmp) / "broker") as broker, EmbeddedRedis(Path(tmp) / "redis") as rds:
+        for label, kafka in settings:
+            topic = f"lat.{uuid.uuid4().hex[:8]}"
+            cfg = pipeline_config(broker.bootstrap, rds.url, topic, tmp, LEARNERS[args.learner](), kafka)
+            results.append((label, cfg, measure(cfg, rows, labels, args.rate, args.warmup, args.timeout)))
+
+    print(f"\n## Latency: production -> learned, {args.rate:,.0f} records/s, {args.learner}\n")
+    print(f"load average before: {load_before}; after: {load_average()}; run took {time.monotonic() - t_run:.0f} s; "
+          f"{args.seconds:g} s per setting, first {args.warmup:g} s dropped; defaults: max_batch={defaults.max_batch}, "
+          f"max_wait_ms={defaults.max_wait_ms}; snapshots every {results[0][1].snapshot.every_samples:,} samples\n")
+    print("| setting | p50 ms | p95 ms | p99 ms | max ms | mean batch | CPU us/record | CPU share | est. capacity rec/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, cfg, r in results:
+        k = cfg.kafka
+        name = f"{label} (max_batch {k.max_batch}, max_wait_ms {k.max_wait_ms})" if label == "defaults" else label
+        capacity = args.rate / r["cpu_share"] if r["cpu_share"] > 0 else float("nan")
+        print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | {r['batch']:.1f} | "
+              f"{r['cpu_us']:.0f} | {100 * r['cpu_share']:.0f}% | {capacity:,.0f} |")
+    print("\nCPU is the daemon thread's own (poll, decode, learn, snapshots), from time.thread_time; "
+          "capacity = rate / CPU share, an estimate of the sustainable rate with one core.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
