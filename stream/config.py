@@ -122,6 +122,8 @@ class DriftConfig(_Model):
     adapt: bool = Field(True, description="call learner.adapt on error drift events (false: record them only)")
     window: int = Field(2000, ge=10, description="recent errors kept to rebuild the detector after a restart")
     adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
+    cooldown: int = Field(0, ge=0, description="error events within this many labelled samples after an adapting one "
+                                               "are recorded but not adapted to (breaks detect-forget-detect cascades)")
     input: InputDriftConfig = Field(default_factory=InputDriftConfig)
 
     @model_validator(mode="after")

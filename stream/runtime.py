@@ -96,12 +96,16 @@ class PendingTable:
 class LearningCore:
     def __init__(self, learner: Learner, metrics: PrequentialMetrics, monitor: DriftMonitor | None,
                  pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100,
-                 input_monitor: InputDriftMonitor | None = None, adapt_input: bool = False) -> None:
+                 input_monitor: InputDriftMonitor | None = None, adapt_input: bool = False,
+                 cooldown: int = 0) -> None:
         self.learner = learner
         self.metrics = metrics
         self.monitor = monitor
         self.input_monitor = input_monitor
         self.adapt_input = adapt_input
+        self.cooldown = cooldown
+        self.last_adapt_index: int | None = None  # labelled index of the last error event adapted to
+        self._actions: dict[DriftEvent, str] = {}  # action decided for each event of the current batch
         self.pending = pending
         self.adapt = adapt
         self.max_classes = max_classes
@@ -126,11 +130,26 @@ class LearningCore:
                                            inp.window) if inp.enabled else None)
         return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
                    PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
-                   d.adapt_grid, input_monitor, inp.adapt)
+                   d.adapt_grid, input_monitor, inp.adapt, d.cooldown)
 
     def action_for(self, event: DriftEvent) -> str:
-        """What the core does on ``event``: ``adapt`` (learner.adapt is called) or ``none`` (recorded only)."""
+        """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
+        ``none`` (adaptation off for this kind: recorded only) or ``cooldown`` (an error event within
+        ``drift.cooldown`` labelled samples of the last adapting one: recorded only)."""
+        decided = self._actions.get(event)
+        if decided is not None:
+            return decided
         return "adapt" if (self.adapt_input if event.kind == "input" else self.adapt) else "none"
+
+    def _decide(self, event: DriftEvent) -> str:
+        if event.kind == "input":
+            return "adapt" if self.adapt_input else "none"
+        if not self.adapt:
+            return "none"
+        if self.cooldown and self.last_adapt_index is not None and event.index < self.last_adapt_index + self.cooldown:
+            return "cooldown"
+        self.last_adapt_index = event.index
+        return "adapt"
 
     def _drift(self, event: DriftEvent, res: BatchResult, labelled_at: int) -> None:
         """Record ``event``; when it calls for adaptation, schedule it for the first grid
@@ -139,9 +158,10 @@ class LearningCore:
         self.drift_count += 1
         self.drift_counts[event.kind] = self.drift_counts.get(event.kind, 0) + 1
         self.last_drift_at = self.clock()
-        if self.on_drift is not None:
+        action = self._actions[event] = self._decide(event)
+        if self.on_drift is not None and action == "adapt":
             self.on_drift(event)
-        if self.action_for(event) == "adapt":
+        if action == "adapt":
             g = self.adapt_grid
             self.pending_adapt.append(((labelled_at // g + 1) * g, event))
 
@@ -155,6 +175,7 @@ class LearningCore:
     # -- processing ------------------------------------------------------------------
     def process(self, dec: Decoded) -> BatchResult:
         res = BatchResult()
+        self._actions.clear()
         labelled = [j for j, y in enumerate(dec.y) if y is not None]
         unlabelled = [j for j, y in enumerate(dec.y) if y is None] if len(labelled) < len(dec.y) else []
         now = self.clock()
@@ -272,7 +293,8 @@ class LearningCore:
                 "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
                 "drift_count": self.drift_count, "drift_counts": dict(self.drift_counts),
                 "last_drift_at": self.last_drift_at,
-                "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt]}),
+                "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt],
+                "last_adapt_index": self.last_adapt_index}),
         }
         if self.monitor is not None:
             parts["monitor"] = self.monitor.to_state()
@@ -298,6 +320,7 @@ class LearningCore:
             self.drift_counts["error"] = self.drift_count
         self.pending_adapt = [(int(d), DriftEvent(int(i), str(det), str(kind), stat))
                               for d, i, det, kind, stat in c.get("pending_adapt") or []]
+        self.last_adapt_index = c.get("last_adapt_index")
         self.last_drift_at = c.get("last_drift_at")
 
     def status_fields(self) -> dict[str, Any]:

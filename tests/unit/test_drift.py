@@ -238,25 +238,29 @@ class _Recorder:
         self.inner.adapt(event)
 
 
-def _core(adapt: bool, adapt_input: bool = False, cut_grid: int = 100) -> LearningCore:
+def _core(adapt: bool, adapt_input: bool = False, cut_grid: int = 100, cooldown: int = 0) -> LearningCore:
     cfg = parse_config({"learner": {"name": "KalmanHead", "params": {"g": 0.999, "learn_g": False},
                                     "features": [{"name": "RandomFourierFeatures",
                                                   "params": {"n_components": 16, "seed": 0}}]}})
     inp = InputDriftMonitor("ADWIN", INPUT_PARAMS)
     return LearningCore(_Recorder(cfg.build_learner()), PrequentialMetrics(100), DriftMonitor(), PendingTable(10),
-                        adapt=adapt, adapt_grid=cut_grid, input_monitor=inp, adapt_input=adapt_input)
+                        adapt=adapt, adapt_grid=cut_grid, input_monitor=inp, adapt_input=adapt_input,
+                        cooldown=cooldown)
 
 
 def _drive(core: LearningCore, X: np.ndarray, y: np.ndarray, cut: int) -> list[DriftEvent]:
-    events = []
-    hook = []
+    events: list[DriftEvent] = []
+    adapting: list[DriftEvent] = []
+    hook: list[DriftEvent] = []
     core.on_drift = hook.append
     for a in range(0, len(y), cut):
         b = min(len(y), a + cut)
         idx = np.arange(a, b)
-        events += core.process(Decoded(rows=idx, X=X[a:b], y=y[a:b].tolist(), ids=[None] * (b - a),
-                                       ts=[None] * (b - a), task=[None] * (b - a))).events
-    assert hook == events, "the on_drift hook sees every event, in order"
+        batch = core.process(Decoded(rows=idx, X=X[a:b], y=y[a:b].tolist(), ids=[None] * (b - a),
+                                     ts=[None] * (b - a), task=[None] * (b - a))).events
+        adapting += [e for e in batch if core.action_for(e) == "adapt"]
+        events += batch
+    assert hook == adapting, "the on_drift hook (the daemon pins a snapshot) sees every adapting event, in order"
     return events
 
 
@@ -285,6 +289,25 @@ def test_adaptation_switch_and_kinds():
     both = _core(adapt=True, adapt_input=True)
     _drive(both, X, y, 500)
     assert "input" in {c[0].kind for c in both.learner.calls}
+
+
+def test_cooldown_records_but_does_not_adapt_events_right_after_an_adaptation():
+    from stream.runtime import BatchResult
+
+    errors = np.tile(np.repeat([0.0, 1.0], 2000), 3)  # a detection at every switch
+    for cooldown, expected in ((0, "adapt"), (3000, "cooldown")):
+        core = _core(adapt=True, cooldown=cooldown)
+        core.monitor = DriftMonitor("PageHinkley", {"threshold": 5})
+        actions = []
+        for event in core.monitor.update(errors):
+            core._drift(event, BatchResult(), event.index)
+            actions.append((event.index // 2000, core.action_for(event)))
+        assert len({blk for blk, _ in actions}) >= 4, actions
+        first_in_block: dict[int, str] = {}
+        for blk, action in actions:
+            first_in_block.setdefault(blk, action)
+        # with a cooldown of 3000, the switch right after an adapted one is only recorded
+        assert list(first_in_block.values())[:2] == ["adapt", expected], actions
 
 
 def test_adaptation_takes_effect_on_the_grid_whatever_the_cut():
