@@ -54,16 +54,17 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    seen_kinds: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for e in result.get("drift_events") or []:
-        kind = e.get("kind", "error")
+        kind, action = e.get("kind", "error"), str(e.get("action") or "")
         idx = e.get("index")
         if not isinstance(idx, (int, float)):
             continue
-        first = kind not in seen_kinds
-        seen_kinds.add(kind)
-        ax.axvline(idx, color=KIND_COLORS.get(kind, "gray"), lw=0.8, ls="--", alpha=0.7,
-                   label=f"{kind} drift detected ({e.get('action', '')})" if first else None)
+        first = (kind, action) not in seen
+        seen.add((kind, action))
+        adapted = action == "adapt"
+        ax.axvline(idx, color=KIND_COLORS.get(kind, "gray"), lw=1.1 if adapted else 0.7, ls="--" if adapted else ":",
+                   alpha=0.8, label=f"{kind} drift, action: {action or '?'}" if first else None)
     for i, pos in enumerate(true_drifts or []):
         ax.axvline(pos, color="black", lw=1.2, alpha=0.5, label="true drift" if i == 0 else None)
     g = curve.get("forgetting")
