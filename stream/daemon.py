@@ -145,18 +145,21 @@ class Daemon:
         if cfg.http.port is not None:
             self.http = HealthServer(self.metrics, self.health, cfg.http.host, cfg.http.port,
                                      before_scrape=self._scrape_gauges).start()
-        self._wait_for_broker()
-        if cfg.kafka.create_topics:
-            topics = {cfg.kafka.topic: cfg.kafka.partitions, cfg.dlq_topic: 1}
-            if cfg.kafka.predictions_topic:
-                topics[cfg.kafka.predictions_topic] = 1
-            ensure_topics(cfg.kafka, topics)
-        self.sink = Sink(cfg.kafka, cfg.dlq_topic, cfg.kafka.predictions_topic)
-        self.source = KafkaSource(cfg, offsets, on_revoke=self._on_revoke)
-        self._publish_status("running", force=True)
         t_start = time.monotonic()
         idle_since: float | None = None
         try:
+            self._wait_for_broker()
+            if self._stop:
+                return self.summary()  # stopped while waiting for the broker (``finally`` marks it stopped)
+            if cfg.kafka.create_topics:
+                topics = {cfg.kafka.topic: cfg.kafka.partitions, cfg.dlq_topic: 1}
+                if cfg.kafka.predictions_topic:
+                    topics[cfg.kafka.predictions_topic] = 1
+                ensure_topics(cfg.kafka, topics)
+            self.sink = Sink(cfg.kafka, cfg.dlq_topic, cfg.kafka.predictions_topic)
+            self.source = KafkaSource(cfg, offsets, on_revoke=self._on_revoke)
+            self._publish_status("running", force=True)
+            t_start = time.monotonic()
             while not self._stop:
                 polled = self.source.poll()
                 if polled.values:
@@ -180,7 +183,8 @@ class Daemon:
                 self._housekeeping()
                 if max_seconds is not None and time.monotonic() - t_start > max_seconds:
                     break
-            self._checkpoint(final=True)
+            if self.sink is not None and self.source is not None:
+                self._checkpoint(final=True)
         finally:
             self._shutdown()
         return self.summary()
@@ -228,7 +232,7 @@ class Daemon:
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if self._stop:
-                    raise SystemExit(0)
+                    return  # SIGTERM while waiting: the loop does not start, nothing to snapshot
                 time.sleep(0.1)
             delay = min(delay * 2, 10.0)
         if attempt:

@@ -76,6 +76,8 @@ def test_metrics_and_healthz(make_config, broker, tmp_path):
         errors = {k: v for k, v in m.items() if k.startswith("ocld_errors_total{")}
         assert sum(errors.values()) == 3 and len(errors) == 3, errors
         assert m["ocld_batch_latency_seconds_count"] >= 1 and m["ocld_batch_latency_seconds_sum"] > 0
+        # micro-batches are capped at kafka.max_batch (500 here)
+        assert m["ocld_batch_records_bucket{le=500.0}"] == m["ocld_batch_records_count"] >= 1
         assert m["ocld_learn_seconds_total"] > 0
         assert "ocld_predict_seconds_total" in m
         assert m["ocld_snapshot_duration_seconds_count"] >= 1
