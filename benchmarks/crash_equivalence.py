@@ -19,8 +19,15 @@ The end state (the learner in the latest snapshot) is compared with
   (KalmanHead with fixed forgetting and AnalyticRidge are batch-cut invariant), and
 - in the long version, one uninterrupted daemon run of the same config;
 
-the float arrays of the two learner states must agree to 1e-9, and ``labelled_seen`` must
-equal the number of labelled records exactly.
+the weights (KalmanHead ``M``, AnalyticRidge ``W``) must agree to 1e-9 absolutely, every
+other float array of the learner state to 1e-9 absolutely or relatively for entries above 1
+(running sums such as a standardizer's sum of squares reach ~1e5), and ``labelled_seen``
+must equal the number of labelled records exactly.
+
+Kill plan (seeded): each fault point and two external kills once, in random order, then
+random ones; each kill lands within ``remaining / (kills left + 1)`` samples of the restart,
+so kills are spread over the whole stream. The group re-forms in ~1 s after a SIGKILL
+thanks to short session/poll timeouts in the crash config.
 
 Drift adaptation is off (``drift.adapt: false``): river's detectors can only be pickled,
 so after a restart the detector is rebuilt approximately from the recent errors, and the
@@ -114,18 +121,35 @@ def learner_arrays(state: Any, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def state_max_diff(a: Any, b: Any) -> float:
-    """max |a - b| over every float array of two learner states (inf if their shapes differ)."""
+def state_max_diff(a: Any, b: Any, path: str | None = None) -> float:
+    """max |a - b| / max(1, |b|) over every float array of two learner states (inf if shapes differ).
+
+    Absolute for entries up to 1 in magnitude (the weights), relative above: running sums
+    such as the standardizer's sum of squares reach ~1e5 after 100,000 samples, where the
+    summation order of a different batch cut moves the last bits by ~3e-9 absolutely
+    (3e-14 relatively); the weights themselves agree to ~1e-13. ``path`` restricts the
+    comparison to the arrays whose path ends with it (e.g. ``"/M"``).
+    """
     fa, fb = learner_arrays(a), learner_arrays(b)
     if fa.keys() != fb.keys():
         return float("inf")
     worst = 0.0
     for k in fa:
+        if path is not None and not k.endswith(path):
+            continue
         if fa[k].shape != fb[k].shape:
             return float("inf")
         if fa[k].size:
-            worst = max(worst, float(np.max(np.abs(fa[k] - fb[k]))))
+            worst = max(worst, float(np.max(np.abs(fa[k] - fb[k]) / np.maximum(1.0, np.abs(fb[k])))))
     return worst
+
+
+def weights_max_diff(a: Any, b: Any) -> float:
+    """max |w - w_ref| over the weight arrays (KalmanHead ``M``, AnalyticRidge ``W``)."""
+    fa, fb = learner_arrays(a), learner_arrays(b)
+    keys = [k for k in fa if k.rsplit("/", 1)[-1] in ("M", "W")]
+    assert keys, "no weight array found"
+    return max(float(np.max(np.abs(fa[k] - fb[k]))) if fa[k].size else 0.0 for k in keys)
 
 
 def reference_state(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
@@ -164,6 +188,9 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
            "--until-idle", "1.0", "--max-seconds", str(run_timeout)]
     runs: list[dict[str, Any]] = []
     killed = 0
+    # Every fault point and the external kill come once, in a random order; further kills are drawn at random.
+    plan = [f"fault:{p}" for p in FAULT_POINTS] + ["external", "external"]
+    rng.shuffle(plan)
     max_runs = max_runs or 3 * kills + 3
     for attempt in range(max_runs):
         done = _status(redis_url, name).get("labelled_seen", 0) or 0
@@ -171,23 +198,24 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
         env = {k: v for k, v in os.environ.items() if k != "OCLD_FAULT"}
         mode = "final"
         target = None
-        if killed < kills and remaining > n_labelled * 0.1:
-            mode = rng.choice(["external", "external"] + [f"fault:{p}" for p in FAULT_POINTS])
+        # Spread the kills over what is left: each lands within ``span`` samples of the restart.
+        span = max(1, remaining // (kills - killed + 1)) if killed < kills else 0
+        if killed < kills and remaining > every_samples:
+            mode = plan[killed] if killed < len(plan) else rng.choice(["external"] + [f"fault:{p}" for p in FAULT_POINTS])
             if mode.startswith("fault:"):
-                # the k-th hit of the point, with k drawn so that the kill lands in the first
-                # half of what is left (snapshots come every ``every_samples`` labelled samples)
+                # the k-th hit of the point (snapshots come every ``every_samples`` labelled samples)
                 point = mode.split(":", 1)[1]
                 if point == "daemon.after_batch":
-                    count = rng.randint(1, max(1, remaining // (2 * max_batch)))
+                    count = rng.randint(1, max(1, span // max_batch))
                 elif point == "snapshot.after_chunk":
                     count = rng.randint(1, 3)
                 else:
-                    count = rng.randint(1, max(1, remaining // (2 * every_samples)))
+                    count = rng.randint(1, max(1, span // every_samples))
                 env["OCLD_FAULT"] = f"{point}:{count}"
                 mode = f"{mode}:{count}"
             else:
-                # a random number of samples into what is left, at most half of it
-                target = int(done) + rng.randint(1, max(2, remaining // 2))
+                # a random number of samples into what is left
+                target = int(done) + rng.randint(1, max(2, span))
         log_path = log_dir / f"run{attempt:02d}.log"
         t0 = time.monotonic()
         with open(log_path, "wb") as log_fh:
@@ -267,7 +295,7 @@ def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, 
     result.update(runs=runs, kills=sum(r["rc"] == -signal.SIGKILL for r in runs),
                   killed_seconds=round(time.monotonic() - t0, 1), labelled_seen=int(info["labelled_seen"]),
                   status_labelled=_status(redis_url, tag).get("labelled_seen"),
-                  max_diff_vs_reference=state_max_diff(state, ref))
+                  max_diff_vs_reference=state_max_diff(state, ref), weights_diff_vs_reference=weights_max_diff(state, ref))
     if uninterrupted:
         clean = f"{tag}u"
         cfg_u = work / f"{clean}.yaml"
@@ -295,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from stream.embedded import EmbeddedBroker, EmbeddedRedis
 
+    def _interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds the context managers: servers and children stop
+
+    signal.signal(signal.SIGTERM, _interrupted)
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="ocld-crash-") as tmp:
         work = Path(tmp)
@@ -305,20 +338,23 @@ def main(argv: list[str] | None = None) -> int:
                                args.every_samples, not args.no_uninterrupted, verbose=True)
                 rows.append(res)
     print()
-    header = ("learner", "records", "labelled", "kills", "labelled_seen", "max|w-w_ref|", "max|w-w_uninterrupted|",
-              "killed-run s", "clean-run s", "ok")
+    header = ("learner", "records", "labelled", "kills", "labelled_seen", "weights max|w-w_ref|",
+              "state max diff vs ref*", "state max diff vs uninterrupted*", "killed runs s", "clean run s", "ok")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     ok_all = True
     for r in rows:
         ok = (r["labelled_seen"] == r["labelled"] and r["max_diff_vs_reference"] <= 1e-9
+              and r["weights_diff_vs_reference"] <= 1e-9
               and r.get("max_diff_vs_uninterrupted", 0.0) <= 1e-9 and r["kills"] >= args.kills)
         ok_all &= ok
         print(" | ".join(str(v) for v in (
             r["learner"], f"{r['records']:,}", f"{r['labelled']:,}", r["kills"], f"{r['labelled_seen']:,}",
-            f"{r['max_diff_vs_reference']:.2e}", f"{r.get('max_diff_vs_uninterrupted', float('nan')):.2e}",
+            f"{r['weights_diff_vs_reference']:.2e}", f"{r['max_diff_vs_reference']:.2e}", f"{r.get('max_diff_vs_uninterrupted', float('nan')):.2e}",
             r["killed_seconds"], r.get("uninterrupted_seconds", "-"), "yes" if ok else "NO")))
-    print("\nkill modes:", ", ".join(sorted({run["mode"].split(":")[0] + ":" + run["mode"].split(":")[1]
+    print("\n* every float array of the learner state; |a-b| / max(1, |b|): absolute for entries up to 1, relative "
+          "for large running sums")
+    print("kill modes:", ", ".join(sorted({run["mode"].split(":")[0] + ":" + run["mode"].split(":")[1]
                                              if run["mode"].startswith("fault") else run["mode"]
                                              for r in rows for run in r["runs"]})))
     return 0 if ok_all else 1
