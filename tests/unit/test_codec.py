@@ -1,4 +1,4 @@
-"""stream.codec: every rejection reason, the batch fast path, and that both paths agree."""
+"""stream.codec: every rejection reason, accepted forms, and that a record is judged alone (batch invariance)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.codec import MAX_ID_CHARS, MAX_LABEL_CHARS, Codec, Decoded
+from stream.codec import MAX_ID_CHARS, MAX_LABEL_CHARS, Codec
 
 GOOD = orjson.dumps({"x": [1.0, 2.0, 3.0], "y": 1})
 
@@ -26,12 +26,6 @@ def _reason(value: bytes | None, codec: Codec | None = None) -> str:
     assert [i for i, _ in dec.bad] == [1], dec.bad
     assert dec.rows.tolist() == [0, 2] and dec.X.shape == (2, 3)
     return dec.bad[0][1]
-
-
-def _same(a: Decoded, b: Decoded) -> None:
-    assert a.rows.tolist() == b.rows.tolist()
-    assert a.X.shape == b.X.shape and np.array_equal(a.X, b.X)
-    assert (a.y, a.ids, a.ts, a.task, a.labels_only, a.bad) == (b.y, b.ids, b.ts, b.task, b.labels_only, b.bad)
 
 
 # -- rejection reasons ------------------------------------------------------------------
@@ -128,7 +122,7 @@ def test_empty_batch() -> None:
     assert dec.X.shape == (0, 3) and dec.rows.size == 0 and not dec.bad
 
 
-# -- the fast path ----------------------------------------------------------------------
+# -- batch invariance ---------------------------------------------------------------------
 def _clean_batch(n: int, rng: np.random.Generator) -> list[bytes]:
     out = []
     for i in range(n):
@@ -141,59 +135,25 @@ def _clean_batch(n: int, rng: np.random.Generator) -> list[bytes]:
     return out
 
 
-def test_fast_path_taken_for_clean_batches() -> None:
-    codec = Codec(n_features=3)
-    values = _clean_batch(200, np.random.default_rng(0))
-    fast = codec._decode_fast(values)
-    assert fast is not None
-    _same(fast, codec._decode_records(values))
-    _same(codec.decode(values), fast)
-
-
-def test_fast_path_keeps_array_rejections() -> None:
-    """Bad values inside x (width, NaN, magnitude) are found by the shared array checks."""
-    codec = Codec(n_features=3)
-    values = _clean_batch(20, np.random.default_rng(1))
-    values[4] = _j({"x": [1, None, 3], "y": 1})
-    values[9] = _j({"x": [1, 2, 5e9], "y": 1})
-    fast = codec._decode_fast(values)
-    assert fast is not None
-    assert [i for i, _ in fast.bad] == [4, 9]
-    _same(fast, codec._decode_records(values))
-
-
-@pytest.mark.parametrize("bad", [
-    None, b"", b"{", _j([1]), _j({"x": {"a": 1}, "y": 1}), _j({"y": 1, "id": "late"}), _j({"x": [1, 2, 3], "y": 1.0}),
-    _j({"x": [1, 2, 3], "y": True}), _j({"x": [1, 2, 3], "id": 5}), _j({"x": [1, 2, 3], "ts": "t"}),
-    _j({"x": [1, 2, 3], "task": [1]}), _j({"x": [1, 2, 3], "y": "l" * 300}), _j({"x": [1, 2, 3], "id": "i" * 600}),
-    _j({"x": [1, 2, 3], "pad": "p" * 2_000_000}),
-])
-def test_fast_path_declines_and_both_paths_agree(bad: bytes | None) -> None:
-    codec = Codec(n_features=3)
-    values = _clean_batch(10, np.random.default_rng(2))
-    values[5] = bad
-    assert codec._decode_fast(values) is None
-    _same(codec.decode(values), codec._decode_records(values))
-
-
-def test_fast_path_declines_nan_ts_msgpack() -> None:
-    codec = Codec("msgpack", n_features=3)
-    values = [msgpack.packb({"x": [1.0, 2.0, 3.0], "y": 1, "ts": t}) for t in (1.0, math.nan)]
-    assert codec._decode_fast(values) is None
-    assert codec.decode(values).bad == [(1, "ts must be a number, got float")]
-    ok = [msgpack.packb({"x": [1.0, 2.0, 3.0], "y": 1, "ts": 1.0})]
-    assert codec._decode_fast(ok) is not None
-
-
-def test_random_mixtures_agree() -> None:
-    """Random batches of good and bad records: the public decode equals the per-record path."""
+def test_a_record_is_judged_alone() -> None:
+    """Random batches of good and bad records decode exactly as their records one at a time."""
     rng = np.random.default_rng(3)
     pool = [None, b"", b"[]", b"{bad", _j({"x": [1, 2], "y": 1}), _j({"x": [1, 2, 3], "y": 2.5}),
-            _j({"id": "p", "y": 1}), _j({"x": [1e12, 0, 0], "y": 1}),
-            _j({"x": [1, 2, 3], "y": 1, "id": "k", "ts": 3})]
+            _j({"id": "p", "y": 1}), _j({"x": [1e12, 0, 0], "y": 1}), _j({"x": [1, None, 3], "y": 1}),
+            _j({"x": [1, 2, 3], "y": 1, "id": "k", "ts": 3}), _j({"x": [1, 2, 3], "y": "l" * 300})]
     for _ in range(50):
-        codec_a, codec_b = Codec(n_features=3), Codec(n_features=3)
         values = _clean_batch(int(rng.integers(1, 30)), rng)
         for _ in range(int(rng.integers(0, 4))):
             values[int(rng.integers(0, len(values)))] = pool[int(rng.integers(0, len(pool)))]
-        _same(codec_a.decode(values), codec_b._decode_records(values))
+        whole = Codec(n_features=3).decode(values)
+        one = Codec(n_features=3)
+        parts = [one.decode([v]) for v in values]
+        assert whole.bad == [(i, r) for i, p in enumerate(parts) for _, r in p.bad]
+        assert whole.rows.tolist() == [i for i, p in enumerate(parts) if p.rows.size]
+        assert whole.labels_only == [(i, *p.labels_only[0][1:]) for i, p in enumerate(parts) if p.labels_only]
+        kept = [p for p in parts if p.rows.size]
+        assert whole.X.shape == (len(kept), 3)
+        if kept:
+            assert np.array_equal(whole.X, np.vstack([p.X for p in kept]))
+        assert whole.y == [p.y[0] for p in kept] and whole.ids == [p.ids[0] for p in kept]
+        assert whole.ts == [p.ts[0] for p in kept] and whole.task == [p.task[0] for p in kept]
