@@ -10,8 +10,10 @@ Redis outages (the rule): learning continues in memory, and offsets are never co
 beyond the last durable snapshot. A failed snapshot is retried with exponential backoff
 (0.5 s doubling to 10 s); status writes are retried every ``status.interval_s``. The
 first status write that succeeds again marks the status ``degraded`` (with
-``redis_outages`` and ``degraded_since``) and triggers an immediate snapshot; once that
-snapshot is durable the status returns to ``running``. A crash during the outage loses
+``redis_outages`` and ``degraded_since``) and schedules a catch-up snapshot one status
+interval later (so a client polling the status sees ``degraded``); once that snapshot is
+durable the status returns to ``running`` and ``last_outage_s`` records how long the state
+was not durable. A crash during the outage loses
 nothing: the restart re-learns from the last durable snapshot. Any Redis error (refused,
 timeout, loading, read-only, out of memory) is handled this way; none stops the daemon.
 
@@ -84,6 +86,7 @@ class Daemon:
         self.last_snapshot_at: float | None = None  # wall time of the last durable snapshot
         self.redis_outages = 0
         self.degraded_since: float | None = None
+        self.last_outage_s: float | None = None
         self.broker_reachable = True
         self._last_records_t = time.monotonic()
         self._next_probe_t = 0.0
@@ -214,7 +217,8 @@ class Daemon:
         now = time.monotonic()
         snap = self.cfg.snapshot
         due = (self.core.labelled_seen - self._labelled_at_snapshot >= snap.every_samples
-               or (now - self._last_snapshot_t >= snap.every_seconds and self.records_seen != self._records_at_snapshot))
+               or (now - self._last_snapshot_t >= snap.every_seconds and self.records_seen != self._records_at_snapshot)
+               or self.degraded)  # catch up as soon as Redis takes writes again
         if due and now >= self._retry_at:
             self._checkpoint()
         if now >= self._next_status_t:
@@ -257,6 +261,8 @@ class Daemon:
         """flush outputs -> snapshot + switch -> commit offsets. Returns True when durable."""
         assert self.sink is not None and self.source is not None
         if self.records_seen == self._records_at_snapshot and (self.model_version is not None or not final):
+            if self.degraded and not self._redis_down:
+                self._recovered(self.model_version)  # an outage with nothing to catch up on
             return True  # nothing new since the last durable snapshot
         t0 = time.perf_counter()
         try:
@@ -288,17 +294,21 @@ class Daemon:
         self.snapshot_seconds = time.perf_counter() - t0
         self.metrics.snapshot_duration.observe(self.snapshot_seconds)
         if self.degraded:
-            log.info("snapshot %d is durable and covers everything learned during the outage; status running",
-                     version)
-            self.degraded = False
-            self.degraded_since = None
-            self.metrics.degraded.set(0)
-            try:
-                self.store.clean_orphans()  # chunks of snapshots that the outage cut short
-            except redis.RedisError:
-                pass
+            self._recovered(version)
         self._publish_status("running", force=True)
         return True
+
+    def _recovered(self, version: int | None) -> None:
+        log.info("snapshot %s is durable and covers everything learned during the outage; status running", version)
+        self.degraded = False
+        self.last_outage_s = round(time.time() - self.degraded_since, 3) if self.degraded_since else None
+        self.degraded_since = None
+        self.metrics.degraded.set(0)
+        try:
+            self.store.clean_orphans()  # chunks of snapshots that the outage cut short
+        except redis.RedisError:
+            pass
+        self._publish_status("running", force=True)
 
     def _snapshot_failed(self, why: str, final: bool) -> None:
         if not self.degraded:
@@ -358,7 +368,7 @@ class Daemon:
                 # Redis answers again: status says degraded until a snapshot catches up; try it now.
                 log.info("Redis answers again; status degraded until a snapshot covers the outage")
                 self._redis_down = False
-                self._retry_at = now
+                self._retry_at = now + self.cfg.status.interval_s
                 self._backoff = 0.5
             if now >= self._next_metrics_t:
                 self._next_metrics_t = now + self.cfg.status.metrics_every_s
@@ -395,6 +405,7 @@ class Daemon:
             "dlq_dropped": self.sink.dlq_dropped if self.sink else 0,
             "predictions_dropped": self.sink.predictions_dropped if self.sink else 0,
             "redis_outages": self.redis_outages, "degraded_since": self.degraded_since or "",
+            "last_outage_s": self.last_outage_s if self.last_outage_s is not None else "",
             "broker_reachable": int(self.broker_reachable), "last_snapshot_at": self.last_snapshot_at or "",
             "snapshot_seconds": round(self.snapshot_seconds, 4),
         }
