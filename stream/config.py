@@ -46,7 +46,8 @@ class KafkaConfig(_Model):
     create_topics: bool = True
     start_from: Literal["earliest", "latest"] = "earliest"
     max_batch: int = Field(500, ge=1, le=100_000)
-    max_wait_ms: int = Field(100, ge=0, le=60_000)
+    max_wait_ms: int = Field(20, ge=0, le=60_000, description="poll and fetch wait: the broker may hold an empty fetch "
+                             "this long (lower: less latency, more CPU per record; benchmarks/latency.py)")
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_interval_ms: int = Field(10_000, ge=1000)
