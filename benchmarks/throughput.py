@@ -201,7 +201,8 @@ def daemon_rate(cfg: Config, n: int, timeout_s: float) -> dict[str, Any]:
     spent = {k: at_end[k][0] - at_start[k][0] for k in timers}
     calls = {k: at_end[k][1] - at_start[k][1] for k in timers}
     cpu_us = 1e6 * (marks["c1"] - marks["c0"]) / daemon.records_seen
-    return {"rate": daemon.records_seen / elapsed, "elapsed": elapsed, "cpu_us": cpu_us, **spent, "checkpoints": calls["checkpoint"],
+    return {"rate": daemon.records_seen / elapsed, "elapsed": elapsed, "cpu_us": cpu_us, **spent,
+            "checkpoints": calls["checkpoint"],
             "batches": calls["process"], "accuracy": summary["accuracy"]}
 
 
