@@ -32,7 +32,7 @@ KALMAN = {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "feat
 RIDGE = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0}, "features": []}
 
 
-@pytest.mark.parametrize("spec, n, kills, seed", [(KALMAN, 16_000, 5, 3), (RIDGE, 8_000, 4, 5)],
+@pytest.mark.parametrize("spec, n, kills, seed", [(KALMAN, 12_000, 5, 3), (RIDGE, 8_000, 4, 5)],
                          ids=["KalmanHead", "AnalyticRidge"])
 def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, n, kills, seed, broker, redis_url, name,
                                                                    tmp_path):
@@ -62,7 +62,7 @@ def test_fault_points_cover_the_snapshot_protocol():
 
 
 def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tmp_path):
-    values, X, y = make_stream(8000, 11)
+    values, X, y = make_stream(5000, 11)
     topic = f"{name}.in"
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
