@@ -25,18 +25,6 @@ log = logging.getLogger("ocld")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def limit_blas_threads() -> None:
-    """One BLAS thread: the learners' matrices are small, and on a busy 2-core machine a
-    multi-threaded BLAS spins and runs many times slower (measured: 30x on the Kalman head)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    # torch (MomentumKD) reads this when it is first imported; 2 threads ran ~4x slower here.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
 def _setup_logging(level: str, json_logs: bool = False) -> None:
     if json_logs:
         class _Json(logging.Formatter):
@@ -365,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.json_logs)
-    limit_blas_threads()
+    from stream.runtime import limit_threads
+
+    limit_threads()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

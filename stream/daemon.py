@@ -42,7 +42,7 @@ from stream.codec import Codec
 from stream.config import Config
 from stream.faults import fault_point
 from stream.http import DaemonMetrics, HealthServer
-from stream.runtime import LearningCore
+from stream.runtime import LearningCore, limit_threads
 from stream.sink import Sink
 from stream.snapshot import Snapshot
 from stream.source import KafkaSource
@@ -56,6 +56,7 @@ class Daemon:
         if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
             raise ValueError("Daemon needs resolved servers; use stream.embedded.services() or `ocld run`")
         self.cfg = cfg
+        limit_threads()
         r = cfg.redis
         self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username)
         self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes)

@@ -39,7 +39,7 @@ import numpy as np
 from stream.codec import Decoded
 from stream.config import Config
 from stream.files import Table, read_table
-from stream.runtime import LearningCore
+from stream.runtime import LearningCore, limit_threads
 
 MAX_CURVE_POINTS = 2000
 
@@ -47,6 +47,7 @@ MAX_CURVE_POINTS = 2000
 def evaluate(cfg: Config, data: str | Path, label_column: str | None = None, batch_size: int | None = None,
              limit: int | None = None, test: str | Path | None = None, eval_every: int | None = None) -> dict[str, Any]:
     """Prequential evaluation of ``cfg``'s pipeline over a data file (see the module docstring)."""
+    limit_threads()
     table = read_table(data, label_column)
     test_table = read_table(test, label_column) if test is not None else None
     result = evaluate_arrays(cfg, table, batch_size=batch_size, limit=limit, test=test_table, eval_every=eval_every)

@@ -24,6 +24,7 @@ No I/O here: the daemon and the file evaluator wrap it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +37,18 @@ from learners.registry import learner_from_state
 from stream.codec import Decoded
 from stream.drift import DriftMonitor, InputDriftMonitor
 from stream.evaluation import PrequentialMetrics
+
+
+
+def limit_threads(n: int = 1) -> None:
+    """Pin numpy's and scipy's OpenBLAS (two separate libraries) and torch to ``n`` threads."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS so the limit reaches it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 @dataclass
