@@ -20,7 +20,8 @@ could reach on one core); the difference to 1 is what the daemon adds on its own
 go from the first batch handed over to the last record handled (group join and start-up
 excluded). Figures are only comparable as ratios within one run: the machines are shared.
 
-    python benchmarks/throughput.py                  # 200,000 records, about 3-4 minutes
+    python benchmarks/throughput.py                  # 200,000 records, about 3.5 minutes at load 3-5
+    python benchmarks/throughput.py --repeats 2      # best of 2 interleaved runs, about 7 minutes
     python benchmarks/throughput.py --records 20000  # quick
 
 BLAS is limited to one thread (threadpoolctl), as ``ocld`` does.
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=None, help="kafka.max_batch (default: the config default)")
     ap.add_argument("--max-wait-ms", type=int, default=None)
     ap.add_argument("--adapt-grid", type=int, default=None, help="drift.adapt_grid (default: the config default)")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best of each is reported")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best of each is reported")
     ap.add_argument("--timeout", type=float, default=240.0, help="upper bound in seconds for each phase")
     args = ap.parse_args(argv)
 
