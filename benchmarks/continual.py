@@ -59,9 +59,9 @@ def variant(path: str, **params: Any) -> Config:
 
 
 def main() -> None:
-    from threadpoolctl import threadpool_limits
+    from stream.runtime import limit_threads
 
-    threadpool_limits(1)
+    limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     import torch
 
     torch.set_num_threads(1)

@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--discounts", nargs="*", type=float, default=[],
                     help="extra AnalyticRidge rows with adapt_discount set to each value")
     args = ap.parse_args(argv)
-    from threadpoolctl import threadpool_limits
+    from stream.runtime import limit_threads
 
-    threadpool_limits(1)
+    limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     try:
         import torch
 

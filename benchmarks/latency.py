@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.learner not in LEARNERS:
         ap.error(f"unknown learner {args.learner!r}; choose from {list(LEARNERS)}")
 
-    from threadpoolctl import threadpool_limits
+    from stream.runtime import limit_threads
 
-    threadpool_limits(1)
+    limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
     from stream.embedded import EmbeddedBroker, EmbeddedRedis

@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240.0, help="upper bound in seconds for each phase")
     args = ap.parse_args(argv)
 
-    from threadpoolctl import threadpool_limits
+    from stream.runtime import limit_threads
 
-    threadpool_limits(1)
+    limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
     from stream.embedded import EmbeddedBroker, EmbeddedRedis
