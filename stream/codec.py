@@ -172,9 +172,12 @@ class Codec:
         if not xs:
             return np.empty((0, d or 0)), [], []
         try:
-            X = np.array(xs, dtype=np.float64)
-            ok_shape = X.ndim == 2 and (d is None or X.shape[1] == d)
-        except (ValueError, TypeError):
+            X = np.array(xs)
+            # Strings (even numeric ones like "6"), nulls and nested lists leave the fast path.
+            ok_shape = X.dtype.kind in "fiub" and X.ndim == 2 and (d is None or X.shape[1] == d)
+            if ok_shape:
+                X = X.astype(np.float64, copy=False)
+        except (ValueError, TypeError, OverflowError):
             ok_shape = False
         if not ok_shape:
             return self._rows_one_by_one(xs)
@@ -205,10 +208,16 @@ class Codec:
         keep: list[int] = []
         reasons: list[tuple[int, str]] = []
         for j, x in enumerate(xs):
-            try:
-                r = np.asarray(x, dtype=np.float64)
-            except (ValueError, TypeError):
+            if not x or any(type(v) in (list, dict) for v in x):
+                reasons.append((j, "x must be a flat, non-empty list of numbers"))
+                continue
+            if not all(v is None or type(v) in (int, float, bool) for v in x):
                 reasons.append((j, "x contains a value that is not a number"))
+                continue
+            try:
+                r = np.array([np.nan if v is None else v for v in x], dtype=np.float64)
+            except (OverflowError, ValueError, TypeError):
+                reasons.append((j, "x contains a number too large for float64"))
                 continue
             if r.ndim != 1 or r.size == 0:
                 reasons.append((j, "x must be a flat, non-empty list of numbers"))

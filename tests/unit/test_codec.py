@@ -157,3 +157,18 @@ def test_a_record_is_judged_alone() -> None:
             assert np.array_equal(whole.X, np.vstack([p.X for p in kept]))
         assert whole.y == [p.y[0] for p in kept] and whole.ids == [p.ids[0] for p in kept]
         assert whole.ts == [p.ts[0] for p in kept] and whole.task == [p.task[0] for p in kept]
+
+
+def test_numeric_strings_and_huge_integers_are_rejected_not_coerced():
+    from stream.codec import Codec
+
+    codec = Codec(n_features=3)
+    dec = codec.decode([b'{"x":[1,2,"6"],"y":1}', b'{"x":[1,2,3],"y":1}', b'{"x":[1,2,3],"y":1,"id":5}'])
+    assert dec.rows.tolist() == [1, 2]
+    assert dec.bad == [(0, "x contains a value that is not a number")]
+    big = Codec(format="msgpack", n_features=2)
+    import msgpack
+
+    dec = big.decode([msgpack.packb({"x": [1, 2**64 - 1], "y": 0}), msgpack.packb({"x": [1.5, 2], "y": 0})])
+    assert dec.rows.tolist() == [1]
+    assert "exceeds max_abs_value" in dec.bad[0][1]

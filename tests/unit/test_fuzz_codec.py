@@ -60,7 +60,8 @@ CORPUS = [
     lambda r, i: _json({"x": "1,2,3,4,5,6", "y": 1}),
     lambda r, i: _json({"x": {"a": 1}, "y": 1}),
     lambda r, i: _json({"x": [[1, 2, 3], [4, 5, 6]], "y": 1}),
-    lambda r, i: _json({"x": [1, 2, 3, 4, 5, "six"], "y": 1}),  # (numeric strings such as "6" are read as numbers)
+    lambda r, i: _json({"x": [1, 2, 3, 4, 5, "six"], "y": 1}),
+    lambda r, i: _json({"x": [1, 2, 3, 4, 5, "6"], "y": 1}),  # numeric strings are strings, not numbers
     lambda r, i: _json({"x": [1, 2, 3, 4, 5, None], "y": 0}),
     lambda r, i: _json({"x": [1.0] * int(r.choice([0, 1, 5, 7, 100])), "y": 1}),
     lambda r, i: b'{"x": [1, 2, 3, 4, 5, NaN], "y": 1}',
