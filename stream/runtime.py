@@ -217,7 +217,8 @@ class LearningCore:
                 self._apply_due()  # due at a grid point already reached: before this batch is learned
 
         # Learn set in stream order: (record index, x, y, stored proba or None, delay)
-        order: list[tuple[int, int]] = [(int(dec.rows[j]), j) for j in labelled]
+        rows = dec.rows.tolist()
+        order: list[tuple[int, int]] = [(rows[j], j) for j in labelled]
         delayed: dict[int, tuple[np.ndarray, Any, np.ndarray, float]] = {}
         for rec, rid, y, ts in dec.labels_only:
             hit = self.pending.pop(rid)
@@ -231,7 +232,8 @@ class LearningCore:
 
         # Cap the number of classes: a flood of new labels must not grow the state without bound.
         known = set(self.learner.classes_)
-        if len(known) >= self.max_classes or len(known) + len(order) > self.max_classes:
+        if len(known) + len(order) > self.max_classes and len(
+                known.union(dec.y[j] if j >= 0 else delayed[rec][1] for rec, j in order)) > self.max_classes:
             kept = []
             for rec, j in order:
                 y = dec.y[j] if j >= 0 else delayed[rec][1]
