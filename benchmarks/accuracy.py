@@ -79,15 +79,14 @@ QUICK_SAMPLES = 5_000
 
 
 def pin_threads() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+    """One thread for numpy's and scipy's OpenBLAS and for torch (stream.runtime.limit_threads)."""
     try:
-        import torch
-
-        torch.set_num_threads(1)
+        import torch  # noqa: F401  (imported first so its thread count is pinned too)
     except ImportError:  # mkd cannot run then; the others can
         pass
+    from stream.runtime import limit_threads
+
+    limit_threads()
 
 
 # ---------------------------------------------------------------------- streams

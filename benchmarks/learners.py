@@ -83,15 +83,14 @@ SHORT = {"kalman1": "Kalman x1", "kalman3": "Kalman x3", "analytic": "AnalyticRi
 
 
 def pin_threads() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+    """One thread for numpy's and scipy's OpenBLAS and for torch (stream.runtime.limit_threads)."""
     try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
+        import torch  # noqa: F401  (imported first so its thread count is pinned too)
+    except ImportError:  # mkd cannot run then; the others can
         pass
+    from stream.runtime import limit_threads
+
+    limit_threads()
 
 
 def shipped_params(name: str) -> dict[str, Any]:
