@@ -103,12 +103,7 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
         ax.set_title(f"continual evaluation every {result.get('eval_every')} samples: final {result['final_accuracy']:.3f}, "
                      f"AAA {_f(result.get('aaa'))}, min-ACC {_f(result.get('min_acc'))}, "
                      f"WC-ACC {_f(result.get('wc_acc'))}, forgetting {_f(result.get('forgetting'))}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_task_curves(results: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -137,13 +132,19 @@ def plot_task_curves(results: dict[str, dict[str, Any]], path: str | Path, title
     axes[0][0].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _f(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
