@@ -204,9 +204,9 @@ class Daemon:
         self.dlq_count = sink.dlq_count
         if sink.predictions_topic and res.predictions:
             classes = self.core.learner.classes_
-            for i, label, proba in res.predictions:
+            for i, rid, label, proba in res.predictions:
                 topic, part, off = polled.origin[i]
-                sink.prediction(topic, part, off, None, label, proba.tolist(), classes)
+                sink.prediction(topic, part, off, rid, label, proba.tolist(), classes)
         for event in res.events:
             self._record_drift(event)
         self.source.advance(polled.next_offsets)

@@ -53,7 +53,7 @@ def limit_threads(n: int = 1) -> None:
 
 @dataclass
 class BatchResult:
-    predictions: list[tuple[int, Any, np.ndarray]] = field(default_factory=list)  # (record index, label, proba)
+    predictions: list[tuple[int, Any, Any, np.ndarray]] = field(default_factory=list)  # (record index, id, label, proba)
     bad: list[tuple[int, str]] = field(default_factory=list)  # rejected by the core (e.g. unknown id)
     events: list[DriftEvent] = field(default_factory=list)
     learned: int = 0
@@ -198,7 +198,7 @@ class LearningCore:
             proba = self.learner.predict_proba(Xu)
             preds = self.learner.predict(Xu) if proba.shape[1] else [None] * len(unlabelled)
             for k, j in enumerate(unlabelled):
-                res.predictions.append((int(dec.rows[j]), preds[k], proba[k]))
+                res.predictions.append((int(dec.rows[j]), dec.ids[j], preds[k], proba[k]))
                 rid = dec.ids[j]
                 if rid is not None:
                     ts = dec.ts[j]

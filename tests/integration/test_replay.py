@@ -56,11 +56,12 @@ def test_predictions_topic_gets_every_predict_only_record(make_config, broker, n
     # Predict-only rows use the model as it was before their batch: keep them out of the first batches.
     cfg = make_config(kafka={"predictions_topic": f"{name}.pred", "max_batch": 100})
     X, y = elec_records(300)
-    values = encode_rows(X[:200], y[:200]) + [orjson.dumps({"x": X[i].tolist()}) for i in range(200, 300)]
+    values = encode_rows(X[:200], y[:200]) + [orjson.dumps({"x": X[i].tolist(), "id": f"q{i}"}) for i in range(200, 300)]
     produce(broker, cfg.kafka.topic, values)
     summary = Daemon(cfg).run(until_idle_s=0.5, max_seconds=120, install_signals=False)
     assert summary["labelled_seen"] == 200
     preds = [orjson.loads(r.value) for r in read_topic(broker, f"{name}.pred")]
     assert len(preds) == 100
     assert sorted(p["offset"] for p in preds) == list(range(200, 300))
+    assert all(p["id"] == f"q{p['offset']}" for p in preds), "predictions carry the record's id"
     assert all(p["y_pred"] in (0, 1) and abs(sum(p["proba"].values()) - 1) < 1e-9 for p in preds)
