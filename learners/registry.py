@@ -31,14 +31,15 @@ class PickleRefused(PermissionError):
     """A state needs unpickling (river model) and the config does not allow it."""
 
 
-def resolve(name: str) -> type:
+def resolve(name: str) -> type[Component]:
     """Class for a registry name; a clear error lists the valid names."""
     try:
         target = COMPONENTS[name]
     except KeyError:
         raise ValueError(f"unknown component {name!r}; choose one of {sorted(COMPONENTS)}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    found: type[Component] = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def build_component(name: str, params: dict[str, Any] | None = None) -> Component:

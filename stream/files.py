@@ -85,7 +85,7 @@ def iter_records(path: str | Path, label_column: str | None = None) -> Iterator[
                 if not line.strip():
                     continue
                 try:
-                    rec = orjson.loads(line)
+                    rec: dict[str, Any] = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     raise DataFileError(f"{path}:{lineno}: not valid JSON ({exc})") from None
                 yield rec
@@ -99,7 +99,7 @@ def iter_records(path: str | Path, label_column: str | None = None) -> Iterator[
             if not row:
                 continue
             try:
-                rec: dict[str, Any] = {"x": [float(row[i]) for i in lay.feature_idx]}
+                rec = {"x": [float(row[i]) for i in lay.feature_idx]}
             except (ValueError, IndexError):
                 raise DataFileError(f"{path}:{lineno}: a feature is not a number or the row is short") from None
             if lay.label_idx is not None:

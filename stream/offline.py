@@ -135,7 +135,7 @@ def _thin(curve: dict[str, Any], window: int) -> dict[str, Any]:
     """At most MAX_CURVE_POINTS points (every k-th), so a JSON result stays small."""
     n = len(curve["n"])
     step = max(1, -(-n // MAX_CURVE_POINTS))
-    out = {k: (v[step - 1::step] if v is not None else None) for k, v in curve.items()}
+    out: dict[str, Any] = {k: (v[step - 1::step] if v is not None else None) for k, v in curve.items()}
     if n and out["n"][-1] != curve["n"][-1]:  # always keep the last point
         for k, v in curve.items():
             if v is not None:
@@ -242,9 +242,9 @@ class _Continual:
         old = [t for t in trained if t != last]
         final_row = M[-1]
         forgetting = [M[self.task_end[t]][col[t]] - final_row[col[t]] for t in old]  # type: ignore[operator]
-        mins = []
+        mins: list[Any] = []
         for t in old:
-            after = [M[r][col[t]] for r in range(self.task_end[t] + 1, len(M))]
+            after: list[Any] = [M[r][col[t]] for r in range(self.task_end[t] + 1, len(M))]
             mins.append(min(after) if after else final_row[col[t]])
         min_acc = float(np.mean(mins)) if mins else None
         last_acc = final_row[col[last]] if last is not None else None

@@ -259,7 +259,6 @@ class LearningCore:
         t0 = time.perf_counter()
         y_arr = np.empty(len(y), dtype=object)
         y_arr[:] = y
-        probas = []
         errors_all = []
         for a, b in self._segments(len(y)):
             proba = self.learner.learn_predict(X[a:b], y_arr[a:b])

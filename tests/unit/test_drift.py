@@ -16,7 +16,6 @@ Stated delays (measured on these seeds with river 0.26, asserted with margin):
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -28,7 +27,6 @@ from stream.config import ConfigError, parse_config
 from stream.drift import DriftMonitor, InputDriftMonitor
 from stream.evaluation import PrequentialMetrics
 from stream.runtime import LearningCore, PendingTable
-from tests.conftest import ROOT
 
 DRIFTS = (5000, 10000, 15000)
 
