@@ -7,6 +7,7 @@ redis-server, both started as child processes on free loopback ports, unless
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any, Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# kafka-python's background threads can outlive a test that stopped its own broker and log
+# connection errors into pytest's already-closed capture streams; ocld's own logs stay on.
+logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(scope="session")
