@@ -78,17 +78,6 @@ DEFAULT_SAMPLES = 50_000
 QUICK_SAMPLES = 5_000
 
 
-def pin_threads() -> None:
-    """One thread for numpy's and scipy's OpenBLAS and for torch (stream.runtime.limit_threads)."""
-    try:
-        import torch  # noqa: F401  (imported first so its thread count is pinned too)
-    except ImportError:  # mkd cannot run then; the others can
-        pass
-    from stream.runtime import limit_threads
-
-    limit_threads()
-
-
 # ---------------------------------------------------------------------- streams
 def cache_dir() -> Path:
     d = Path(tempfile.gettempdir()) / "ocld-bench-streams"
@@ -307,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples if args.samples is not None else (QUICK_SAMPLES if args.quick else None)
     models = [m for m in ALL_MODELS if m in args.models] + list(EXTRA)
 
-    pin_threads()
+    from stream.runtime import limit_threads
+
+    limit_threads()  # numpy's and scipy's OpenBLAS; torch reads OMP_NUM_THREADS=1 set by `import stream`
     started = time.time()
     load0 = os.getloadavg()
     results: dict[str, dict[str, dict[str, Any]]] = {}

@@ -82,17 +82,6 @@ SHORT = {"kalman1": "Kalman x1", "kalman3": "Kalman x3", "analytic": "AnalyticRi
          "river_lr": "river LogReg"}
 
 
-def pin_threads() -> None:
-    """One thread for numpy's and scipy's OpenBLAS and for torch (stream.runtime.limit_threads)."""
-    try:
-        import torch  # noqa: F401  (imported first so its thread count is pinned too)
-    except ImportError:  # mkd cannot run then; the others can
-        pass
-    from stream.runtime import limit_threads
-
-    limit_threads()
-
-
 def shipped_params(name: str) -> dict[str, Any]:
     return copy.deepcopy(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())["learner"]["params"])
 
@@ -284,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = sorted(args.batches or ([1, 100] if args.quick else list(BATCHES)))
     min_time = args.min_time if args.min_time is not None else (0.1 if args.quick else 0.5)
 
-    pin_threads()
+    from stream.runtime import limit_threads
+
+    limit_threads()  # numpy's and scipy's OpenBLAS; torch reads OMP_NUM_THREADS=1 set by `import stream`
     started = time.time()
     load0 = os.getloadavg()
     res: dict[tuple[str, int, int, int], float] = {}

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from buffers.ring import Ring
 from learners.base import DriftEvent, LearnerState
 
 DETECTORS = {
@@ -64,33 +65,6 @@ def make_detector(name: str, params: dict[str, Any]) -> Any:
         raise ValueError(f"bad drift params for {name}: {exc}") from None
 
 
-class _Ring:
-    """The last ``capacity`` rows fed (float64 [capacity, width]), oldest first on read."""
-
-    def __init__(self, capacity: int, width: int) -> None:
-        self.data = np.zeros((capacity, width), dtype=np.float64)
-        self.pos = 0
-        self.filled = 0
-
-    def push(self, rows: np.ndarray) -> None:
-        w = self.data.shape[0]
-        rows = rows[-w:]
-        end = self.pos + rows.shape[0]
-        if end <= w:
-            self.data[self.pos:end] = rows
-        else:
-            cut = w - self.pos
-            self.data[self.pos:] = rows[:cut]
-            self.data[: end - w] = rows[cut:]
-        self.pos = end % w
-        self.filled = min(w, self.filled + rows.shape[0])
-
-    def values(self) -> np.ndarray:
-        if self.filled < self.data.shape[0]:
-            return self.data[: self.filled].copy()
-        return np.concatenate((self.data[self.pos:], self.data[: self.pos]))
-
-
 class DriftMonitor:
     """Error monitor: feed 0/1 errors in labelled-sample order; returns a DriftEvent per detection."""
 
@@ -101,7 +75,7 @@ class DriftMonitor:
         self.window = window
         self.kind = kind
         self.detector = make_detector(detector, self.params)
-        self._ring = _Ring(window, 1)
+        self._ring = Ring(window, 1)
         self.n_seen = 0
         self.n_events = 0
 
@@ -157,7 +131,7 @@ class InputDriftMonitor:
         make_detector(detector, self.params)  # fail early on bad params
         self.features: np.ndarray | None = None  # monitored column indices
         self.detectors: list[Any] = []
-        self._ring: _Ring | None = None
+        self._ring: Ring | None = None
         self._sum = np.zeros(0)  # partial block: sums of the monitored columns
         self._count = 0
         self._ref_sum = np.zeros(0)  # warm-up: sums of block means and squared sample values
@@ -176,7 +150,7 @@ class InputDriftMonitor:
         self._sum = np.zeros(k)
         self._ref_sum = np.zeros(k)
         self._ref_sq = np.zeros(k)
-        self._ring = _Ring(self.window, k)
+        self._ring = Ring(self.window, k)
 
     def update(self, X: np.ndarray) -> list[DriftEvent]:
         """Feed feature rows [n, d] in stream order; events for blocks completed by them."""
@@ -264,7 +238,7 @@ class InputDriftMonitor:
         a, meta = state.arrays, state.meta
         if int(meta["k"]):
             m.features = np.asarray(a["features"], dtype=np.int64)
-            m._ring = _Ring(m.window, m.features.size)
+            m._ring = Ring(m.window, m.features.size)
             m._sum = np.asarray(a["sum"], dtype=np.float64).copy()
             m._ref_sum = np.asarray(a["ref_sum"], dtype=np.float64).copy()
             m._ref_sq = np.asarray(a["ref_sq"], dtype=np.float64).copy()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from buffers.ring import Ring
 from learners.base import ClassIndex, LearnerState, labels_to_json
 
 EPS = 1e-15
@@ -26,9 +27,7 @@ class PrequentialMetrics:
         self.log_loss_sum = 0.0
         self.class_n = np.zeros(0, dtype=np.int64)
         self.class_correct = np.zeros(0, dtype=np.int64)
-        self.ring = np.zeros(window, dtype=np.uint8)
-        self.ring_pos = 0
-        self.ring_filled = 0
+        self.ring = Ring(window, dtype=np.uint8)
         self.last_label = -1
         self.nochange_correct = 0
         self.delay_n = 0
@@ -72,25 +71,8 @@ class PrequentialMetrics:
         self.nochange_correct += int((prev == idx).sum())
         self.last_label = int(idx[-1])
 
-        self._push_window(hit.astype(np.uint8))
+        self.ring.push(hit.astype(np.uint8))
         return errors
-
-    def _push_window(self, hits: np.ndarray) -> None:
-        w = self.window
-        if hits.size >= w:
-            self.ring[:] = hits[-w:]
-            self.ring_pos = 0
-            self.ring_filled = w
-            return
-        end = self.ring_pos + hits.size
-        if end <= w:
-            self.ring[self.ring_pos:end] = hits
-        else:
-            cut = w - self.ring_pos
-            self.ring[self.ring_pos:] = hits[:cut]
-            self.ring[: end - w] = hits[cut:]
-        self.ring_pos = end % w
-        self.ring_filled = min(w, self.ring_filled + hits.size)
 
     def add_delays(self, delays: np.ndarray) -> None:
         if delays.size:
@@ -105,12 +87,9 @@ class PrequentialMetrics:
 
     @property
     def window_accuracy(self) -> float:
-        if not self.ring_filled:
+        if not self.ring.filled:
             return 0.0
-        if self.ring_filled < self.window:
-            # ring_pos == ring_filled until the first wrap
-            return float(self.ring[: self.ring_filled].mean())
-        return float(self.ring.mean())
+        return float(self.ring.data[: self.ring.filled].mean())  # unfilled slots are at the end
 
     @property
     def balanced_accuracy(self) -> float:
@@ -143,9 +122,9 @@ class PrequentialMetrics:
     def to_state(self) -> LearnerState:
         return LearnerState(
             "PrequentialMetrics", {"window": self.window},
-            {"class_n": self.class_n.copy(), "class_correct": self.class_correct.copy(), "ring": self.ring.copy()},
+            {"class_n": self.class_n.copy(), "class_correct": self.class_correct.copy(), "ring": self.ring.data.copy()},
             {"labels": labels_to_json(self.labels.classes), "n": self.n, "correct": self.correct,
-             "log_loss_sum": self.log_loss_sum, "ring_pos": self.ring_pos, "ring_filled": self.ring_filled,
+             "log_loss_sum": self.log_loss_sum, "ring_pos": self.ring.pos, "ring_filled": self.ring.filled,
              "last_label": self.last_label, "nochange_correct": self.nochange_correct,
              "delay_n": self.delay_n, "delay_sum": self.delay_sum, "delay_max": self.delay_max},
         )
@@ -155,11 +134,12 @@ class PrequentialMetrics:
         m = cls(**state.params)
         meta = state.meta
         m.labels = ClassIndex(meta["labels"])
-        for name in ("n", "correct", "ring_pos", "ring_filled", "last_label", "nochange_correct", "delay_n"):
+        for name in ("n", "correct", "last_label", "nochange_correct", "delay_n"):
             setattr(m, name, int(meta[name]))
         for name in ("log_loss_sum", "delay_sum", "delay_max"):
             setattr(m, name, float(meta[name]))
         m.class_n = state.arrays["class_n"].astype(np.int64)
         m.class_correct = state.arrays["class_correct"].astype(np.int64)
-        m.ring = state.arrays["ring"].astype(np.uint8)
+        m.ring.data = state.arrays["ring"].astype(np.uint8)
+        m.ring.pos, m.ring.filled = int(meta["ring_pos"]), int(meta["ring_filled"])
         return m
