@@ -160,6 +160,23 @@ class EmbeddedRedis(_ChildProcess):
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
                 "--protected-mode", "yes", *self.extra_args]
         self._spawn(argv, self.data_dir / "redis.log", self.port)
+        _wait_redis_loaded(self.port)
+
+
+def _wait_redis_loaded(port: int, timeout: float = 30.0) -> None:
+    """The port opens before Redis has replayed its append-only file; until then every
+    command answers -LOADING. Started means loaded (any other reply, -NOAUTH included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1.0) as conn:
+                conn.sendall(b"PING\r\n")
+                if not conn.recv(64).startswith(b"-LOADING"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise EmbeddedError(f"embedded Redis on port {port} was still loading its data after {timeout:.0f} s")
 
 
 @contextlib.contextmanager
