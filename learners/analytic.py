@@ -166,6 +166,10 @@ class AnalyticRidge(Learner):
         self._pseudo_cross: np.ndarray | None = None
         self._Rc: np.ndarray | None = None
         self._Wc: np.ndarray | None = None
+        # Statistics learned elsewhere (other replicas), folded into R and W but never into
+        # the own statistics (set_external).
+        self._ext_gram: np.ndarray | None = None
+        self._ext_cross: np.ndarray | None = None
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -226,6 +230,8 @@ class AnalyticRidge(Learner):
         self._cross = np.hstack([self._cross, np.zeros((self._cross.shape[0], extra))])
         self._W = np.hstack([self._W, np.zeros((self._W.shape[0], extra))])
         self._counts = np.concatenate([self._counts, np.zeros(extra)])
+        if self._ext_cross is not None:
+            self._ext_cross = np.hstack([self._ext_cross, np.zeros((self._ext_cross.shape[0], extra))])
         if self._Wc is not None and self._pseudo_cross is not None:
             self._Wc = np.hstack([self._Wc, np.zeros((self._Wc.shape[0], extra))])
             self._pseudo_cross = np.hstack([self._pseudo_cross, np.zeros((self._pseudo_cross.shape[0], extra))])
@@ -248,7 +254,8 @@ class AnalyticRidge(Learner):
         """(A^-1, A^-1 B) for a symmetric positive definite A, by Cholesky (eigh if that fails)."""
         c, info = lapack.dpotrf(A, lower=0, clean=1, overwrite_a=0)
         if info == 0:
-            W = lapack.dpotrs(c, B, lower=0)[0] if B.shape[1] else np.zeros_like(B)
+            # C order, as a restored state has it (matmul rounding depends on the layout).
+            W = np.ascontiguousarray(lapack.dpotrs(c, B, lower=0)[0]) if B.shape[1] else np.zeros_like(B)
             inv, info = lapack.dpotri(c, lower=0)
             if info == 0:
                 inv = np.triu(inv) + np.triu(inv, 1).T
@@ -259,14 +266,22 @@ class AnalyticRidge(Learner):
         inv = (vecs / vals) @ vecs.T
         return inv, inv @ B
 
+    def _system(self) -> tuple[np.ndarray, np.ndarray]:
+        """(G + gamma I, B), with the external statistics added when some are folded in."""
+        self._flush()
+        A = self._gram + self.gamma * np.eye(self._gram.shape[0])
+        B = self._cross
+        if self._ext_gram is not None and self._ext_cross is not None:
+            A = A + self._ext_gram
+            B = B + self._ext_cross
+        return A, B
+
     def _resolve(self, with_compensation: bool = True) -> None:
         """Exact R and W from the sufficient statistics (and the compensated head if any)."""
-        self._flush()
-        D = self._gram.shape[0]
-        A = self._gram + self.gamma * np.eye(D)
-        self._R, self._W = self._inverse_and_solve(A, self._cross)
+        A, B = self._system()
+        self._R, self._W = self._inverse_and_solve(A, B)
         if with_compensation and self._pseudo_gram is not None and self._pseudo_cross is not None:
-            self._Rc, self._Wc = self._inverse_and_solve(A + self._pseudo_gram, self._cross + self._pseudo_cross)
+            self._Rc, self._Wc = self._inverse_and_solve(A + self._pseudo_gram, B + self._pseudo_cross)
 
     @staticmethod
     def _woodbury(R: np.ndarray, W: np.ndarray, H: np.ndarray, Y: np.ndarray, want_prior: bool) -> np.ndarray | None:
@@ -356,8 +371,8 @@ class AnalyticRidge(Learner):
             pseudo_gram += weight * (Hp.T @ Hp)
             pseudo_cross[:, self._index.encode([label], grow=False)[0]] += weight * Hp.sum(axis=0)
         self._pseudo_gram, self._pseudo_cross = pseudo_gram, pseudo_cross
-        A = self._gram + self.gamma * np.eye(D) + pseudo_gram
-        self._Rc, self._Wc = self._inverse_and_solve(A, self._cross + pseudo_cross)
+        A, B = self._system()
+        self._Rc, self._Wc = self._inverse_and_solve(A + pseudo_gram, B + pseudo_cross)
 
     # ------------------------------------------------------------------ learning
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
@@ -514,6 +529,46 @@ class AnalyticRidge(Learner):
         if self.compensate_imbalance:
             self._refresh_compensation()
 
+    def set_external(self, stats: dict[str, Any] | None) -> None:
+        """Fold statistics learned elsewhere (e.g. the sum of the other replicas'
+        ``sufficient_statistics()``) into the head: W becomes the ridge solution of own + external
+        data, and stays so as own samples arrive (the Woodbury steps and re-solves include them).
+        ``sufficient_statistics()``, ``merge`` and ``weights`` of the own data are unaffected
+        except that W is the joint head; ``None`` removes the external part. Replaces (does not
+        add to) the previous external statistics, so folding the latest others' totals is idempotent.
+        """
+        if stats is None or stats.get("n_features_in") is None:
+            had = self._ext_gram is not None
+            self._ext_gram = self._ext_cross = None
+            if had and self.n_features_in is not None:
+                self._resolve(with_compensation=not self.compensate_imbalance)
+                if self.compensate_imbalance:
+                    self._refresh_compensation()
+            return
+        self._check_compatible(stats.get("params", self._get_params()), stats["n_features_in"])
+        if self.n_features_in is None:
+            self._init_dims(int(stats["n_features_in"]))
+        gram = np.asarray(stats["gram"], dtype=np.float64)
+        if gram.shape != self._gram.shape:
+            raise ValueError(f"external Gram matrix of shape {gram.shape}, expected {self._gram.shape}")
+        cols = (
+            self._index.encode(np.asarray(list(stats["classes"]), dtype=object))
+            if stats["classes"]
+            else np.zeros(0, np.int64)
+        )
+        self._grow_classes()
+        cross = np.zeros_like(self._cross)
+        cross[:, cols] = np.asarray(stats["cross"], dtype=np.float64)
+        self._ext_gram, self._ext_cross = gram.copy(), cross
+        self._resolve(with_compensation=not self.compensate_imbalance)
+        if self.compensate_imbalance:
+            self._refresh_compensation()
+
+    @property
+    def has_external(self) -> bool:
+        """True while statistics from elsewhere are folded in."""
+        return self._ext_gram is not None
+
     @classmethod
     def from_statistics(
         cls,
@@ -558,7 +613,7 @@ class AnalyticRidge(Learner):
                 "R": self._R.copy(),
                 "W": self._W.copy(),
             }
-            for name in ("pseudo_gram", "pseudo_cross", "Rc", "Wc"):
+            for name in ("pseudo_gram", "pseudo_cross", "Rc", "Wc", "ext_gram", "ext_cross"):
                 value = getattr(self, "_" + name)
                 if value is not None:
                     arrays[name] = value.copy()
@@ -580,7 +635,8 @@ class AnalyticRidge(Learner):
         d = state.meta.get("n_features_in")
         if d is not None:
             obj._init_dims(int(d))
-            for name in ("gram", "cross", "counts", "R", "W", "pseudo_gram", "pseudo_cross", "Rc", "Wc"):
+            for name in ("gram", "cross", "counts", "R", "W", "pseudo_gram", "pseudo_cross", "Rc", "Wc",
+                         "ext_gram", "ext_cross"):
                 if name in state.arrays:
                     setattr(obj, "_" + name, np.array(state.arrays[name], dtype=np.float64))
         if "class_stats" in state.children:

@@ -57,6 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream.embedded import services
 
     cfg = _config(args.config, args)
+    if args.replica is not None:
+        from stream.config import ScaleConfig
+
+        try:
+            cfg = cfg.model_copy(update={"scale": ScaleConfig(**{**cfg.scale.model_dump(), "replica": args.replica})})
+        except ValueError:
+            raise ConfigError(f"--replica {args.replica!r}: a replica name uses only letters, digits, '_', '.' "
+                              "and '-' (or 'hostname')") from None
     if cfg.log_format == "json" and not args.json_logs:
         _setup_logging(args.log_level, json_logs=True)
     with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):
@@ -130,13 +138,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     client = StateClient(_redis_url(args))
     names = [args.pipeline] if args.pipeline else client.pipelines()
-    statuses = {name: client.status(name) for name in names}
+    replicas = {name: client.replica_names(name) for name in names}
+    statuses: dict[str, Any] = {}
+    for name in names:
+        if replicas[name] and replicas[name] != [""]:
+            statuses[name] = {"replicas": client.replicas(name), "partitions": client.partitions(name)}
+        else:
+            statuses[name] = client.status(name)
     if args.json:
         print(orjson.dumps(statuses, option=orjson.OPT_INDENT_2).decode())
         return 0
     if not names:
         print("no pipelines found in this Redis")
     for name, st in statuses.items():
+        if "replicas" in st:
+            _print_replicas(name, st["replicas"], st["partitions"])
+            continue
         if not st or list(st) == ["alive"]:
             print(f"pipeline {name!r}: no status in this Redis")
             continue
@@ -144,16 +161,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[str, dict[str, Any]]) -> None:
+    """One row per replica (read from Redis), then the partition registry."""
+    import datetime
+
+    def when(t: Any) -> str:
+        return datetime.datetime.fromtimestamp(float(t)).strftime("%H:%M:%S") if t not in ("", None) else "-"
+
+    rows = [("replica", "state", "host", "pid", "partitions", "lag", "samples", "accuracy", "snapshot", "at")]
+    for st in replicas:
+        acc = st.get("accuracy_total")
+        rows.append((st["replica"] or "(default)", str(st.get("state", "-")), str(st.get("host", "-")),
+                     str(st.get("pid", "-")), ",".join(str(p) for p in st.get("partitions") or []) or "-",
+                     str(st.get("lag", "-")), str(st.get("labelled_seen", "-")),
+                     f"{acc:.4f}" if isinstance(acc, float) else "-", str(st.get("model_version", "-")),
+                     when(st.get("last_snapshot_at"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"pipeline {name}: {len(replicas)} replicas")
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    if partitions:
+        print("  partition registry (offset covered by a durable snapshot, owner, epoch):")
+        for tp, e in partitions.items():
+            print(f"    {tp:<24} {str(e['offset']):>10}  {e['owner'] or '(default)'}  {e['epoch']}")
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from stream.client import StateClient
 
     client = StateClient(_redis_url(args))
     if args.metrics:
-        out: Any = client.metrics(args.pipeline, count=args.count)
+        out: Any = client.metrics(args.pipeline, count=args.count, replica=args.replica)
     elif args.drift:
-        out = client.drift_events(args.pipeline, count=args.count)
+        out = client.drift_events(args.pipeline, count=args.count, replica=args.replica)
+    elif args.global_model:
+        out = client.global_info(args.pipeline)
+    elif args.partitions:
+        out = client.partitions(args.pipeline)
     else:
-        out = client.snapshot_info(args.pipeline)
+        out = client.snapshot_info(args.pipeline, replica=args.replica)
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -164,7 +210,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     client = StateClient(_redis_url(args))
     try:
-        out = client.rollback(args.pipeline, args.to, force=args.force)
+        out = client.rollback(args.pipeline, args.to, force=args.force, replica=args.replica)
     except RollbackRefused as exc:
         print(f"ocld: {exc}", file=sys.stderr)
         return 2
@@ -273,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit once caught up and idle for S seconds (batch jobs, tests)")
     sp.add_argument("--max-seconds", type=float, default=None)
+    sp.add_argument("--replica", default=None, metavar="NAME",
+                    help="run as this named replica of the pipeline (overrides scale.replica and OCLD_REPLICA)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("demo", help="embedded broker + Redis, replay elec, learn, summarize")
@@ -330,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics", action="store_true")
     g.add_argument("--drift", action="store_true")
     g.add_argument("--snapshot", action="store_true")
+    g.add_argument("--global", dest="global_model", action="store_true",
+                   help="the exact AnalyticRidge model of all replicas' partitions (summed statistics)")
+    g.add_argument("--partitions", action="store_true", help="the partition registry: offset, owner, epoch")
+    sp.add_argument("--replica", default="", help="a named replica (scale.replica); default: the single-daemon keys")
     sp.add_argument("--count", type=int, default=100)
     sp.set_defaults(func=cmd_query)
 
@@ -338,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", type=int, required=True, metavar="VERSION", help="see `ocld query P --snapshot`")
     sp.add_argument("--redis")
     sp.add_argument("--force", action="store_true", help="roll back although the heartbeat says a daemon runs")
+    sp.add_argument("--replica", default="", help="a named replica (scale.replica); default: the single-daemon keys")
     sp.set_defaults(func=cmd_rollback)
 
     sp = sub.add_parser("report", help="PNG: accuracy over time, drift events, forgetting factor")
@@ -362,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocld: {exc}", file=sys.stderr)
         return 2
     except (ValueError, LookupError, OSError) as exc:
+        from learners.merge import MergeError
         from stream.files import DataFileError
 
-        if isinstance(exc, (DataFileError, LookupError, FileNotFoundError)) or type(exc) is ValueError:
+        if isinstance(exc, (DataFileError, LookupError, FileNotFoundError, MergeError)) or type(exc) is ValueError:
             print(f"ocld: {exc}", file=sys.stderr)
             return 2
         raise

@@ -4,6 +4,11 @@ Any process can read what a running (or stopped) daemon published, with no acces
 daemon. ``load_learner`` rebuilds a working learner from the latest complete snapshot;
 it refuses pickled (river) states unless ``allow_pickle=True``.
 
+Replicas (several daemons of one pipeline, ``scale.replica``): every method takes
+``replica`` (default "", the single-daemon keys); ``replicas`` lists them with their
+status, and ``load_global_learner`` merges every replica's latest AnalyticRidge state into
+the exact model of all partitions (``learners.merge``).
+
 ``rollback`` makes an older complete snapshot the latest. Rule: it takes effect when the
 daemon next *starts* (it loads ``latest`` and seeks to that snapshot's offsets, so every
 record after them is learned again, once). A running daemon never re-reads ``latest``:
@@ -20,6 +25,7 @@ from typing import Any
 import orjson
 
 from learners.base import Learner
+from learners.merge import merge_global
 from learners.registry import learner_from_state
 from stream.snapshot import CorruptSnapshot
 from stream.state import Keys, SnapshotStore, connect
@@ -53,11 +59,27 @@ class StateClient:
     def pipelines(self) -> list[str]:
         names = set()
         for key in self.r.scan_iter(match=f"{self.namespace}:*:status", count=1000):
-            names.add(key.decode()[len(self.namespace) + 1:-len(":status")])
+            name = key.decode()[len(self.namespace) + 1:-len(":status")]
+            names.add(name.split(":replica:", 1)[0])
         return sorted(names)
 
-    def status(self, pipeline: str) -> dict[str, Any]:
-        k = Keys(pipeline, self.namespace)
+    def replica_names(self, pipeline: str) -> list[str]:
+        """Replicas that have published a status ("" is the single-daemon layout)."""
+        names = {m.decode() for m in self.r.smembers(Keys(pipeline, self.namespace).replicas)}
+        if not names and self.r.exists(Keys(pipeline, self.namespace).status):
+            names = {""}  # written before the replica set existed
+        return sorted(names)
+
+    def replicas(self, pipeline: str) -> list[dict[str, Any]]:
+        """Every replica's status (host, pid, partitions, lag, samples, last snapshot, ...)."""
+        return [{"replica": name, **self.status(pipeline, name)} for name in self.replica_names(pipeline)]
+
+    def partitions(self, pipeline: str) -> dict[str, dict[str, Any]]:
+        """The shared partition registry: "topic:partition" -> offset covered, owner, epoch."""
+        return self.store(pipeline).registry()
+
+    def status(self, pipeline: str, replica: str = "") -> dict[str, Any]:
+        k = Keys(pipeline, self.namespace, replica)
         raw = self.r.hgetall(k.status)
         out = {key.decode(): _decode(v) for key, v in raw.items()}
         alive = self.r.get(k.alive)
@@ -66,42 +88,82 @@ class StateClient:
             out["state"] = "dead (heartbeat expired)"
         return out
 
-    def metrics(self, pipeline: str, count: int = 100) -> list[dict[str, Any]]:
+    def metrics(self, pipeline: str, count: int = 100, replica: str = "") -> list[dict[str, Any]]:
         """The newest ``count`` metric points, oldest first."""
-        entries = self.r.xrevrange(Keys(pipeline, self.namespace).metrics, count=count)
+        entries = self.r.xrevrange(Keys(pipeline, self.namespace, replica).metrics, count=count)
         return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
                 for eid, fields in reversed(entries)]
 
-    def drift_events(self, pipeline: str, count: int = 1000) -> list[dict[str, Any]]:
-        entries = self.r.xrevrange(Keys(pipeline, self.namespace).drift, count=count)
+    def drift_events(self, pipeline: str, count: int = 1000, replica: str = "") -> list[dict[str, Any]]:
+        entries = self.r.xrevrange(Keys(pipeline, self.namespace, replica).drift, count=count)
         return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
                 for eid, fields in reversed(entries)]
 
-    def store(self, pipeline: str) -> SnapshotStore:
-        return SnapshotStore(self.r, pipeline, self.namespace)
+    def store(self, pipeline: str, replica: str = "") -> SnapshotStore:
+        return SnapshotStore(self.r, pipeline, self.namespace, replica=replica)
 
-    def snapshot_info(self, pipeline: str) -> dict[str, Any]:
-        store = self.store(pipeline)
+    def snapshot_info(self, pipeline: str, replica: str = "") -> dict[str, Any]:
+        store = self.store(pipeline, replica)
         latest = store.latest_version()
         if latest is None:
             return {"latest": None, "versions": []}
         pinned = sorted(int(v) for v in self.r.smembers(store.keys.pinned))
         return {"latest": store.manifest_info(latest), "versions": store.versions(), "pinned": pinned}
 
-    def load_learner(self, pipeline: str, allow_pickle: bool = False) -> Learner:
-        snap = self.store(pipeline).load_latest()
+    def load_learner(self, pipeline: str, allow_pickle: bool = False, replica: str = "") -> Learner:
+        snap = self.store(pipeline, replica).load_latest()
         if snap is None:
-            raise LookupError(f"pipeline {pipeline!r} has no snapshot in Redis")
+            who = f"replica {replica!r} of pipeline {pipeline!r}" if replica else f"pipeline {pipeline!r}"
+            raise LookupError(f"{who} has no snapshot in Redis")
         return learner_from_state(snap.parts["learner"], allow_pickle=allow_pickle)
 
-    def rollback(self, pipeline: str, version: int, force: bool = False) -> dict[str, Any]:
+    def replica_snapshots(self, pipeline: str) -> dict[str, Any]:
+        """replica -> its latest complete snapshot (replicas without one are left out)."""
+        out = {}
+        for name in self.replica_names(pipeline):
+            snap = self.store(pipeline, name).load_latest()
+            if snap is not None:
+                out[name] = snap
+        return out
+
+    def load_global_learner(self, pipeline: str) -> Learner:
+        """The exact model of all partitions: every replica's latest AnalyticRidge statistics added up.
+
+        Raises ``learners.merge.MergeError`` for heads that do not merge exactly (see there)
+        and LookupError when no replica has a snapshot. Never unpickles.
+        """
+        snaps = self.replica_snapshots(pipeline)
+        if not snaps:
+            raise LookupError(f"pipeline {pipeline!r} has no replica with a snapshot in Redis")
+        learners = [learner_from_state(s.parts["learner"], allow_pickle=False) for s in snaps.values()]
+        return merge_global(learners)
+
+    def global_info(self, pipeline: str) -> dict[str, Any]:
+        """What ``ocld query --global`` prints: the replicas merged and the joint model's counts."""
+        snaps = self.replica_snapshots(pipeline)
+        model = self.load_global_learner(pipeline)
+        head = getattr(model, "head", model)
+        stats = head.sufficient_statistics()  # type: ignore[attr-defined]
+        records: dict[str, int] = {}
+        for s in snaps.values():
+            for tp, n in (s.info.get("partition_records") or {}).items():
+                records[tp] = records.get(tp, 0) + int(n)
+        return {"pipeline": pipeline, "replicas": {name: {"version": s.info.get("version"),
+                                                           "labelled_seen": s.info.get("labelled_seen"),
+                                                           "partition_records": s.info.get("partition_records")}
+                                                    for name, s in snaps.items()},
+                "labelled_seen": stats["n_seen"], "classes": stats["classes"],
+                "class_counts": [float(c) for c in stats["counts"]], "partition_records": dict(sorted(records.items())),
+                "registry": self.partitions(pipeline)}
+
+    def rollback(self, pipeline: str, version: int, force: bool = False, replica: str = "") -> dict[str, Any]:
         """Make complete snapshot ``version`` the latest (see the module docstring for the rule).
 
         Verifies every chunk's checksum first. Returns the previous and new latest version and
         the offsets (topic -> partition -> next offset) the daemon will resume from.
         """
-        store = self.store(pipeline)
-        k = Keys(pipeline, self.namespace)
+        store = self.store(pipeline, replica)
+        k = Keys(pipeline, self.namespace, replica)
         versions = store.versions()
         if version not in versions:
             raise RollbackRefused(f"pipeline {pipeline!r} has no complete snapshot version {version}; "

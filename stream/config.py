@@ -153,6 +153,28 @@ class HttpConfig(_Model):
     max_snapshot_age_s: float = Field(120.0, gt=0, description="/healthz is not ready when unsnapshotted work is older")
 
 
+class ScaleConfig(_Model):
+    """Several daemons on one topic (one Kafka consumer group; see stream.daemon "Scale-out")."""
+
+    replica: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description=(
+        "this daemon's name among the replicas of the pipeline: its own state, snapshots and status live under "
+        "ocld:{pipeline}:replica:{replica}; empty: the single-daemon keys ocld:{pipeline}:*. The value 'hostname' "
+        "uses the host name (docker compose --scale). OCLD_REPLICA overrides it"))
+    fold_global_every_s: float | None = Field(None, gt=0, description=(
+        "AnalyticRidge only: every this many seconds, fold the other replicas' published statistics into this "
+        "replica's predictions, so that it predicts with the model of all partitions (its own statistics, which it "
+        "snapshots, stay its own)"))
+
+    @property
+    def replica_id(self) -> str:
+        if self.replica != "hostname":
+            return self.replica
+        import re
+        import socket
+
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
+
+
 class Config(_Model):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     learner: LearnerSpec = Field(default_factory=LearnerSpec)
@@ -167,6 +189,7 @@ class Config(_Model):
     data_dir: str = ".ocld"
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_format: Literal["text", "json"] = "text"
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     @field_validator("learner")
     @classmethod
@@ -175,6 +198,13 @@ class Config(_Model):
 
         build_learner(spec.name, spec.params, [f.model_dump() for f in spec.features])
         return spec
+
+    @model_validator(mode="after")
+    def _fold_needs_analytic(self) -> "Config":
+        if self.scale.fold_global_every_s is not None and self.learner.name != "AnalyticRidge":
+            raise ValueError(f"scale.fold_global_every_s needs learner AnalyticRidge (its statistics add up exactly), "
+                             f"not {self.learner.name}; remove scale.fold_global_every_s")
+        return self
 
     # -- derived names ---------------------------------------------------------------
     @property
@@ -262,6 +292,12 @@ def apply_environment(cfg: Config) -> Config:
         env.get("KAFKA_BOOTSTRAP") if cfg.kafka.bootstrap == "embedded" else None,
         env.get("REDIS_URL") if cfg.redis.url.get_secret_value() == "embedded" else None,
     )
+    if env.get("OCLD_REPLICA") is not None:
+        try:
+            cfg = cfg.model_copy(update={"scale": ScaleConfig(**{**cfg.scale.model_dump(), "replica": env["OCLD_REPLICA"]})})
+        except ValidationError:
+            raise ConfigError(f"OCLD_REPLICA={env['OCLD_REPLICA']!r}: a replica name uses only letters, digits, "
+                              "'_', '.' and '-' (or 'hostname')") from None
     if env.get("OCLD_KAFKA_SASL_PASSWORD"):
         cfg = cfg.model_copy(
             update={"kafka": cfg.kafka.model_copy(update={"sasl_password": SecretStr(env["OCLD_KAFKA_SASL_PASSWORD"])})}

@@ -23,6 +23,27 @@ unreachable and one when it is back. Start-up waits for the broker with backoff.
 the outputs that fails postpones the snapshot (outputs are flushed before offsets move).
 
 SIGTERM/SIGINT: finish the batch in hand, snapshot, commit, mark ``stopped``, exit 0.
+
+Scale-out (several daemons, one pipeline name, one consumer group; Kafka assigns the
+partitions). Design: per-replica learner state with per-partition offsets.
+- Each replica (``scale.replica``) has its own learner, snapshots and status under
+  ``ocld:{p}:replica:{name}``. A shared registry holds, per partition, the next offset that
+  a durable snapshot covers and the "replica|epoch" claim of its current owner.
+- On assignment the replica claims the partitions (a new epoch each time) and seeks to the
+  registry's offsets, so it continues exactly where the previous owner's last durable
+  snapshot ended. On revocation it finishes the batch in hand, snapshots and commits
+  before Kafka hands the partitions on.
+- The snapshot switch is fenced: it succeeds only if every partition learned from since
+  the last snapshot is still held under this replica's claim, and it advances those
+  partitions' registry offsets in the same atomic step. If another replica claimed one
+  meanwhile (this one stalled past the session timeout, or its revocation snapshot failed),
+  the switch changes nothing; the replica discards its unsnapshotted learning, reloads its
+  last durable snapshot, pauses the lost partitions and re-reads its own from the registry.
+So every record is learned exactly once across the replicas' surviving states (a
+replica that stops for good leaves its state in Redis, where ``ocld query --global`` still
+counts it). Outputs (dead letters, predictions) are at-least-once across a fence.
+With AnalyticRidge, ``scale.fold_global_every_s`` folds the other replicas' latest
+statistics into this replica's head, so it predicts with the model of all partitions.
 """
 
 from __future__ import annotations
@@ -46,7 +67,7 @@ from stream.runtime import LearningCore, limit_threads
 from stream.sink import Sink
 from stream.snapshot import Snapshot
 from stream.source import KafkaSource
-from stream.state import SnapshotStore, StatusStore, connect
+from stream.state import Fenced, SnapshotStore, StatusStore, connect, tp_field
 
 log = logging.getLogger("ocld.daemon")
 
@@ -59,8 +80,11 @@ class Daemon:
         limit_threads()
         r = cfg.redis
         self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username)
-        self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes)
-        self.status = StatusStore(self.redis, cfg.name, r.namespace, r.heartbeat_ttl_s, r.metrics_maxlen, r.drift_maxlen)
+        self.replica = cfg.scale.replica_id
+        self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes,
+                                   replica=self.replica)
+        self.status = StatusStore(self.redis, cfg.name, r.namespace, r.heartbeat_ttl_s, r.metrics_maxlen, r.drift_maxlen,
+                                  replica=self.replica)
         self.codec = Codec(cfg.messages.format, cfg.messages.features, cfg.messages.n_features,
                            cfg.messages.max_record_bytes, cfg.messages.max_abs_value)
         self.core = LearningCore.from_config(cfg)
@@ -95,6 +119,12 @@ class Daemon:
         self._last_lag: int | None = None
         self.metrics = DaemonMetrics(cfg.name)
         self.http: HealthServer | None = None
+        self._tokens: dict[tuple[str, int], str] = {}  # partition -> "replica|epoch" claimed
+        self._dirty: set[tuple[str, int]] = set()  # partitions learned from since the last durable snapshot
+        self.partition_records: dict[str, int] = {}  # "topic:partition" -> records this replica consumed
+        self.fences = 0
+        self._next_fold_t = 0.0
+        self.folded_replicas: list[str] = []
 
     # -- start-up --------------------------------------------------------------------
     def _restore(self) -> dict[str, dict[int, int]]:
@@ -104,6 +134,11 @@ class Daemon:
             log.info("pipeline %r: no snapshot, starting fresh", self.cfg.name)
             return {}
         self.core.restore(snap.parts, allow_pickle=self.cfg.allow_pickle)
+        if snap.info.get("fell_back_from") is not None:
+            # The newer versions are unusable: make this one the latest, and move the registry's
+            # offsets of the partitions this replica last owned back to it, so that what the
+            # unusable versions covered is learned again.
+            self._redis_retry("switching to the usable snapshot", lambda: self.store.set_latest(int(snap.info["version"])))
         n_features = snap.info.get("n_features")
         if n_features and self.codec.n_features is None:
             self.codec.n_features = int(n_features)
@@ -111,6 +146,7 @@ class Daemon:
         self.last_snapshot_at = float(snap.info.get("created_at") or time.time())
         self.dlq_count = int(snap.info.get("dlq_count", 0))
         self.records_seen = int(snap.info.get("records_seen", 0))
+        self.partition_records = {str(k): int(v) for k, v in (snap.info.get("partition_records") or {}).items()}
         self._labelled_at_snapshot = self.core.labelled_seen
         self._records_at_snapshot = self.records_seen
         log.info("pipeline %r: resumed from snapshot version %d (%d labelled samples, offsets %s)",
@@ -161,7 +197,7 @@ class Daemon:
                     topics[cfg.kafka.predictions_topic] = 1
                 ensure_topics(cfg.kafka, topics)
             self.sink = Sink(cfg.kafka, cfg.dlq_topic, cfg.kafka.predictions_topic)
-            self.source = KafkaSource(cfg, offsets, on_revoke=self._on_revoke)
+            self.source = KafkaSource(cfg, offsets, on_revoke=self._on_revoke, claim=self._claim)
             self._publish_status("running", force=True)
             t_start = time.monotonic()
             while not self._stop:
@@ -210,6 +246,10 @@ class Daemon:
         for event in res.events:
             self._record_drift(event)
         self.source.advance(polled.next_offsets)
+        for topic, part, recs in polled.parts:
+            self._dirty.add((topic, part))
+            key = tp_field(topic, part)
+            self.partition_records[key] = self.partition_records.get(key, 0) + len(recs)
         self.records_seen += len(polled.values)
         self._rate_n += len(polled.values)
         fault_point("daemon.after_batch")
@@ -226,6 +266,12 @@ class Daemon:
             self._publish_status("degraded" if self.degraded else "running")
         if now >= self._next_probe_t and now - self._last_records_t > 2.0:
             self._probe_broker()
+        if self.source is not None and self.source.unclaimed:
+            self.source.retry_claims()
+        fold = self.cfg.scale.fold_global_every_s
+        if fold is not None and now >= self._next_fold_t:
+            self._next_fold_t = now + fold
+            self._fold_global()
 
     def _wait_for_broker(self) -> None:
         """At start-up, wait (backoff 0.5 s doubling to 10 s, until SIGTERM) for the broker to accept connections."""
@@ -278,13 +324,24 @@ class Daemon:
                 "labelled_seen": self.core.labelled_seen, "records_seen": self.records_seen,
                 "dlq_count": self.dlq_count, "n_features": self.codec.n_features, "learner": self.cfg.learner.name,
                 "created_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                "replica": self.replica, "partition_records": dict(self.partition_records),
             })
-            version = self.store.write(snap)
+            dirty = sorted(self._dirty)
+            fence = {tp_field(*tp): self._tokens[tp] for tp in dirty if tp in self._tokens}
+            registry = {tp_field(*tp): self.source.offsets[tp] for tp in dirty if tp in self.source.offsets}
+            version = self.store.write(snap, fence=fence, registry_offsets=registry)
+        except Fenced as exc:
+            self._rewind(exc)
+            return False
         except redis.RedisError as exc:
             self._redis_down = True
             self._snapshot_failed(f"Redis unreachable or refusing writes ({_redis_error(exc)})", final)
             return False
         fault_point("daemon.before_commit")
+        self._dirty.clear()
+        owned = self.source.owned()
+        self.source.forget(owned)
+        self._tokens = {tp: tok for tp, tok in self._tokens.items() if tp in owned}
         self.source.commit()
         self.model_version = version
         self._last_snapshot_t = time.monotonic()
@@ -324,6 +381,67 @@ class Daemon:
         self._backoff = min(self._backoff * 2, 10.0)
         if final:
             log.error("final snapshot could not be written; the next start re-learns from the last durable one")
+
+    # -- scale-out -------------------------------------------------------------------
+    def _claim(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        claimed = self.store.claim(tps)
+        self._tokens.update({tp: token for tp, (token, _) in claimed.items()})
+        log.info("replica %r claimed %s", self.replica, ", ".join(f"{t}[{p}] (epoch {tok.rpartition('|')[2]})"
+                                                               for (t, p), (tok, _) in sorted(claimed.items())))
+        return {tp: off for tp, (_, off) in claimed.items()}
+
+    def _rewind(self, exc: Fenced) -> None:
+        """Another replica claimed partitions learned from since the last snapshot: discard that learning."""
+        assert self.source is not None
+        self.fences += 1
+        lost = {(t, int(p)) for t, _, p in (x.rpartition(":") for x in exc.lost)}
+        log.warning("%s (this replica stalled past the session timeout, or its revocation snapshot failed). "
+                    "Discarding everything learned since snapshot %s and reloading it; partitions %s are paused "
+                    "until Kafka assigns them here again", exc, self.model_version, sorted(exc.lost))
+        self.source.fence(lost)
+        for tp in lost:
+            self._tokens.pop(tp, None)
+        self.core = LearningCore.from_config(self.cfg)
+        self.core.on_drift = self._on_drift
+        self.model_version = None
+        self.records_seen = self.dlq_count = 0
+        self._labelled_at_snapshot = self._records_at_snapshot = 0
+        self.partition_records = {}
+        self._restore()
+        registry = self.store.registry()
+        owned = self.source.owned()
+        self.source.forget(owned)
+        self.source.reseek({tp: registry.get(tp_field(*tp), {}).get("offset") for tp in owned})
+        self._dirty.clear()
+        self._tokens = {tp: tok for tp, tok in self._tokens.items() if tp in owned}
+
+    def _fold_global(self) -> None:
+        """Fold the other replicas' latest AnalyticRidge statistics into this replica's head."""
+        from learners.merge import MergeError, check_mergeable, head_of, summed_statistics
+        from learners.registry import learner_from_state
+
+        try:
+            names = sorted(m.decode() for m in self.redis.smembers(self.store.keys.replicas))
+            others = []
+            for name in names:
+                if name == self.replica:
+                    continue
+                snap = SnapshotStore(self.redis, self.cfg.name, self.cfg.redis.namespace, replica=name).load_latest()
+                if snap is not None:
+                    others.append((name, learner_from_state(snap.parts["learner"], allow_pickle=False)))
+        except redis.RedisError as exc:
+            log.warning("folding the other replicas' statistics skipped: %s", _redis_error(exc))
+            return
+        try:
+            if others:
+                check_mergeable([self.core.learner] + [x for _, x in others])
+            stats = summed_statistics([head_of(x) for _, x in others])  # type: ignore[misc]
+            head = head_of(self.core.learner)
+            head.set_external(stats)  # type: ignore[attr-defined]
+        except (MergeError, ValueError) as exc:
+            log.warning("cannot fold the other replicas' statistics: %s", exc)
+            return
+        self.folded_replicas = [name for name, _ in others]
 
     def _on_revoke(self, revoked: list[Any]) -> None:
         log.info("partitions revoked: %s; snapshot and commit before giving them up",
@@ -409,6 +527,8 @@ class Daemon:
             "last_outage_s": self.last_outage_s if self.last_outage_s is not None else "",
             "broker_reachable": int(self.broker_reachable), "last_snapshot_at": self.last_snapshot_at or "",
             "snapshot_seconds": round(self.snapshot_seconds, 4),
+            "replica": self.replica, "partition_records": self.partition_records, "fences": self.fences,
+            "folded_replicas": self.folded_replicas,
         }
 
     # -- health ----------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """Kafka input: a consumer-group member that polls micro-batches and owns the offsets.
 
 The next offset of every owned partition comes from the snapshot, not from the group's
-committed offsets: on every assignment the consumer seeks to the snapshot's offset (or
-to the beginning/end for a partition the snapshot has never seen). Offsets are committed
+committed offsets: on every assignment the daemon claims the partitions in the shared
+registry (``claim``), which returns the offset the last durable snapshot of any replica
+covers; the consumer seeks there (or to this replica's own snapshot offset for a partition
+the registry has never seen, or to the beginning/end). A partition whose claim fails
+(Redis unreachable) stays paused and is claimed again by ``retry_claims``; one that the
+daemon found taken over by another replica (``fence``) stays paused until Kafka assigns it
+again. Offsets are committed
 to the group only after a snapshot switch, for monitoring tools. Lag is measured from
 the fetch high watermark (tansu misreports end_offsets; see stream.broker).
 """
@@ -40,7 +45,8 @@ class Polled:
 class KafkaSource:
     def __init__(self, cfg: Config, offsets: dict[str, dict[int, int]],
                  on_revoke: Callable[[list[Any]], None] | None = None,
-                 on_assign: Callable[[list[Any]], None] | None = None) -> None:
+                 on_assign: Callable[[list[Any]], None] | None = None,
+                 claim: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int | None]] | None = None) -> None:
         from kafka import KafkaConsumer
 
         self.cfg = cfg
@@ -48,6 +54,9 @@ class KafkaSource:
         self.offsets = {(t, int(p)): int(o) for t, ps in offsets.items() for p, o in ps.items()}
         self.on_revoke = on_revoke
         self.on_assign = on_assign
+        self.claim = claim
+        self.unclaimed: set[Any] = set()  # assigned, claim failed: paused, retried
+        self.fenced: set[Any] = set()  # assigned, but another replica holds the claim: paused until reassigned
         k = cfg.kafka
         self.consumer = retry("connecting to the broker", lambda: KafkaConsumer(
             **client_kwargs(k), group_id=cfg.group_id, client_id=f"ocld-{cfg.name}", enable_auto_commit=False,
@@ -64,6 +73,8 @@ class KafkaSource:
             def on_partitions_revoked(self, revoked):  # type: ignore[override]
                 if revoked and source.on_revoke is not None:
                     source.on_revoke(list(revoked))
+                source.unclaimed -= set(revoked)
+                source.fenced -= set(revoked)
 
             def on_partitions_assigned(self, assigned):  # type: ignore[override]
                 source._seek(list(assigned))
@@ -78,15 +89,77 @@ class KafkaSource:
                      "small records); `pip install crc32c` makes that check nearly free")
 
     def _seek(self, assigned: list[Any]) -> None:
+        registry: dict[tuple[str, int], int | None] = {}
+        self.fenced -= set(assigned)
+        if self.claim is not None and assigned:
+            try:
+                registry = self.claim([(tp.topic, tp.partition) for tp in assigned])
+            except Exception as exc:  # Redis unreachable: do not consume what we could not claim
+                log.warning("could not claim partitions %s (%s: %s); they stay paused and the claim is retried",
+                            sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned), type(exc).__name__,
+                            str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.consumer.pause(*assigned)
+                self.unclaimed |= set(assigned)
+                return
         for tp in assigned:
-            stored = self.offsets.get((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            stored = registry.get(key)
+            if stored is None:
+                stored = self.offsets.get(key)
             if stored is not None:
                 self.consumer.seek(tp, stored)
+                self.offsets[key] = stored
             elif self.cfg.kafka.start_from == "earliest":
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek_to_end(tp)
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}" for tp in assigned))
+
+    def retry_claims(self) -> None:
+        """Claim (and resume) partitions whose claim failed at assignment."""
+        if not self.unclaimed:
+            return
+        pending = sorted(self.unclaimed & set(self.consumer.assignment()), key=lambda tp: (tp.topic, tp.partition))
+        self.unclaimed = set()
+        if pending:
+            self._seek(pending)
+            claimed = [tp for tp in pending if tp not in self.unclaimed]
+            if claimed:
+                self.consumer.resume(*claimed)
+
+    def fence(self, keys: set[tuple[str, int]]) -> None:
+        """Stop consuming partitions another replica has claimed (until Kafka assigns them again)."""
+        lost = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in keys]
+        if lost:
+            self.consumer.pause(*lost)
+            self.fenced |= set(lost)
+
+    def reseek(self, offsets: dict[tuple[str, int], int | None]) -> None:
+        """Move owned partitions back to the given offsets (after the daemon reloaded its snapshot)."""
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if key not in offsets or tp in self.fenced or tp in self.unclaimed:
+                continue
+            off = offsets[key]
+            if off is not None:
+                self.consumer.seek(tp, off)
+                self.offsets[key] = off
+            else:
+                self.offsets.pop(key, None)
+                if self.cfg.kafka.start_from == "earliest":
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek_to_end(tp)
+
+    def forget(self, keep: set[tuple[str, int]]) -> None:
+        """Drop the offsets of partitions outside ``keep`` (no longer owned, and durable)."""
+        for key in [k for k in self.offsets if k not in keep]:
+            del self.offsets[key]
+
+    def owned(self) -> set[tuple[str, int]]:
+        """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()
+                if tp not in self.unclaimed and tp not in self.fenced}
 
     def poll(self) -> Polled:
         k = self.cfg.kafka

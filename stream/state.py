@@ -1,6 +1,7 @@
 """Redis: versioned snapshot store, live status, metric and drift streams, notifications.
 
-Keys (namespace ``{ns}:{pipeline}``, ``ns`` = ``ocld`` by default):
+Keys (namespace ``{ns}:{pipeline}``, ``ns`` = ``ocld`` by default; a named replica keeps the
+keys of this first table under ``{ns}:{pipeline}:replica:{name}`` instead):
 
     status            hash    live status (state, host, pid, counters, accuracy, ...)
     alive             string  heartbeat, expires after heartbeat_ttl_s
@@ -14,10 +15,18 @@ Keys (namespace ``{ns}:{pipeline}``, ``ns`` = ``ocld`` by default):
     drift             stream  drift events (MAXLEN ~)
     events            pub/sub "snapshot {v}", "drift {n}"
 
+Shared by every replica of a pipeline (always under ``{ns}:{pipeline}``):
+
+    partitions:offset hash    "topic:partition" -> next offset covered by a durable snapshot
+    partitions:owner  hash    "topic:partition" -> "replica|epoch" of its last claimant
+    replicas          set     replica names that have published a status
+
 Snapshot write order (a crash at any step leaves ``latest`` at a complete version):
     1. v = INCR version
     2. SET every chunk, then the manifest
-    3. MULTI: HSET latest ..., ZADD versions v; EXEC        <- the switch
+    3. one Lua script: if every partition learned from since the last snapshot is still
+       owned under this replica's claim (its epoch), HSET latest ..., ZADD versions v and
+       HSET partitions:offset for those partitions; else change nothing   <- the switch
     4. delete versions beyond ``keep`` that are not pinned
     5. PUBLISH events "snapshot v"
 The daemon commits Kafka offsets only after step 3 returned.
@@ -55,8 +64,14 @@ def connect(url: str, password: str | None = None, username: str | None = None, 
 
 
 class Keys:
-    def __init__(self, pipeline: str, namespace: str = "ocld") -> None:
-        self.base = f"{namespace}:{pipeline}"
+    """Key names. ``replica`` "" gives the single-daemon layout ``{ns}:{pipeline}:*``; a named
+    replica keeps its own state under ``{ns}:{pipeline}:replica:{replica}:*``. The partition
+    registry and the replica set are shared by all replicas of the pipeline."""
+
+    def __init__(self, pipeline: str, namespace: str = "ocld", replica: str = "") -> None:
+        self.root = f"{namespace}:{pipeline}"
+        self.replica = replica
+        self.base = f"{self.root}:replica:{replica}" if replica else self.root
 
     def __getattr__(self, name: str) -> str:  # status, alive, latest, versions, ...
         return f"{self.base}:{name}"
@@ -67,19 +82,90 @@ class Keys:
     def manifest(self, version: int) -> str:
         return f"{self.base}:snap:{version}:manifest"
 
+    @property
+    def partition_offsets(self) -> str:
+        """hash "topic:partition" -> next offset covered by the owner's latest durable snapshot."""
+        return f"{self.root}:partitions:offset"
+
+    @property
+    def partition_owners(self) -> str:
+        """hash "topic:partition" -> "replica|epoch" of the last replica that claimed it."""
+        return f"{self.root}:partitions:owner"
+
+    @property
+    def replicas(self) -> str:
+        """set of replica names that have run this pipeline ("" is the single-daemon layout)."""
+        return f"{self.root}:replicas"
+
+
+def tp_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+# Claim partitions for a replica: bump each partition's epoch, name the replica as owner,
+# and return [epoch, offset-or-""] per partition. Atomic (a Lua script runs alone).
+_CLAIM = """
+local out = {}
+for i = 2, #ARGV do
+  local tp = ARGV[i]
+  local old = redis.call('HGET', KEYS[1], tp)
+  local epoch = 0
+  if old then epoch = tonumber(string.match(old, '|(%d+)$')) or 0 end
+  epoch = epoch + 1
+  redis.call('HSET', KEYS[1], tp, ARGV[1] .. '|' .. epoch)
+  local off = redis.call('HGET', KEYS[2], tp)
+  table.insert(out, epoch)
+  table.insert(out, off or '')
+end
+return out
+"""
+
+# The snapshot switch: if every fenced partition is still owned by the writer's claim, move
+# ``latest``, add the version and advance the registry offsets, all at once; else change
+# nothing and return the partitions that another replica has claimed since.
+_SWITCH = """
+local a = cjson.decode(ARGV[1])
+local lost = {}
+for tp, token in pairs(a.fence) do
+  if redis.call('HGET', KEYS[3], tp) ~= token then table.insert(lost, tp) end
+end
+if #lost > 0 then return lost end
+for k, v in pairs(a.latest) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('ZADD', KEYS[2], a.version, a.version_s)
+for tp, off in pairs(a.offsets) do redis.call('HSET', KEYS[4], tp, off) end
+return {}
+"""
+
+
+class Fenced(RuntimeError):
+    """Another replica claimed partitions this replica learned from since its last durable snapshot."""
+
+    def __init__(self, version: int, lost: list[str]) -> None:
+        super().__init__(f"snapshot {version} not switched: partitions {sorted(lost)} were claimed by another replica")
+        self.version = version
+        self.lost = sorted(lost)
+
 
 class SnapshotStore:
     def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", keep: int = 3,
-                 chunk_bytes: int = 64 * 1024 * 1024) -> None:
+                 chunk_bytes: int = 64 * 1024 * 1024, replica: str = "") -> None:
         self.r = client
         self.pipeline = pipeline
-        self.keys = Keys(pipeline, namespace)
+        self.replica = replica
+        self.keys = Keys(pipeline, namespace, replica)
         self.keep = keep
         self.chunk_bytes = chunk_bytes
 
     # -- write -----------------------------------------------------------------------
-    def write(self, snap: fmt.Snapshot) -> int:
-        """Write a new complete version and switch ``latest`` to it; return the version."""
+    def write(self, snap: fmt.Snapshot, fence: dict[str, str] | None = None,
+              registry_offsets: dict[str, int] | None = None) -> int:
+        """Write a new complete version and switch ``latest`` to it; return the version.
+
+        ``fence``: "topic:partition" -> the "replica|epoch" token this writer claimed; the switch
+        happens only if every one still holds, else the chunks are deleted and :class:`Fenced`
+        is raised. ``registry_offsets``: the partitions' next offsets to publish in the shared
+        registry with the switch (default: every offset in the snapshot).
+        """
         snap.info.setdefault("created_at", time.time())
         manifest, chunks = fmt.encode(snap, self.chunk_bytes)
         k = self.keys
@@ -89,20 +175,50 @@ class SnapshotStore:
             fault_point("snapshot.after_chunk")
         self.r.set(k.manifest(version), manifest)
         fault_point("snapshot.before_switch")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(k.latest, mapping={
-            "version": version,
-            "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}),
-            "checksum": fmt.checksum(manifest),
-            "created_at": snap.info["created_at"],
-            "samples_seen": snap.info.get("samples_seen", 0),
+        if registry_offsets is None:
+            registry_offsets = {tp_field(t, int(p)): int(o) for t, ps in snap.offsets.items() for p, o in ps.items()}
+        args = orjson.dumps({
+            "version": version, "version_s": str(version), "fence": fence or {},
+            "offsets": {tp: str(o) for tp, o in registry_offsets.items()},
+            "latest": {
+                "version": str(version),
+                "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}).decode(),
+                "checksum": fmt.checksum(manifest),
+                "created_at": repr(float(snap.info["created_at"])),
+                "samples_seen": str(snap.info.get("samples_seen", 0)),
+            },
         })
-        pipe.zadd(k.versions, {str(version): version})
-        pipe.execute()
+        lost = self.r.eval(_SWITCH, 4, k.latest, k.versions, k.partition_owners, k.partition_offsets, args)
+        if lost:
+            self._delete(version)
+            raise Fenced(version, [x.decode() if isinstance(x, bytes) else str(x) for x in lost])
         fault_point("snapshot.after_switch")
         self.prune()
         self.r.publish(k.events, f"snapshot {version}")
         return version
+
+    # -- partition registry -------------------------------------------------------------
+    def claim(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, int | None]]:
+        """Claim partitions for this replica: (topic, partition) -> (fence token, registry offset or None)."""
+        if not tps:
+            return {}
+        fields = [tp_field(t, p) for t, p in tps]
+        out = self.r.eval(_CLAIM, 2, self.keys.partition_owners, self.keys.partition_offsets, self.replica, *fields)
+        result: dict[tuple[str, int], tuple[str, int | None]] = {}
+        for i, tp in enumerate(tps):
+            epoch, off = int(out[2 * i]), out[2 * i + 1]
+            result[tp] = (f"{self.replica}|{epoch}", int(off) if off not in (b"", "", None) else None)
+        return result
+
+    def registry(self) -> dict[str, dict[str, Any]]:
+        """"topic:partition" -> {"offset", "owner", "epoch"} for every partition any replica claimed."""
+        offsets = {k.decode(): int(v) for k, v in self.r.hgetall(self.keys.partition_offsets).items()}
+        owners = {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
+        out: dict[str, dict[str, Any]] = {}
+        for tp in sorted(set(offsets) | set(owners)):
+            owner, _, epoch = owners.get(tp, "|0").rpartition("|")
+            out[tp] = {"offset": offsets.get(tp), "owner": owner, "epoch": int(epoch or 0)}
+        return out
 
     def prune(self) -> None:
         k = self.keys
@@ -198,20 +314,32 @@ class SnapshotStore:
         """Make an existing complete version the latest (rollback)."""
         info = self.manifest_info(version)
         self.read(version)  # verify checksums before switching
-        self.r.hset(self.keys.latest, mapping={
+        owners = {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.latest, mapping={
             "version": version, "offsets": orjson.dumps(info["offsets"]), "created_at": info["created_at"],
             "samples_seen": info["info"].get("samples_seen", 0),
             "checksum": fmt.checksum(self.r.get(self.keys.manifest(version))),
         })
+        # The registry's offsets move back too, for the partitions this replica owns (or nobody
+        # does): the daemon resumes there. A partition another replica has claimed since stays.
+        for t, ps in info["offsets"].items():
+            for p, o in ps.items():
+                tp = tp_field(t, int(p))
+                owner = owners.get(tp)
+                if owner is None or owner.rpartition("|")[0] == self.replica:
+                    pipe.hset(self.keys.partition_offsets, tp, int(o))
+        pipe.execute()
 
 
 class StatusStore:
     """Live status hash, heartbeat, metric and drift streams, event notifications."""
 
     def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", heartbeat_ttl_s: int = 15,
-                 metrics_maxlen: int = 10_000, drift_maxlen: int = 10_000) -> None:
+                 metrics_maxlen: int = 10_000, drift_maxlen: int = 10_000, replica: str = "") -> None:
         self.r = client
-        self.keys = Keys(pipeline, namespace)
+        self.keys = Keys(pipeline, namespace, replica)
+        self.replica = replica
         self.ttl = heartbeat_ttl_s
         self.metrics_maxlen = metrics_maxlen
         self.drift_maxlen = drift_maxlen
@@ -221,6 +349,7 @@ class StatusStore:
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(k.status, mapping={key: _scalar(v) for key, v in fields.items()})
+        pipe.sadd(k.replicas, self.replica)
         pipe.set(k.alive, orjson.dumps({**self.identity, "at": time.time()}), ex=self.ttl)
         pipe.execute()
 

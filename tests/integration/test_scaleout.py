@@ -1,0 +1,185 @@
+"""Scale-out on a real broker and Redis: three ``ocld run --replica`` processes share a
+6-partition topic while 60,000 labelled records flow; replicas are started, stopped
+(SIGTERM) and SIGKILLed. At the end every record is learned exactly once across the
+replicas' surviving states (count per partition), the AnalyticRidge statistics add up to
+the statistics of all records, and the global model equals one learner trained on the
+whole topic to 1e-8 relative.
+
+Also: the fenced snapshot switch against a real Redis (a replica whose partition was
+claimed by another cannot publish), and ``ocld status`` / ``ocld query --global``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from benchmarks.scaleout import (
+    LEARNERS, Replica, covered, labelled_stream, pipeline_config, replica_states, wait_covered,
+)
+from learners.registry import build_learner
+from stream.client import StateClient
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+N = 60_000
+
+
+def _produce_flowing(bootstrap: str, topic: str, values: list[bytes], seconds: float) -> threading.Thread:
+    """Produce ``values`` round-robin over the partitions, spread over ``seconds``."""
+    from kafka import KafkaProducer
+
+    def run() -> None:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        step = 1000
+        t0 = time.monotonic()
+        for start in range(0, len(values), step):
+            for i in range(start, min(len(values), start + step)):
+                producer.send(topic, value=values[i], partition=i % PARTITIONS)
+            producer.flush()
+            lag = t0 + seconds * (start + step) / len(values) - time.monotonic()
+            if lag > 0:
+                time.sleep(lag)
+        producer.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(1e-300, float(np.max(np.abs(b)))))
+
+
+def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, redis_url, name, tmp_path):
+    from stream.broker import ensure_topics
+    from stream.config import KafkaConfig
+
+    values, X, y = labelled_stream(N, seed=11)
+    topic = f"{name}.in"
+    ensure_topics(KafkaConfig(bootstrap=broker), {topic: PARTITIONS})
+    spec = LEARNERS["analytic"]
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, spec, PARTITIONS, every_samples=1500)).decode())
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    r0, r1, r2 = (Replica(f"r{i}", cfg_path, broker, redis_url, logs) for i in range(3))
+
+    producer = _produce_flowing(broker, topic, values, seconds=24.0)
+    steps = [(0, r0.start), (3, r1.start), (6, r2.start), (10, r1.kill), (13, r1.start), (16, r2.term),
+             (20, r0.kill), (22, r0.start), (25, r2.start), (29, r1.kill), (31, r1.start)]
+    t0 = time.monotonic()
+    for at, action in steps:
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        action()
+    producer.join(60)
+    assert not producer.is_alive()
+    took = wait_covered(redis_url, name, topic, N, timeout=150)
+    client = StateClient(redis_url)
+    # SIGTERM only once each replica runs its loop (a signal during start-up would just kill it).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = {s["replica"]: s for s in client.replicas(name)}
+        if all(running.get(r.replica, {}).get("pid") == r.proc.pid and running[r.replica].get("state") == "running"
+               for r in (r0, r1, r2)):
+            break
+        time.sleep(0.2)
+    replicas_status = client.replicas(name)
+    codes = [r.term() for r in (r0, r1, r2)]
+    assert took is not None, f"registry covers {covered(redis_url, name, topic)} of {N} records; logs in {logs}"
+    assert codes == [0, 0, 0], codes  # clean SIGTERM exits
+    assert sorted(s["replica"] for s in replicas_status) == ["r0", "r1", "r2"]
+
+    states = replica_states(redis_url, name)
+    assert sorted(states) == ["r0", "r1", "r2"]
+    # Exactly once, per partition: the surviving states' record counts add up to what was produced.
+    per_partition = {f"{topic}:{p}": len(range(p, N, PARTITIONS)) for p in range(PARTITIONS)}
+    summed: dict[str, int] = {}
+    for info, _ in states.values():
+        for tp, n in info["partition_records"].items():
+            summed[tp] = summed.get(tp, 0) + int(n)
+    assert summed == per_partition
+    registry = client.partitions(name)
+    assert {tp: e["offset"] for tp, e in registry.items()} == per_partition
+    assert sum(int(info["labelled_seen"]) for info, _ in states.values()) == N
+    # Every partition moved at least once (SIGKILL / SIGTERM / restarts): epochs above 1.
+    assert max(e["epoch"] for e in registry.values()) >= 3
+
+    # AnalyticRidge statistics: the replicas' (H^T H, H^T Y, counts) add up to those of all records.
+    ref = build_learner(spec["name"], spec["params"], spec["features"])
+    y_obj = np.empty(N, dtype=object)
+    y_obj[:] = [int(v) for v in y]
+    ref.learn(X, y_obj)
+    ref_stats = ref.sufficient_statistics()
+    heads = [learner.head if hasattr(learner, "head") else learner for _, learner in states.values()]
+    gram = sum(h.sufficient_statistics()["gram"] for h in heads)
+    assert _rel(gram, ref_stats["gram"]) <= 1e-10
+    counts = {c: 0.0 for c in ref_stats["classes"]}
+    for h in heads:
+        st = h.sufficient_statistics()
+        for c, n in zip(st["classes"], st["counts"]):
+            counts[c] += n
+    assert counts == dict(zip(ref_stats["classes"], ref_stats["counts"]))
+
+    # The global model of all partitions equals one learner trained on the whole topic.
+    merged = client.load_global_learner(name)
+    head = merged.head if hasattr(merged, "head") else merged
+    cols = [head.classes_.index(c) for c in ref.classes_]
+    assert _rel(head.weights[:, cols], ref.weights) <= 1e-8
+    assert head.n_seen == N
+    Xq = X[:500]
+    assert np.max(np.abs(merged.predict_proba(Xq)[:, cols] - ref.predict_proba(Xq))) <= 1e-8
+
+    # The CLI shows every replica and the global model.
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "status", name, "--redis", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 replicas" in out.stdout and all(f"r{i} " in out.stdout for i in range(3)), out.stdout
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "query", name, "--global", "--redis", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    info = orjson.loads(out.stdout)
+    assert info["labelled_seen"] == N and info["partition_records"] == per_partition
+
+
+def test_fenced_switch_publishes_nothing(redis_url, name):
+    """A replica whose claim on a partition was superseded cannot switch a snapshot that learned from it."""
+    from stream.snapshot import Snapshot
+    from stream.state import Fenced, SnapshotStore, connect
+
+    r = connect(redis_url)
+    a = SnapshotStore(r, name, replica="a")
+    b = SnapshotStore(r, name, replica="b")
+    tok_a = a.claim([("t", 0), ("t", 1)])
+    assert tok_a[("t", 0)] == ("a|1", None)
+    learner = build_learner("AnalyticRidge", {"expansion_size": 8, "seed": 0}, [])
+    from stream.runtime import LearningCore  # noqa: F401  (state parts come from the learner alone here)
+
+    parts = {"learner": learner.to_state()}
+    v1 = a.write(Snapshot(parts, {"t": {0: 10, 1: 5}}, {"samples_seen": 15}),
+                 fence={"t:0": "a|1", "t:1": "a|1"}, registry_offsets={"t:0": 10, "t:1": 5})
+    assert a.latest_version() == v1
+    # b takes partition 0 over (a stalled); it resumes where a's durable snapshot ended.
+    tok_b = b.claim([("t", 0)])
+    assert tok_b[("t", 0)] == ("b|2", 10)
+    with pytest.raises(Fenced) as err:
+        a.write(Snapshot(parts, {"t": {0: 20, 1: 9}}, {"samples_seen": 29}),
+                fence={"t:0": "a|1", "t:1": "a|1"}, registry_offsets={"t:0": 20, "t:1": 9})
+    assert err.value.lost == ["t:0"]
+    assert a.latest_version() == v1  # nothing switched
+    assert a.versions() == [v1]
+    assert not list(r.scan_iter(match=f"{a.keys.base}:snap:{err.value.version}:*"))  # its chunks are gone
+    assert {tp: e["offset"] for tp, e in a.registry().items()} == {"t:0": 10, "t:1": 5}
+    assert a.registry()["t:0"]["owner"] == "b"
+    # A snapshot that learned only from partition 1 (still a's) switches.
+    v3 = a.write(Snapshot(parts, {"t": {1: 9}}, {"samples_seen": 19}), fence={"t:1": "a|1"},
+                 registry_offsets={"t:1": 9})
+    assert a.latest_version() == v3 and a.registry()["t:1"]["offset"] == 9
