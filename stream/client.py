@@ -65,7 +65,7 @@ class StateClient:
 
     def replica_names(self, pipeline: str) -> list[str]:
         """Replicas that have published a status ("" is the single-daemon layout)."""
-        names = {m.decode() for m in self.r.smembers(Keys(pipeline, self.namespace).replicas)}
+        names = {m.decode() if isinstance(m, bytes) else str(m) for m in self.r.smembers(Keys(pipeline, self.namespace).replicas)}
         if not names and self.r.exists(Keys(pipeline, self.namespace).status):
             names = {""}  # written before the replica set existed
         return sorted(names)
@@ -143,7 +143,7 @@ class StateClient:
         snaps = self.replica_snapshots(pipeline)
         model = self.load_global_learner(pipeline)
         head = getattr(model, "head", model)
-        stats = head.sufficient_statistics()  # type: ignore[attr-defined]
+        stats = head.sufficient_statistics()  # type: ignore[attr-defined,union-attr]
         records: dict[str, int] = {}
         for s in snaps.values():
             for tp, n in (s.info.get("partition_records") or {}).items():

@@ -1,7 +1,7 @@
 """Pipeline configuration: one frozen, validated pydantic model read from YAML.
 
 Environment variables are read here and nowhere else (``KAFKA_BOOTSTRAP``, ``REDIS_URL``,
-``OCLD_KAFKA_SASL_PASSWORD``, ``OCLD_REDIS_PASSWORD``). Secrets are ``SecretStr`` and
+``OCLD_KAFKA_SASL_PASSWORD``, ``OCLD_REDIS_PASSWORD``, ``OCLD_REPLICA``). Secrets are ``SecretStr`` and
 never printed. A mistake in a config file fails at load time with a message that names
 the field and says what to change.
 """

@@ -55,6 +55,7 @@ import os
 import time
 from typing import Any
 
+import orjson
 import redis
 from kafka.errors import KafkaError
 
@@ -180,6 +181,7 @@ class Daemon:
         if install_signals:
             signal.signal(signal.SIGTERM, self._signal)
             signal.signal(signal.SIGINT, self._signal)
+        self._redis_retry("checking that no other daemon runs this replica", self._check_unique)
         offsets = self._restore()
         self.metrics.baseline(self)
         if cfg.http.port is not None:
@@ -383,6 +385,40 @@ class Daemon:
             log.error("final snapshot could not be written; the next start re-learns from the last durable one")
 
     # -- scale-out -------------------------------------------------------------------
+    def _check_unique(self, poll_s: float = 0.5) -> None:
+        """Refuse to run a replica that another live daemon runs: both would write one ``latest``.
+
+        A heartbeat left by this host's dead process (or by this very pid: a restarted
+        container) is stale. One from another host, or a live local process, is waited out
+        for one heartbeat TTL; if it is still being renewed, start-up fails with what to do.
+        """
+        from stream.embedded import pid_alive
+
+        me = socket.gethostname()
+        deadline = time.monotonic() + self.cfg.redis.heartbeat_ttl_s + 1.0
+        while True:
+            raw = self.redis.get(self.status.keys.alive)
+            if raw is None:
+                return
+            try:
+                beat = orjson.loads(raw)
+                host, pid = beat.get("host"), int(beat.get("pid"))
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                return  # not ours to interpret; it expires by itself
+            if host == me and (pid == os.getpid() or not pid_alive(pid)):
+                return
+            if time.monotonic() >= deadline:
+                who = f"replica {self.replica!r} of pipeline {self.cfg.name!r}" if self.replica else \
+                    f"pipeline {self.cfg.name!r}"
+                raise ValueError(
+                    f"{who} is already run by another daemon (host {host}, pid {pid}; its heartbeat is alive). Two "
+                    "daemons with one replica name would overwrite each other's state: give each its own "
+                    "scale.replica (ocld run --replica NAME, or OCLD_REPLICA)")
+            if self._stop:
+                return
+            time.sleep(poll_s)
+
+    
     def _claim(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         claimed = self.store.claim(tps)
         self._tokens.update({tp: token for tp, (token, _) in claimed.items()})
@@ -421,7 +457,7 @@ class Daemon:
         from learners.registry import learner_from_state
 
         try:
-            names = sorted(m.decode() for m in self.redis.smembers(self.store.keys.replicas))
+            names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in self.redis.smembers(self.store.keys.replicas))
             others = []
             for name in names:
                 if name == self.replica:

@@ -233,3 +233,28 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     assert daemon.core.labelled_seen == 1000
     assert client.partitions(cfg.name)[tp] == {"offset": 1000, "owner": "b", "epoch": 2}
     assert owned == set()  # the partition is paused, not consumed
+
+
+def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redis_url):
+    """Two daemons under one replica name would overwrite each other's `latest`: the second one
+    waits one heartbeat TTL for a live heartbeat from elsewhere, then refuses with the fix;
+    a heartbeat left by a dead process of this host is stale and does not block."""
+    import socket
+
+    from stream.daemon import Daemon
+    from stream.state import Keys, connect
+
+    cfg = make_config(scale={"replica": "twin"}, redis={"heartbeat_ttl_s": 2})
+    r = connect(redis_url)
+    alive = Keys(cfg.name, replica="twin").alive
+    r.set(alive, orjson.dumps({"host": "another-host", "pid": 4242, "at": time.time()}), ex=60)
+    daemon = Daemon(cfg)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="already run by another daemon.*own scale.replica"):
+        daemon.run(max_seconds=5, install_signals=False)
+    assert 2.0 <= time.monotonic() - t0 < 10
+    # A heartbeat of a process of this host that has exited is stale: start-up goes ahead.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    r.set(alive, orjson.dumps({"host": socket.gethostname(), "pid": dead.pid, "at": time.time()}), ex=60)
+    Daemon(cfg)._check_unique()
