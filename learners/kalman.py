@@ -184,6 +184,8 @@ class KalmanHead(Learner):
         proba: str = "probit",
         adapt_delta: float = 0.02,
         adapt_samples: int = 500,
+        adapt_restart: bool = False,
+        recent_window: int = 500,
         max_chunk: int = 256,
         feature_clip: float = 1e4,
         history_size: int = 1024,
@@ -199,6 +201,8 @@ class KalmanHead(Learner):
             raise ValueError(f"proba must be 'probit' or 'mean'; got {proba!r}")
         if delta_max < 0 or adapt_delta < 0 or adapt_samples < 0 or lr < 0 or eta < 0:
             raise ValueError("delta_max, adapt_delta, adapt_samples, lr and eta must be >= 0")
+        if recent_window < 1:
+            raise ValueError(f"recent_window must be >= 1; got {recent_window}")
         self.g = g if isinstance(g, (int, float)) else list(g_list)
         self.learn_g = bool(learn_g)
         self.lr = float(lr)
@@ -225,6 +229,8 @@ class KalmanHead(Learner):
         self.proba = proba
         self.adapt_delta = float(adapt_delta)
         self.adapt_samples = int(adapt_samples)
+        self.adapt_restart = bool(adapt_restart)
+        self.recent_window = int(recent_window)
         self.max_chunk = int(max_chunk)
         self.feature_clip = float(feature_clip)
         self.history_size = int(history_size)
@@ -241,6 +247,7 @@ class KalmanHead(Learner):
         self._tau_acc = np.zeros(H)
         self._tau_cnt = 0.0
         self._loss = np.zeros(H)  # cumulative squared error per sub-head (min subtracted)
+        self._recent = np.zeros(H)  # exponential moving average of each sub-head's squared error
         self._M: np.ndarray | None = None  # [H, D, C]
         self._A: np.ndarray | None = None  # [H, D, D]
         self._hist_n: list[int] = []
@@ -355,8 +362,19 @@ class KalmanHead(Learner):
         assert out is not None
         return out
 
+    @property
+    def recent_error_(self) -> np.ndarray:
+        """Each sub-head's squared prequential error, averaged over about ``recent_window`` samples [H]."""
+        return self._recent.copy()
+
     def adapt(self, event: DriftEvent) -> None:
-        """Use delta >= adapt_delta for the next ``adapt_samples`` labelled samples."""
+        """React to a drift: restart slower sub-heads from the recently best one (``adapt_restart``),
+        then use delta >= adapt_delta for the next ``adapt_samples`` labelled samples."""
+        if self.adapt_restart and self._M is not None and self._A is not None:
+            best = int(np.argmin(self._recent))
+            for h in np.flatnonzero(self._delta < self._delta[best]):
+                self._M[h] = self._M[best]
+                self._A[h] = self._A[best]
         self.adapt_until = max(self.adapt_until, self.n_seen + self.adapt_samples)
 
     # ------------------------------------------------------------------ learning
@@ -463,6 +481,8 @@ class KalmanHead(Learner):
             w /= w.sum(axis=0, keepdims=True)
             proba = np.einsum("hb,hbc->bc", w, p)
         loss = self._loss + csum[:, -1]
+        decay = 1.0 - 1.0 / self.recent_window  # per-sample EMA, exact whatever the cut
+        self._recent = decay**B * self._recent + (1.0 - decay) * (sq @ decay ** np.arange(B - 1, -1, -1))
         # a lagging sub-head keeps weight >= exp(-max_log_weight_gap) of the leader's, so a
         # long-running daemon can still switch heads when the stream changes character
         self._loss = np.minimum(loss - loss.min(), self.max_log_weight_gap / max(self.eta, 1e-300))
@@ -512,6 +532,7 @@ class KalmanHead(Learner):
             "delta": self._delta.copy(),
             "grad": self._grad.copy(),
             "loss": self._loss.copy(),
+            "recent": self._recent.copy(),
             "tau": self._tau.copy(),
             "tau_acc": self._tau_acc.copy(),
             "tau_cnt": np.array([self._tau_cnt]),
@@ -541,6 +562,7 @@ class KalmanHead(Learner):
         obj._delta = np.array(state.arrays["delta"], dtype=np.float64)
         obj._grad = np.array(state.arrays["grad"], dtype=np.float64)
         obj._loss = np.array(state.arrays["loss"], dtype=np.float64)
+        obj._recent = np.array(state.arrays.get("recent", np.zeros_like(obj._loss)), dtype=np.float64)
         obj._tau = np.array(state.arrays["tau"], dtype=np.float64)
         obj._tau_acc = np.array(state.arrays["tau_acc"], dtype=np.float64)
         obj._tau_cnt = float(state.arrays["tau_cnt"][0])

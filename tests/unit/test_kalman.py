@@ -103,7 +103,8 @@ def _one_at_a_time(head: KalmanHead, Phi, y, adapt_at: int | None = None) -> np.
     return np.array(rows)
 
 
-PARAMS = dict(g=[1.0, 0.98], lr=1e-3, block_size=16, scale_rate=0.2, adapt_samples=40, adapt_delta=0.1, max_chunk=50)
+PARAMS = dict(g=[1.0, 0.98], lr=1e-3, block_size=16, scale_rate=0.2, adapt_samples=40, adapt_delta=0.1, max_chunk=50,
+              adapt_restart=True, recent_window=30)
 
 
 @pytest.mark.parametrize("size", [7, 33, 300])
@@ -137,6 +138,7 @@ def test_learn_predict_is_exact_prequential_and_cut_invariant(size):
     np.testing.assert_allclose(head.forgetting_heads_, ref.forgetting_heads_, rtol=0, atol=1e-12)
     assert head.forgetting_heads_[1] != 0.98  # delta did move
     np.testing.assert_allclose(head.noise_scale_, ref.noise_scale_, rtol=1e-10)
+    np.testing.assert_allclose(head.recent_error_, ref.recent_error_, rtol=1e-10)
     assert not np.allclose(head.noise_scale_, 1.0)  # tau did move
     for got, want in zip(head.forgetting_history_, ref.forgetting_history_):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
@@ -230,6 +232,42 @@ def test_adapt_lowers_forgetting_then_it_recovers():
     head.learn(Phi[149:150], y[149:150])
     assert head.forgetting_ == 1.0
     assert head.to_state().meta["adapt_until"] == 150
+
+
+def test_adapt_restarts_slower_sub_heads_from_the_recently_best_one():
+    # three fixed sub-heads (no forgetting, medium, fast); the class means jump at 1,500
+    X, y = _class_stream(1800, 1500, seed=9)
+    kw = dict(g=[1.0, 0.995, 0.97], learn_g=False, adapt_restart=True, adapt_samples=0, recent_window=100)
+    head = KalmanHead(**kw)
+    head.learn(X[:1500], y[:1500])
+    before = [head.posterior(h) for h in range(3)]
+    head.adapt(DriftEvent(index=1500, detector="test"))  # stationary so far: g = 1 is best, nothing to do
+    assert int(np.argmin(head.recent_error_)) == 0
+    for h in range(3):
+        np.testing.assert_array_equal(head.posterior(h)[0], before[h][0])
+    head.learn(X[1500:1600], y[1500:1600])
+    err = head.recent_error_
+    assert err[1] < err[2] < err[0]  # after the jump the medium sub-head predicts best, g = 1 worst
+    best_M, best_A = head.posterior(1)
+    fast = head.posterior(2)
+    head.adapt(DriftEvent(index=1600, detector="test"))
+    # the slower one restarts from the best one's posterior (keeping its own g); the faster one is kept
+    np.testing.assert_array_equal(head.posterior(0)[0], best_M)
+    np.testing.assert_array_equal(head.posterior(0)[1], best_A)
+    np.testing.assert_array_equal(head.posterior(2)[0], fast[0])
+    np.testing.assert_array_equal(head.posterior(2)[1], fast[1])
+    np.testing.assert_allclose(head.forgetting_heads_, [1.0, 0.995, 0.97])
+    # and it pays: over the next 200 samples the restarted mixture beats one that was not restarted
+    plain = KalmanHead(**{**kw, "adapt_restart": False})
+    plain.learn(X[:1600], y[:1600])
+    def acc(h: KalmanHead) -> float:
+        p = h.learn_predict(X[1600:], y[1600:])
+        return float(np.mean(np.array(h.classes_)[np.argmax(p, axis=1)] == y[1600:]))
+
+    a_restart, a_plain = acc(head), acc(plain)
+    assert a_restart > a_plain + 0.05, (a_restart, a_plain)
+    clone = KalmanHead.from_state(head.to_state())
+    np.testing.assert_array_equal(clone.recent_error_, head.recent_error_)
 
 
 def test_validation_and_extreme_inputs():
