@@ -187,16 +187,55 @@ def test_predict_before_learn_and_single_rows() -> None:
     assert m.predict_proba(X).shape[0] == 5
 
 
-def test_adapt_refreshes_teacher_and_optimizer() -> None:
-    m = small()
-    X, y = blobs(60, [0, 1], seed=11)
-    feed(m, X, y)
-    m.adapt(DriftEvent(index=60, detector="ADWIN"))
-    for (_, s), (_, t) in zip(m._student.state_dict().items(), m._teacher.state_dict().items()):
-        torch.testing.assert_close(s, t)
+def _same_nets(a: object, b: object) -> bool:
+    return all(torch.equal(s, t) for (_, s), (_, t) in zip(a.state_dict().items(), b.state_dict().items()))
+
+
+def test_adapt_refreshes_teacher_pauses_distillation_and_clears_replay() -> None:
+    m = small(adapt_samples=21)
+    X, y = blobs(120, [0, 1], seed=11)
+    feed(m, X[:63], y[:63])
+    assert m.new_class_at is not None and m.new_class_at < 5  # the second class, early on
+    assert len(m._buffer) == 50 and not _same_nets(m._student, m._teacher)
+    m.adapt(DriftEvent(index=63, detector="ADWIN"))
+    assert _same_nets(m._student, m._teacher)
     assert len(m._opt.state) == 0
-    feed(m, X, y)  # still learns after adapting
+    assert len(m._buffer) == 0  # old-concept samples dropped
+    assert m.kd_paused and m.kd_paused_until == 63 + 21
+    b = learner_from_state(json_roundtrip(m.to_state()))  # the pause survives a snapshot
+    feed(m, X[63:77], y[63:77])  # inside the pause: the teacher copies the student after every step
+    assert m.kd_paused and _same_nets(m._student, m._teacher)
+    assert len(m._buffer) == 14  # refilled from the new samples only
+    np.testing.assert_array_equal(m._buffer.X, X[63:77].astype(np.float32))
+    feed(m, X[77:84], y[77:84])  # reaches 84: the pause is over
+    assert not m.kd_paused
+    feed(m, X[84:91], y[84:91])  # the EMA teacher lags the student again
+    assert not _same_nets(m._student, m._teacher)
+    feed(b, X[63:91], y[63:91])
+    np.testing.assert_array_equal(m.predict_proba(X), b.predict_proba(X))
     assert np.all(np.isfinite(m.predict_proba(X)))
+
+
+def test_adapt_is_ignored_right_after_a_new_class() -> None:
+    X, y = blobs(100, [0, 1], seed=12)
+    X3, y3 = blobs(30, [2], seed=13)
+    for guard in (True, False):
+        m = small(adapt_samples=50, adapt_guard_new_class=guard)
+        feed(m, X[:70], y[:70])
+        feed(m, X3[:14], y3[:14])  # class 2 first seen at labelled position 70
+        assert m.new_class_at == 70
+        m.adapt(DriftEvent(index=84, detector="ADWIN"))  # 14 < 50 samples after it
+        # guarded: class-incremental, keep replay and distillation (they protect classes 0 and 1)
+        assert len(m._buffer) == (50 if guard else 0)
+        assert m.kd_paused is (not guard)
+        assert _same_nets(m._student, m._teacher) is (not guard)
+    m = small(adapt_samples=50)
+    feed(m, X[:70], y[:70])
+    m.adapt(DriftEvent(index=70, detector="ADWIN"))  # 70 samples after class 1 appeared: adapts
+    assert m.kd_paused and len(m._buffer) == 0
+    m = small()
+    m.adapt(DriftEvent(index=0, detector="ADWIN"))  # before the first learn: no-op
+    assert m._student is None and not m.kd_paused
 
 
 def test_mkd_beats_er_on_a_small_class_incremental_stream() -> None:
