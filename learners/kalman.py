@@ -77,7 +77,13 @@ calibration), so each sub-head's delta is confined to its own band (``delta_boun
 the exponential weights choose the band (the order of magnitude of the forgetting), the
 likelihood gradient chooses g inside it. ``forgetting_`` reports the weight-averaged g.
 
-``adapt(event)``: for the next ``adapt_samples`` labelled samples every sub-head uses
+``adapt(event)``: with ``adapt_restart``, the sub-heads whose delta is below that of the
+sub-head with the lowest recent squared error (an exponential moving average over about
+``recent_window`` samples, exact whatever the batch cut, part of the state) restart from
+its posterior (M and A; each keeps its own delta, tau and mixture loss): after an abrupt
+change the long-memory heads then continue from the new concept instead of averaging it
+with the old one, and nothing happens when the slowest sub-head is the best lately. Then,
+for the next ``adapt_samples`` labelled samples every sub-head uses
 delta_eff = max(delta, adapt_delta) (g at most exp(-adapt_delta/2)), so it re-learns
 fast; delta learning pauses in that window; afterwards the learned g applies again. The
 window end is part of the state.
@@ -160,6 +166,8 @@ class KalmanHead(Learner):
     max_log_weight_gap: a sub-head's log-weight never falls more than this below the best one's.
     proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
     adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
+    adapt_restart: ``adapt`` also restarts slower sub-heads from the recently best one.
+    recent_window: samples (about) in the moving average of squared error that picks it.
     max_chunk: largest block solved at once (bounds the B^3 term).
     feature_clip: features are clipped to +- this value.
     history_size: how many (sample, g) points of the forgetting history are kept.
