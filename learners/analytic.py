@@ -477,9 +477,7 @@ class AnalyticRidge(Learner):
         self._counts *= f
         if self._class_stats is not None and len(self._class_stats):
             self._class_stats.discount(f)
-        self._resolve(with_compensation=not self.compensate_imbalance)
-        if self.compensate_imbalance:
-            self._refresh_compensation()
+        self._resolve_all()
 
     # ------------------------------------------------------------------ merging
     def _check_compatible(self, params: dict[str, Any], n_features_in: int | None) -> None:
@@ -502,10 +500,9 @@ class AnalyticRidge(Learner):
             raise TypeError(f"can only merge an AnalyticRidge, got {type(other).__name__}")
         self._merge_statistics(other.sufficient_statistics())
 
-    def _merge_statistics(self, stats: dict[str, Any]) -> None:
+    def _aligned(self, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Another model's (G, B, counts), with B and counts in this model's class columns."""
         self._check_compatible(stats.get("params", self._get_params()), stats["n_features_in"])
-        if stats["n_features_in"] is None:
-            return
         if self.n_features_in is None:
             self._init_dims(int(stats["n_features_in"]))
         self._flush()
@@ -518,16 +515,30 @@ class AnalyticRidge(Learner):
             else np.zeros(0, np.int64)
         )
         self._grow_classes()
+        cross, counts = np.zeros_like(self._cross), np.zeros_like(self._counts)
+        cross[:, cols] = np.asarray(stats["cross"], dtype=np.float64)
+        counts[cols] = np.asarray(stats["counts"], dtype=np.float64)
+        return gram, cross, counts
+
+    def _resolve_all(self) -> None:
+        """Exact re-solve of the head, and a fresh compensated head when compensating."""
+        self._resolve(with_compensation=not self.compensate_imbalance)
+        if self.compensate_imbalance:
+            self._refresh_compensation()
+
+    def _merge_statistics(self, stats: dict[str, Any]) -> None:
+        if stats["n_features_in"] is None:
+            self._check_compatible(stats.get("params", self._get_params()), None)
+            return
+        gram, cross, counts = self._aligned(stats)
         self._gram += gram
-        self._cross[:, cols] += np.asarray(stats["cross"], dtype=np.float64)
-        self._counts[cols] += np.asarray(stats["counts"], dtype=np.float64)
+        self._cross += cross
+        self._counts += counts
         self.n_seen += int(stats.get("n_seen", 0))
         other_cs = stats.get("class_stats")
         if self._class_stats is not None and other_cs is not None:
             self._class_stats.merge(other_cs)
-        self._resolve(with_compensation=not self.compensate_imbalance)
-        if self.compensate_imbalance:
-            self._refresh_compensation()
+        self._resolve_all()
 
     def set_external(self, stats: dict[str, Any] | None) -> None:
         """Fold statistics learned elsewhere (e.g. the sum of the other replicas'
@@ -541,28 +552,11 @@ class AnalyticRidge(Learner):
             had = self._ext_gram is not None
             self._ext_gram = self._ext_cross = None
             if had and self.n_features_in is not None:
-                self._resolve(with_compensation=not self.compensate_imbalance)
-                if self.compensate_imbalance:
-                    self._refresh_compensation()
+                self._resolve_all()
             return
-        self._check_compatible(stats.get("params", self._get_params()), stats["n_features_in"])
-        if self.n_features_in is None:
-            self._init_dims(int(stats["n_features_in"]))
-        gram = np.asarray(stats["gram"], dtype=np.float64)
-        if gram.shape != self._gram.shape:
-            raise ValueError(f"external Gram matrix of shape {gram.shape}, expected {self._gram.shape}")
-        cols = (
-            self._index.encode(np.asarray(list(stats["classes"]), dtype=object))
-            if stats["classes"]
-            else np.zeros(0, np.int64)
-        )
-        self._grow_classes()
-        cross = np.zeros_like(self._cross)
-        cross[:, cols] = np.asarray(stats["cross"], dtype=np.float64)
+        gram, cross, _ = self._aligned(stats)
         self._ext_gram, self._ext_cross = gram.copy(), cross
-        self._resolve(with_compensation=not self.compensate_imbalance)
-        if self.compensate_imbalance:
-            self._refresh_compensation()
+        self._resolve_all()
 
     @property
     def has_external(self) -> bool:
