@@ -161,6 +161,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partition_list(parts: list[Any], topic: str) -> str:
+    """"topic[3]" entries as "3,4,5" when they are all of the pipeline's topic."""
+    prefix = f"{topic}["
+    if parts and all(isinstance(p, str) and p.startswith(prefix) for p in parts):
+        return ",".join(p[len(prefix):-1] for p in parts)
+    return ",".join(str(p) for p in parts) or "-"
+
+
 def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[str, dict[str, Any]]) -> None:
     """One row per replica (read from Redis), then the partition registry."""
     import datetime
@@ -172,7 +180,7 @@ def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[
     for st in replicas:
         acc = st.get("accuracy_total")
         rows.append((st["replica"] or "(default)", str(st.get("state", "-")), str(st.get("host", "-")),
-                     str(st.get("pid", "-")), ",".join(str(p) for p in st.get("partitions") or []) or "-",
+                     str(st.get("pid", "-")), _partition_list(st.get("partitions") or [], str(st.get("topic", ""))),
                      str(st.get("lag", "-")), str(st.get("labelled_seen", "-")),
                      f"{acc:.4f}" if isinstance(acc, float) else "-", str(st.get("model_version", "-")),
                      when(st.get("last_snapshot_at"))))
