@@ -258,3 +258,74 @@ def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redi
     dead.wait()
     r.set(alive, orjson.dumps({"host": socket.gethostname(), "pid": dead.pid, "at": time.time()}), ex=60)
     Daemon(cfg)._check_unique()
+
+
+def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker, name, tmp_path):
+    """A rebalance during a Redis outage: the replica cannot claim the partitions it is given, so it
+    leaves them paused; once Redis is back it claims them, seeks to the registry and learns every
+    record exactly once."""
+    from kafka import KafkaConsumer
+
+    from stream.config import parse_config
+    from stream.daemon import Daemon
+    from stream.embedded import EmbeddedRedis, free_port
+    from tests.helpers import elec_records, encode_rows, produce
+
+    port = free_port()
+    rds = EmbeddedRedis(tmp_path / "redis", port=port)
+    rds.start()
+    topic = f"{name}.in"
+    cfg = parse_config({
+        "name": name, "scale": {"replica": "x"}, "drift": {"enabled": False}, "messages": {"n_features": 6},
+        "kafka": {"bootstrap": broker, "topic": topic, "partitions": 2, "max_wait_ms": 50,
+                  "session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000},
+        "redis": {"url": rds.url}, "status": {"interval_s": 0.2},
+        "learner": {"name": "AnalyticRidge", "params": {"expansion_size": 16, "seed": 0}, "features": []},
+        "snapshot": {"every_samples": 500, "every_seconds": 1.0}, "data_dir": str(tmp_path / "data"),
+    })
+    X, y = elec_records(3000)
+    produce(broker, topic, encode_rows(X[:2000], y[:2000]), partitions=2)
+    daemon = Daemon(cfg)
+    thread = threading.Thread(target=lambda: daemon.run(max_seconds=120, install_signals=False))
+    thread.start()
+    intruder = None
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and (daemon.model_version is None or daemon.records_seen < 2000):
+            time.sleep(0.1)
+        time.sleep(1.5)  # a snapshot covers the 2,000 records
+        rds.stop()
+        # A second group member forces a rebalance while Redis is down.
+        intruder = KafkaConsumer(topic, bootstrap_servers=broker, group_id=cfg.group_id, enable_auto_commit=False,
+                                 session_timeout_ms=3000, heartbeat_interval_ms=500, max_poll_interval_ms=5000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (intruder.assignment() and daemon.source and daemon.source.unclaimed):
+            intruder.poll(timeout_ms=100, max_records=1)  # joins the group; what it reads is not committed
+        paused = set(daemon.source.unclaimed) if daemon.source else set()
+        intruder.close(autocommit=False)  # the partitions come back to "x", Redis still down
+        intruder = None
+        produce(broker, topic, encode_rows(X[2000:], y[2000:]), partitions=2)
+        time.sleep(4)
+        assert daemon.source is not None and daemon.source.unclaimed  # nothing claimed, nothing consumed
+        rds = EmbeddedRedis(tmp_path / "redis", port=port)
+        rds.start()
+        deadline = time.monotonic() + 60
+        client = StateClient(rds.url)
+        while time.monotonic() < deadline:
+            reg = client.partitions(name) if daemon.source and not daemon.source.unclaimed else {}
+            if sum(int(e["offset"] or 0) for e in reg.values()) >= 3000:
+                break
+            time.sleep(0.2)
+    finally:
+        if intruder is not None:
+            intruder.close(autocommit=False)
+        daemon.stop()
+        thread.join(60)
+    try:
+        assert paused, "the rebalance during the outage left partitions unclaimed"
+        info = client.snapshot_info(name, replica="x")["latest"]["info"]
+        assert info["labelled_seen"] == 3000
+        assert sum(info["partition_records"].values()) == 3000
+        assert {tp: e["offset"] for tp, e in client.partitions(name).items()} == {f"{topic}:0": 1500, f"{topic}:1": 1500}
+    finally:
+        rds.stop()
