@@ -39,6 +39,9 @@ class DriftEvent:
     detector: str
     kind: str = "error"  # "error" (concept drift seen in the 0/1 error) or "input"
     statistic: float | None = None
+    # For kind="error": True when the monitored error rate rose at the detection, False when it
+    # fell (the model got better: nothing to adapt to), None when unknown.
+    rising: bool | None = None
 
 
 @dataclass

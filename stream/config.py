@@ -125,6 +125,8 @@ class DriftConfig(_Model):
     adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
     cooldown: int = Field(0, ge=0, description="error events within this many labelled samples after an adapting one "
                                                "are recorded but not adapted to (breaks detect-forget-detect cascades)")
+    adapt_on_fall: bool = Field(False, description="also adapt on error events where the error rate fell (ADWIN "
+                                "fires on both directions; by default those are recorded with action 'improved')")
     input: InputDriftConfig = Field(default_factory=InputDriftConfig)
 
     @model_validator(mode="after")

@@ -80,8 +80,14 @@ class DriftMonitor:
         self.n_events = 0
 
     def update(self, values: np.ndarray) -> list[DriftEvent]:
-        events = [DriftEvent(index=self.n_seen + j, detector=self.detector_name, kind=self.kind, statistic=stat)
-                  for j, stat in _feed(self.detector, values)]
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        events = []
+        for j, stat, rose in _feed(self.detector, values):
+            if rose is None:  # detectors without a mean estimate: compare recent errors with older ones
+                history = np.concatenate([self.recent_values(), values])
+                rose = _rose(history, history.size - values.size + j)
+            events.append(DriftEvent(index=self.n_seen + j, detector=self.detector_name, kind=self.kind,
+                                     statistic=stat, rising=rose))
         self.n_seen += len(values)
         self.n_events += len(events)
         self._ring.push(np.asarray(values, dtype=np.float64).reshape(-1, 1))
@@ -258,14 +264,30 @@ class InputDriftMonitor:
         return m
 
 
-def _feed(det: Any, values: np.ndarray) -> list[tuple[int, float | None]]:
-    """Update ``det`` with every value in order; (position, statistic) of each detection."""
+def _feed(det: Any, values: np.ndarray) -> list[tuple[int, float | None, bool | None]]:
+    """Update ``det`` with every value in order; (position, statistic, rising) of each detection.
+
+    ``rising``: for detectors with an ``estimation`` of the mean (ADWIN), whether the mean of the
+    window kept after the detection is above the mean before it; otherwise None.
+    """
     out = []
+    has_mean = isinstance(getattr(det, "estimation", None), (int, float))
     for j, v in enumerate(np.asarray(values, dtype=np.float64).tolist()):
+        before = det.estimation if has_mean else None
         det.update(v)
         if det.drift_detected:
-            out.append((j, _statistic(det)))
+            rising = bool(det.estimation > before) if has_mean and before is not None else None
+            out.append((j, _statistic(det), rising))
     return out
+
+
+def _rose(history: np.ndarray, at: int, recent: int = 200, older: int = 1000) -> bool | None:
+    """Whether the mean of the ``recent`` values up to ``at`` is above that of the ``older`` ones before them."""
+    new = history[max(0, at + 1 - recent):at + 1]
+    old = history[max(0, at + 1 - recent - older):max(0, at + 1 - recent)]
+    if new.size == 0 or old.size == 0:
+        return None
+    return bool(new.mean() > old.mean())
 
 
 def _update_one(det: Any, value: float) -> bool:

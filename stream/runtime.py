@@ -110,8 +110,9 @@ class LearningCore:
     def __init__(self, learner: Learner, metrics: PrequentialMetrics, monitor: DriftMonitor | None,
                  pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100,
                  input_monitor: InputDriftMonitor | None = None, adapt_input: bool = False,
-                 cooldown: int = 0) -> None:
+                 cooldown: int = 0, adapt_on_fall: bool = False) -> None:
         self.learner = learner
+        self.adapt_on_fall = adapt_on_fall
         self.metrics = metrics
         self.monitor = monitor
         self.input_monitor = input_monitor
@@ -143,12 +144,13 @@ class LearningCore:
                                            inp.window) if inp.enabled else None)
         return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
                    PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
-                   d.adapt_grid, input_monitor, inp.adapt, d.cooldown)
+                   d.adapt_grid, input_monitor, inp.adapt, d.cooldown, d.adapt_on_fall)
 
     def action_for(self, event: DriftEvent) -> str:
         """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
-        ``none`` (adaptation off for this kind: recorded only) or ``cooldown`` (an error event within
-        ``drift.cooldown`` labelled samples of the last adapting one: recorded only)."""
+        ``none`` (adaptation off for this kind: recorded only), ``cooldown`` (an error event within
+        ``drift.cooldown`` labelled samples of the last adapting one: recorded only) or ``improved``
+        (the error fell at the detection, unless ``drift.adapt_on_fall``: recorded only)."""
         decided = self._actions.get(event)
         if decided is not None:
             return decided
@@ -159,6 +161,8 @@ class LearningCore:
             return "adapt" if self.adapt_input else "none"
         if not self.adapt:
             return "none"
+        if event.rising is False and not self.adapt_on_fall:
+            return "improved"
         if self.cooldown and self.last_adapt_index is not None and event.index < self.last_adapt_index + self.cooldown:
             return "cooldown"
         self.last_adapt_index = event.index

@@ -236,14 +236,15 @@ class _Recorder:
         self.inner.adapt(event)
 
 
-def _core(adapt: bool, adapt_input: bool = False, cut_grid: int = 100, cooldown: int = 0) -> LearningCore:
+def _core(adapt: bool, adapt_input: bool = False, cut_grid: int = 100, cooldown: int = 0,
+          adapt_on_fall: bool = False) -> LearningCore:
     cfg = parse_config({"learner": {"name": "KalmanHead", "params": {"g": 0.999, "learn_g": False},
                                     "features": [{"name": "RandomFourierFeatures",
                                                   "params": {"n_components": 16, "seed": 0}}]}})
     inp = InputDriftMonitor("ADWIN", INPUT_PARAMS)
     return LearningCore(_Recorder(cfg.build_learner()), PrequentialMetrics(100), DriftMonitor(), PendingTable(10),
                         adapt=adapt, adapt_grid=cut_grid, input_monitor=inp, adapt_input=adapt_input,
-                        cooldown=cooldown)
+                        cooldown=cooldown, adapt_on_fall=adapt_on_fall)
 
 
 def _drive(core: LearningCore, X: np.ndarray, y: np.ndarray, cut: int) -> list[DriftEvent]:
@@ -294,7 +295,7 @@ def test_cooldown_records_but_does_not_adapt_events_right_after_an_adaptation():
 
     errors = np.tile(np.repeat([0.0, 1.0], 2000), 3)  # a detection at every switch
     for cooldown, expected in ((0, "adapt"), (3000, "cooldown")):
-        core = _core(adapt=True, cooldown=cooldown)
+        core = _core(adapt=True, cooldown=cooldown, adapt_on_fall=True)  # every switch, up or down
         core.monitor = DriftMonitor("PageHinkley", {"threshold": 5})
         actions = []
         for event in core.monitor.update(errors):
@@ -335,3 +336,28 @@ def test_core_state_with_both_monitors_round_trips():
     assert fresh.drift_counts == core.drift_counts
     assert fresh.input_monitor is not None and fresh.input_monitor.n_seen == 5000
     assert fresh.monitor is not None and fresh.monitor.n_seen == core.monitor.n_seen
+
+
+@pytest.mark.parametrize("detector, params", [("ADWIN", {}), ("PageHinkley", {"threshold": 50})])
+def test_detections_where_the_error_fell_are_recorded_but_not_adapted_to(detector, params):
+    """ADWIN (and a two-sided Page-Hinkley) fire when the error rises and when it falls; only a
+    rise calls for adaptation, unless drift.adapt_on_fall."""
+    from stream.runtime import BatchResult
+
+    rng = np.random.default_rng(3)
+    rates = np.repeat([0.1, 0.6, 0.1, 0.6], 3000)
+    errors = (rng.random(rates.size) < rates).astype(np.float64)
+    for on_fall in (False, True):
+        core = _core(adapt=True, adapt_on_fall=on_fall)
+        core.monitor = DriftMonitor(detector, params)
+        seen = []
+        for event in core.monitor.update(errors):
+            core._drift(event, BatchResult(), event.index)
+            seen.append((event.index // 3000, event.rising, core.action_for(event)))
+        first = {}
+        for blk, rising, action in seen:
+            first.setdefault(blk, (rising, action))
+        # the first detection after each switch: up in blocks 1 and 3, down in block 2
+        assert first[1][0] is True and first[3][0] is True and first[2][0] is False, seen
+        assert first[1][1] == "adapt" and first[3][1] == "adapt", seen
+        assert first[2][1] == ("adapt" if on_fall else "improved"), seen
