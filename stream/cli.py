@@ -58,13 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args.config, args)
     if args.replica is not None:
-        from stream.config import ScaleConfig
+        from stream.config import with_replica
 
-        try:
-            cfg = cfg.model_copy(update={"scale": ScaleConfig(**{**cfg.scale.model_dump(), "replica": args.replica})})
-        except ValueError:
-            raise ConfigError(f"--replica {args.replica!r}: a replica name uses only letters, digits, '_', '.' "
-                              "and '-' (or 'hostname')") from None
+        cfg = with_replica(cfg, args.replica, f"--replica {args.replica!r}")
     if cfg.log_format == "json" and not args.json_logs:
         _setup_logging(args.log_level, json_logs=True)
     with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):

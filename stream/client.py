@@ -28,7 +28,7 @@ from learners.base import Learner
 from learners.merge import merge_global
 from learners.registry import learner_from_state
 from stream.snapshot import CorruptSnapshot
-from stream.state import Keys, SnapshotStore, connect
+from stream.state import Keys, SnapshotStore, connect, replica_names
 
 
 class RollbackRefused(LookupError):
@@ -65,10 +65,7 @@ class StateClient:
 
     def replica_names(self, pipeline: str) -> list[str]:
         """Replicas that have published a status ("" is the single-daemon layout)."""
-        names = {m.decode() if isinstance(m, bytes) else str(m) for m in self.r.smembers(Keys(pipeline, self.namespace).replicas)}
-        if not names and self.r.exists(Keys(pipeline, self.namespace).status):
-            names = {""}  # written before the replica set existed
-        return sorted(names)
+        return replica_names(self.r, pipeline, self.namespace)
 
     def replicas(self, pipeline: str) -> list[dict[str, Any]]:
         """Every replica's status (host, pid, partitions, lag, samples, last snapshot, ...)."""
@@ -132,16 +129,18 @@ class StateClient:
         Raises ``learners.merge.MergeError`` for heads that do not merge exactly (see there)
         and LookupError when no replica has a snapshot. Never unpickles.
         """
-        snaps = self.replica_snapshots(pipeline)
+        return self._merged(pipeline, self.replica_snapshots(pipeline))
+
+    @staticmethod
+    def _merged(pipeline: str, snaps: dict[str, Any]) -> Learner:
         if not snaps:
             raise LookupError(f"pipeline {pipeline!r} has no replica with a snapshot in Redis")
-        learners = [learner_from_state(s.parts["learner"], allow_pickle=False) for s in snaps.values()]
-        return merge_global(learners)
+        return merge_global([learner_from_state(s.parts["learner"], allow_pickle=False) for s in snaps.values()])
 
     def global_info(self, pipeline: str) -> dict[str, Any]:
         """What ``ocld query --global`` prints: the replicas merged and the joint model's counts."""
         snaps = self.replica_snapshots(pipeline)
-        model = self.load_global_learner(pipeline)
+        model = self._merged(pipeline, snaps)
         head = getattr(model, "head", model)
         stats = head.sufficient_statistics()  # type: ignore[attr-defined,union-attr]
         records: dict[str, int] = {}

@@ -295,11 +295,7 @@ def apply_environment(cfg: Config) -> Config:
         env.get("REDIS_URL") if cfg.redis.url.get_secret_value() == "embedded" else None,
     )
     if env.get("OCLD_REPLICA") is not None:
-        try:
-            cfg = cfg.model_copy(update={"scale": ScaleConfig(**{**cfg.scale.model_dump(), "replica": env["OCLD_REPLICA"]})})
-        except ValidationError:
-            raise ConfigError(f"OCLD_REPLICA={env['OCLD_REPLICA']!r}: a replica name uses only letters, digits, "
-                              "'_', '.' and '-' (or 'hostname')") from None
+        cfg = with_replica(cfg, env["OCLD_REPLICA"], f"OCLD_REPLICA={env['OCLD_REPLICA']!r}")
     if env.get("OCLD_KAFKA_SASL_PASSWORD"):
         cfg = cfg.model_copy(
             update={"kafka": cfg.kafka.model_copy(update={"sasl_password": SecretStr(env["OCLD_KAFKA_SASL_PASSWORD"])})}
@@ -307,6 +303,15 @@ def apply_environment(cfg: Config) -> Config:
     if env.get("OCLD_REDIS_PASSWORD"):
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"password": SecretStr(env["OCLD_REDIS_PASSWORD"])})})
     return cfg
+
+
+def with_replica(cfg: Config, replica: str, source: str) -> Config:
+    """A copy running as replica ``replica`` (``source`` names where the value came from, for the error)."""
+    try:
+        return cfg.model_copy(update={"scale": ScaleConfig(**{**cfg.scale.model_dump(), "replica": replica})})
+    except ValidationError:
+        raise ConfigError(f"{source}: a replica name uses only letters, digits, '_', '.' and '-' "
+                          "(or 'hostname')") from None
 
 
 def redact_url(url: str) -> str:

@@ -68,7 +68,7 @@ from stream.runtime import LearningCore, limit_threads
 from stream.sink import Sink
 from stream.snapshot import Snapshot
 from stream.source import KafkaSource
-from stream.state import Fenced, SnapshotStore, StatusStore, connect, tp_field
+from stream.state import Fenced, SnapshotStore, StatusStore, connect, replica_names, tp_field
 
 log = logging.getLogger("ocld.daemon")
 
@@ -126,6 +126,8 @@ class Daemon:
         self.fences = 0
         self._next_fold_t = 0.0
         self.folded_replicas: list[str] = []
+        # other replica -> (snapshot version, its learner) as last folded; None: the head's folded part is unknown
+        self._others: dict[str, tuple[int, Any]] | None = None
 
     # -- start-up --------------------------------------------------------------------
     def _restore(self) -> dict[str, dict[int, int]]:
@@ -341,9 +343,7 @@ class Daemon:
             return False
         fault_point("daemon.before_commit")
         self._dirty.clear()
-        owned = self.source.owned()
-        self.source.forget(owned)
-        self._tokens = {tp: tok for tp, tok in self._tokens.items() if tp in owned}
+        self._keep_owned()
         self.source.commit()
         self.model_version = version
         self._last_snapshot_t = time.monotonic()
@@ -435,8 +435,7 @@ class Daemon:
                     "Discarding everything learned since snapshot %s and reloading it; partitions %s are paused "
                     "until Kafka assigns them here again", exc, self.model_version, sorted(exc.lost))
         self.source.fence(lost)
-        for tp in lost:
-            self._tokens.pop(tp, None)
+        self._others = None  # the reloaded head holds the statistics folded when its snapshot was taken
         self.core = LearningCore.from_config(self.cfg)
         self.core.on_drift = self._on_drift
         self.model_version = None
@@ -445,39 +444,55 @@ class Daemon:
         self.partition_records = {}
         self._restore()
         registry = self.store.registry()
-        owned = self.source.owned()
-        self.source.forget(owned)
+        owned = self._keep_owned()
         self.source.reseek({tp: registry.get(tp_field(*tp), {}).get("offset") for tp in owned})
         self._dirty.clear()
+
+    def _keep_owned(self) -> set[tuple[str, int]]:
+        """Forget the offsets and claims of partitions no longer held (once nothing of theirs is unsnapshotted)."""
+        assert self.source is not None
+        owned = self.source.owned()
+        self.source.forget(owned)
         self._tokens = {tp: tok for tp, tok in self._tokens.items() if tp in owned}
+        return owned
 
     def _fold_global(self) -> None:
         """Fold the other replicas' latest AnalyticRidge statistics into this replica's head."""
         from learners.merge import MergeError, check_mergeable, head_of, summed_statistics
         from learners.registry import learner_from_state
 
+        ns = self.cfg.redis.namespace
         try:
-            names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in self.redis.smembers(self.store.keys.replicas))
-            others = []
-            for name in names:
+            others: dict[str, tuple[int, Any]] = {}
+            for name in replica_names(self.redis, self.cfg.name, ns):
                 if name == self.replica:
                     continue
-                snap = SnapshotStore(self.redis, self.cfg.name, self.cfg.redis.namespace, replica=name).load_latest()
+                store = SnapshotStore(self.redis, self.cfg.name, ns, replica=name)
+                version = store.latest_version()
+                if version is None:
+                    continue
+                if self._others and name in self._others and self._others[name][0] == version:
+                    others[name] = self._others[name]  # unchanged since the last fold: not read again
+                    continue
+                snap = store.load_latest()
                 if snap is not None:
-                    others.append((name, learner_from_state(snap.parts["learner"], allow_pickle=False)))
+                    others[name] = (version, learner_from_state(snap.parts["learner"], allow_pickle=False))
         except redis.RedisError as exc:
             log.warning("folding the other replicas' statistics skipped: %s", _redis_error(exc))
             return
+        if self._others is not None and {n: v for n, (v, _) in others.items()} == \
+                {n: v for n, (v, _) in self._others.items()}:
+            return  # nothing new to fold (the head already holds exactly these statistics)
+        learners = [x for _, x in others.values()]
         try:
-            if others:
-                check_mergeable([self.core.learner] + [x for _, x in others])
-            stats = summed_statistics([head_of(x) for _, x in others])  # type: ignore[misc]
-            head = head_of(self.core.learner)
-            head.set_external(stats)  # type: ignore[attr-defined]
+            if learners:
+                check_mergeable([self.core.learner] + learners)
+            head_of(self.core.learner).set_external(summed_statistics([head_of(x) for x in learners]))  # type: ignore[attr-defined,misc]
         except (MergeError, ValueError) as exc:
             log.warning("cannot fold the other replicas' statistics: %s", exc)
             return
-        self.folded_replicas = [name for name, _ in others]
+        self._others = others
+        self.folded_replicas = sorted(others)
 
     def _on_revoke(self, revoked: list[Any]) -> None:
         log.info("partitions revoked: %s; snapshot and commit before giving them up",

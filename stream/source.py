@@ -104,16 +104,21 @@ class KafkaSource:
         for tp in assigned:
             key = (tp.topic, tp.partition)
             stored = registry.get(key)
-            if stored is None:
-                stored = self.offsets.get(key)
-            if stored is not None:
-                self.consumer.seek(tp, stored)
-                self.offsets[key] = stored
-            elif self.cfg.kafka.start_from == "earliest":
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek_to_end(tp)
+            self._seek_one(tp, stored if stored is not None else self.offsets.get(key))
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}" for tp in assigned))
+
+    def _seek_one(self, tp: Any, offset: int | None) -> None:
+        """Position ``tp`` at ``offset``, or where ``kafka.start_from`` says when there is none."""
+        key = (tp.topic, tp.partition)
+        if offset is not None:
+            self.consumer.seek(tp, offset)
+            self.offsets[key] = offset
+            return
+        self.offsets.pop(key, None)
+        if self.cfg.kafka.start_from == "earliest":
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek_to_end(tp)
 
     def retry_claims(self) -> None:
         """Claim (and resume) partitions whose claim failed at assignment."""
@@ -138,18 +143,8 @@ class KafkaSource:
         """Move owned partitions back to the given offsets (after the daemon reloaded its snapshot)."""
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
-            if key not in offsets or tp in self.fenced or tp in self.unclaimed:
-                continue
-            off = offsets[key]
-            if off is not None:
-                self.consumer.seek(tp, off)
-                self.offsets[key] = off
-            else:
-                self.offsets.pop(key, None)
-                if self.cfg.kafka.start_from == "earliest":
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek_to_end(tp)
+            if key in offsets and tp not in self.fenced and tp not in self.unclaimed:
+                self._seek_one(tp, offsets[key])
 
     def forget(self, keep: set[tuple[str, int]]) -> None:
         """Drop the offsets of partitions outside ``keep`` (no longer owned, and durable)."""

@@ -146,6 +146,15 @@ class Fenced(RuntimeError):
         self.lost = sorted(lost)
 
 
+def replica_names(client: redis.Redis, pipeline: str, namespace: str = "ocld") -> list[str]:
+    """Replicas that have published a status ("" is the single-daemon layout)."""
+    keys = Keys(pipeline, namespace)
+    names = {m.decode() if isinstance(m, bytes) else str(m) for m in client.smembers(keys.replicas)}
+    if not names and client.exists(keys.status):
+        names = {""}  # written before the replica set existed
+    return sorted(names)
+
+
 class SnapshotStore:
     def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", keep: int = 3,
                  chunk_bytes: int = 64 * 1024 * 1024, replica: str = "") -> None:
