@@ -137,15 +137,32 @@ class RandomFourierFeatures(_RandomMap):
     """phi(x) = sqrt(2/D) cos(x W + b), W ~ N(0, scale^2), b ~ U[0, 2 pi) (Rahimi & Recht 2007).
 
     Approximates an RBF kernel with length scale 1/scale; |phi(x)|^2 is about 1.
+    ``linear`` > 0 appends ``linear * x`` and the constant ``linear``: a linear part with a
+    bias next to the kernel part, so a linear concept needs no kernel approximation
+    (``linear`` sets its prior scale relative to the Fourier features, whose squared norm
+    is about 1). Output width ``n_components + d + 1`` then; 0 (default) keeps
+    ``n_components``.
     """
+
+    def __init__(self, n_components: int = 128, scale: float = 1.0, seed: int = 0, linear: float = 0.0) -> None:
+        super().__init__(n_components, scale, seed)
+        if not linear >= 0.0:
+            raise ValueError(f"linear must be >= 0, got {linear}")
+        self.linear = float(linear)
 
     def _draw(self, d: int) -> None:
         rng = np.random.default_rng(self.seed)
         self.W = rng.normal(0.0, self.scale, size=(d, self.n_components))
         self.b = rng.uniform(0.0, 2.0 * np.pi, size=self.n_components)
+        if self.linear > 0.0:
+            self.n_features_out = self.n_components + d + 1
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return np.sqrt(2.0 / self.n_components) * np.cos(self._project(X))
+        Z = np.sqrt(2.0 / self.n_components) * np.cos(self._project(X))
+        if self.linear > 0.0:
+            X = np.asarray(X, dtype=np.float64)
+            Z = np.hstack([Z, self.linear * X, np.full((X.shape[0], 1), self.linear)])
+        return Z
 
 
 class RandomReLU(_RandomMap):

@@ -28,7 +28,7 @@ TOL = 1e-9
 # Feature maps define no _unit_test_params (their defaults are 128 components): these
 # small ones keep the Kalman/ridge heads behind them fast.
 FALLBACK_PARAMS: dict[str, dict[str, Any]] = {
-    "RandomFourierFeatures": {"n_components": 32, "scale": 0.5, "seed": 0},
+    "RandomFourierFeatures": {"n_components": 32, "scale": 0.5, "seed": 0, "linear": 0.1},  # as shipped
     "RandomReLU": {"n_components": 32, "scale": 1.0, "seed": 0},
 }
 
