@@ -6,7 +6,8 @@ Runs only ``learners/`` (no Kafka, no Redis):
    elec and weather. g over time goes to benchmarks/out/forgetting.png, jumps marked;
 2. prequential (test-then-train, exact per sample) accuracy of the shipped config on
    elec and weather, log-loss of the probit probabilities against softmax-of-mean,
-   samples/s of the head alone (on the config's features: 128 Fourier + 6 linear + bias = 135 on elec; batches of 100) and of the whole pipeline, and
+   samples/s of the head alone (on the config's features, 135 wide on elec; batches of 100)
+   and of the whole pipeline, and
    river's ARFClassifier(n_models=10) samples/s on the same data, with the ratio.
 
     nice python benchmarks/forgetting.py            # about a minute on 2 cores
@@ -84,8 +85,9 @@ def prequential(learner: Any, X: np.ndarray, y: np.ndarray, batch: int = 100) ->
     }
 
 
-def head_speed(spec: dict[str, Any], X: np.ndarray, y: np.ndarray, batch: int = 100, repeat: int = 2) -> float:
-    """samples/s of KalmanHead.learn_predict alone on the precomputed features of ``spec`` (D = 135 on elec)."""
+def head_speed(spec: dict[str, Any], X: np.ndarray, y: np.ndarray, batch: int = 100,
+               repeat: int = 2) -> tuple[float, int]:
+    """(samples/s of KalmanHead.learn_predict alone, feature width D) on the precomputed features of ``spec``."""
     features = build_learner(spec["name"], spec.get("params"), spec.get("features"))
     Phi = features._learn_transform(X)  # type: ignore[attr-defined]
     best = 0.0
@@ -95,13 +97,7 @@ def head_speed(spec: dict[str, Any], X: np.ndarray, y: np.ndarray, batch: int = 
         for s in range(0, len(y), batch):
             head.learn_predict(Phi[s : s + batch], y[s : s + batch])
         best = max(best, len(y) / (time.perf_counter() - t0))
-    return best
-
-
-def head_width(spec: dict[str, Any], X: np.ndarray) -> int:
-    """Width of the features ``spec``'s feature maps give the head."""
-    features = build_learner(spec["name"], spec.get("params"), spec.get("features"))
-    return int(features._transform(X[:1]).shape[1])  # type: ignore[attr-defined]
+    return best, int(Phi.shape[1])
 
 
 def arf_speed(X: np.ndarray, y: np.ndarray, n: int) -> tuple[float, float]:
@@ -174,7 +170,7 @@ def main() -> None:
     plot(jump, jumps, streams, args.out)
 
     X_elec, y_elec = rows[0][1], rows[0][2]
-    speed_head = head_speed(spec, X_elec, y_elec)
+    speed_head, width = head_speed(spec, X_elec, y_elec)
     arf_sps, arf_acc = arf_speed(X_elec, y_elec, args.arf_samples)
 
     print("## Kalman head, shipped config (config/kalman.yaml), exact prequential, batches of 100\n")
@@ -191,7 +187,7 @@ def main() -> None:
     print(f"\nelec \"no change\" baseline (predict the previous label): {no_change:.4f}\n")
     print("| speed on elec | samples/s |")
     print("|---|---|")
-    print(f"| KalmanHead.learn_predict alone, D={head_width(spec, X_elec)}, 3 sub-heads, batch 100 | {speed_head:,.0f} |")
+    print(f"| KalmanHead.learn_predict alone, D={width}, 3 sub-heads, batch 100 | {speed_head:,.0f} |")
     print(f"| river ARFClassifier(n_models=10), first {args.arf_samples} samples (accuracy {arf_acc:.3f}) | {arf_sps:,.0f} |")
     print(f"| ratio head / ARF | {speed_head / arf_sps:.0f}x |")
     print(f"| ratio full pipeline (Standardizer + RFF + head) / ARF | {rows[0][3]['samples_per_s'] / arf_sps:.0f}x |")

@@ -158,9 +158,9 @@ class RandomFourierFeatures(_RandomMap):
             self.n_features_out = self.n_components + d + 1
 
     def transform(self, X: np.ndarray) -> np.ndarray:
+        X = check_X(X, self.n_features_in)  # once: _project's own check is then a no-copy pass
         Z = np.sqrt(2.0 / self.n_components) * np.cos(self._project(X))
         if self.linear > 0.0:
-            X = np.asarray(X, dtype=np.float64)
             Z = np.hstack([Z, self.linear * X, np.full((X.shape[0], 1), self.linear)])
         return Z
 
