@@ -241,10 +241,11 @@ def report(res: dict[tuple[str, int, int, int], float], mem: dict[tuple[str, int
     lines.append("")
     lines.append(
         "Block updates (checked by reading the code): KalmanHead learns a batch in chunks of at most "
-        "`max_chunk` = 256 rows (cut also at `block_size` boundaries), each with ONE B x B Cholesky factor "
+        "`max_chunk` = 64 rows (cut also at `block_size` boundaries), each with ONE B x B Cholesky factor "
         "of the predictive covariance per sub-head shared by all classes (`_chunk`: K = E*(Phi A Phi^T) + "
-        "s0 (R - E)*(Phi Phi^T) + s2 I, one triangular solve for [cov(w, Y) | Y - E[Y]], A <- G^2 A - Wt^T Wt); "
-        "the only Python loops are over chunks and over the sub-heads' triangular solves, never over samples. "
+        "s0 (R - E)*(Phi Phi^T) + s2 I, triangular solves for cov(w, Y) and Y - E[Y], A <- G^2 A - Wt^T Wt "
+        "in place by BLAS gemm); the only Python loops are over chunks and over the sub-heads' BLAS calls, "
+        "never over samples. "
         "AnalyticRidge learns a batch by one Woodbury step per chunk of at most 128 rows (b x b Cholesky of "
         "I + H R H^T, R <- R - V^T V, W <- W + V^T Z; a batch of one is an in-place BLAS rank-1 update), adds "
         "H^T H to its statistics in deferred blocks of 256 rows, and re-solves exactly every 1,024 samples; "

@@ -194,8 +194,15 @@ class ClassIndex:
     def encode(self, y: Any, grow: bool = True) -> np.ndarray:
         """Labels -> int64 column indices; unseen labels are appended when ``grow``."""
         y = np.asarray(y, dtype=object).reshape(-1)
-        out = np.empty(len(y), dtype=np.int64)
         index = self._index
+        try:
+            # Fast path, every label already known. A dict lookup finds the normalized key
+            # for numpy scalars and integral floats too (equal values hash equal), so this
+            # agrees with the loop below.
+            return np.fromiter((index[label] for label in y.tolist()), dtype=np.int64, count=len(y))
+        except (KeyError, TypeError):
+            pass
+        out = np.empty(len(y), dtype=np.int64)
         for i, label in enumerate(y):
             label = normalize_label(label)
             j = index.get(label)
