@@ -206,6 +206,26 @@ def test_state_round_trip_continues_identically():
     assert head.forgetting_ == clone.forgetting_
 
 
+def test_in_place_update_leaves_snapshots_alone_and_keeps_the_covariance_symmetric():
+    # The covariance is updated in place by BLAS: what to_state() and posterior() handed out
+    # earlier must not change, and at every aligned block boundary A is exactly symmetric.
+    Phi, y = _data(n=600, seed=8)
+    head = KalmanHead(g=[1.0, 0.99], lr=1e-3, block_size=64, max_chunk=24)
+    head.learn(Phi[:100], y[:100])
+    state = head.to_state()
+    A_before = head.posterior(1)[1]
+    saved = {k: v.copy() for k, v in state.arrays.items()}
+    head.learn(Phi[100:600], y[100:600])
+    for k, v in state.arrays.items():
+        np.testing.assert_array_equal(v, saved[k])
+    assert not np.array_equal(head.posterior(1)[1], A_before)  # the head itself did move on
+    head.learn(Phi[:40], y[:40])  # 640 samples: an aligned boundary
+    for k in range(2):
+        A = head.posterior(k)[1]
+        assert np.array_equal(A, A.T)
+        assert np.all(np.linalg.eigvalsh(A) > 0)
+
+
 def test_new_class_mid_stream_and_string_labels():
     Phi, _ = _data(n=60, seed=6)
     head = KalmanHead()
