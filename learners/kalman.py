@@ -281,10 +281,11 @@ class KalmanHead(Learner):
 
     def _delta_at(self, t: np.ndarray) -> np.ndarray:
         """delta used by each sub-head for the samples with counters t: [H, len(t)]."""
+        if not t.shape[0] or self.adapt_until <= int(t[0]):
+            return np.repeat(self._delta[:, None], t.shape[0], axis=1)
         d = np.broadcast_to(self._delta[:, None], (self.n_heads, t.shape[0])).copy()
-        if t.shape[0] and self.adapt_until > int(t[0]):
-            in_adapt = t < self.adapt_until
-            d[:, in_adapt] = np.maximum(d[:, in_adapt], self.adapt_delta)
+        in_adapt = t < self.adapt_until
+        d[:, in_adapt] = np.maximum(d[:, in_adapt], self.adapt_delta)
         return d
 
     @property
@@ -524,23 +525,23 @@ class KalmanHead(Learner):
         # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the
         # running calibration tau of the predictive variance (mean over known columns of r^2 / S)
         C = Y.shape[1]
-        known = n_after > 0
-        nk = np.maximum(n_after, 1)[None, :]
-        col = (np.arange(C)[None, :] < n_after[:, None]).astype(np.float64)  # [B, C]
-        if self.scale_rate > 0:
-            z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)  # [H, B]
-            self._tau_acc += np.sum(z2 * known[None, :], axis=1)
-            self._tau_cnt += float(np.sum(known))
-        if self.learn_g and self.lr > 0:
-            active = (t >= self.adapt_until) & known
-            if np.any(active):
-                mu = (Y[None] - innov) / g[:, :, None]
+        # the fast path needs every column known and the chunk wholly inside or outside an adapt window
+        if int(n_before.min()) >= C and (int(t[0]) >= self.adapt_until or int(t[-1]) < self.adapt_until):
+            # Every column known for every sample (the usual case): sums over the known columns are
+            # sums over all C of them; with one-hot Y, sum_c r_c mu_c = (r_true - sum_c r_c^2) / g.
+            if self.scale_rate > 0:
+                self._tau_acc += np.sum(sq / var, axis=1) / C
+                self._tau_cnt += float(B)
+            if self.learn_g and self.lr > 0 and int(t[0]) >= self.adapt_until:
                 a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
                 dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
-                tau = self._tau[:, None, None]
-                per_col = (innov * mu) / (tau * var[:, :, None]) + 0.5 * innov**2 * (dS / var**2)[:, :, None] / tau
-                dll_dg = -0.5 * dS / var + np.sum(per_col * col[None], axis=2) / nk
-                self._grad += np.sum((-0.5 * g * dll_dg) * active[None, :], axis=1)
+                r_true = np.sum(innov * Y[None], axis=2)
+                tau = self._tau[:, None]
+                per_col = ((r_true - sq) / g + 0.5 * sq * dS / var) / (tau * var)
+                dll_dg = -0.5 * dS / var + per_col / C
+                self._grad += np.sum(-0.5 * g * dll_dg, axis=1)
+        else:
+            self._slow_stats(Y, innov, var, g, q, t, n_after)
 
         self.n_seen += B
         bs = self.block_size
@@ -559,6 +560,29 @@ class KalmanHead(Learner):
                 del self._hist_n[: len(self._hist_n) - self.history_size]
                 del self._hist_g[: len(self._hist_g) - self.history_size]
         return proba
+
+    def _slow_stats(self, Y: np.ndarray, innov: np.ndarray, var: np.ndarray, g: np.ndarray, q: np.ndarray,
+                    t: np.ndarray, n_after: np.ndarray) -> None:
+        """Calibration and delta-gradient sums of a chunk in which some samples know fewer columns."""
+        s0, s2 = self.s0, self.s2
+        C = Y.shape[1]
+        known = n_after > 0
+        nk = np.maximum(n_after, 1)[None, :]
+        col = (np.arange(C)[None, :] < n_after[:, None]).astype(np.float64)  # [B, C]
+        if self.scale_rate > 0:
+            z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)  # [H, B]
+            self._tau_acc += np.sum(z2 * known[None, :], axis=1)
+            self._tau_cnt += float(np.sum(known))
+        if self.learn_g and self.lr > 0:
+            active = (t >= self.adapt_until) & known
+            if np.any(active):
+                mu = (Y[None] - innov) / g[:, :, None]
+                a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
+                dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
+                tau = self._tau[:, None, None]
+                per_col = (innov * mu) / (tau * var[:, :, None]) + 0.5 * innov**2 * (dS / var**2)[:, :, None] / tau
+                dll_dg = -0.5 * dS / var + np.sum(per_col * col[None], axis=2) / nk
+                self._grad += np.sum((-0.5 * g * dll_dg) * active[None, :], axis=1)
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> LearnerState:
