@@ -499,10 +499,6 @@ class KalmanHead(Learner):
             if not np.may_share_memory(x, A):
                 A[h] = x.T
             A[h].flat[:: D + 1] += s0 * (1.0 - GB2[h])
-        if (self.n_seen + B) % self.block_size == 0:
-            # rounding can leave A a hair off symmetric; restore it once per aligned block
-            A += A.transpose(0, 2, 1).copy()
-            A *= 0.5
 
         # prequential probabilities (mixture weights from losses before each sample)
         sq = np.sum(innov**2, axis=2)  # [H, B]
@@ -525,6 +521,10 @@ class KalmanHead(Learner):
         # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the
         # running calibration tau of the predictive variance (mean over known columns of r^2 / S)
         C = Y.shape[1]
+        dS = None
+        if self.learn_g and self.lr > 0:
+            a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
+            dS = 2.0 * g * (a - s0 * q[None])  # [H, B]: d S / d g
         # the fast path needs every column known and the chunk wholly inside or outside an adapt window
         if int(n_before.min()) >= C and (int(t[0]) >= self.adapt_until or int(t[-1]) < self.adapt_until):
             # Every column known for every sample (the usual case): sums over the known columns are
@@ -532,20 +532,21 @@ class KalmanHead(Learner):
             if self.scale_rate > 0:
                 self._tau_acc += np.sum(sq / var, axis=1) / C
                 self._tau_cnt += float(B)
-            if self.learn_g and self.lr > 0 and int(t[0]) >= self.adapt_until:
-                a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
-                dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
+            if dS is not None and int(t[0]) >= self.adapt_until:
                 r_true = np.sum(innov * Y[None], axis=2)
                 tau = self._tau[:, None]
                 per_col = ((r_true - sq) / g + 0.5 * sq * dS / var) / (tau * var)
                 dll_dg = -0.5 * dS / var + per_col / C
                 self._grad += np.sum(-0.5 * g * dll_dg, axis=1)
         else:
-            self._slow_stats(Y, innov, var, g, q, t, n_after)
+            self._slow_stats(Y, innov, var, g, dS, t, n_after)
 
         self.n_seen += B
         bs = self.block_size
         if self.n_seen % bs == 0:  # reached an aligned boundary (chunks never cross one)
+            # the in-place BLAS update can leave A a hair off symmetric; restore it once per block
+            self._A += self._A.transpose(0, 2, 1).copy()
+            self._A *= 0.5
             if self.learn_g:
                 self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
                 self._grad = np.zeros_like(self._grad)
@@ -561,10 +562,10 @@ class KalmanHead(Learner):
                 del self._hist_g[: len(self._hist_g) - self.history_size]
         return proba
 
-    def _slow_stats(self, Y: np.ndarray, innov: np.ndarray, var: np.ndarray, g: np.ndarray, q: np.ndarray,
-                    t: np.ndarray, n_after: np.ndarray) -> None:
-        """Calibration and delta-gradient sums of a chunk in which some samples know fewer columns."""
-        s0, s2 = self.s0, self.s2
+    def _slow_stats(self, Y: np.ndarray, innov: np.ndarray, var: np.ndarray, g: np.ndarray,
+                    dS: np.ndarray | None, t: np.ndarray, n_after: np.ndarray) -> None:
+        """Calibration and delta-gradient sums, masked per sample: for a chunk in which some samples
+        know fewer columns than the chunk has, or which an adapt window cuts."""
         C = Y.shape[1]
         known = n_after > 0
         nk = np.maximum(n_after, 1)[None, :]
@@ -573,12 +574,10 @@ class KalmanHead(Learner):
             z2 = np.sum(innov**2 * col[None], axis=2) / (var * nk)  # [H, B]
             self._tau_acc += np.sum(z2 * known[None, :], axis=1)
             self._tau_cnt += float(np.sum(known))
-        if self.learn_g and self.lr > 0:
+        if dS is not None:
             active = (t >= self.adapt_until) & known
             if np.any(active):
                 mu = (Y[None] - innov) / g[:, :, None]
-                a = (var - s2 - (1.0 - g**2) * s0 * q[None]) / g**2
-                dS = 2.0 * g * (a - s0 * q[None])  # [H, B]
                 tau = self._tau[:, None, None]
                 per_col = (innov * mu) / (tau * var[:, :, None]) + 0.5 * innov**2 * (dS / var**2)[:, :, None] / tau
                 dll_dg = -0.5 * dS / var + np.sum(per_col * col[None], axis=2) / nk
