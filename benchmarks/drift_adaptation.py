@@ -4,7 +4,8 @@ Streams (``benchmarks/streams.py``, 50,000 samples each, seed 0): SEA with abrup
 switches and Agrawal with abrupt function switches (drifts at 12,500 / 25,000 / 37,500),
 a rotating hyperplane and RandomRBF with moving centroids (incremental drift, no single
 drift position), and elec (45,312 real samples, drift positions unknown). Learners: the
-shipped configs ``config/kalman.yaml``, ``config/analytic.yaml`` and ``config/mkd.yaml``
+shipped configs ``config/kalman.yaml``, ``config/analytic.yaml``, ``config/logistic.yaml``
+and ``config/mkd.yaml``
 (their ``drift`` section: ADWIN on the 0/1 error, adapt_grid 100), run through
 ``stream.offline.evaluate_arrays``, i.e. the daemon's own ``LearningCore``, in batches of
 ``drift.adapt_grid`` (100) samples in both runs of a pair: with adaptation on the core cuts
@@ -45,7 +46,7 @@ from stream.config import Config, load_config  # noqa: E402
 from stream.files import Table, read_table  # noqa: E402
 from stream.offline import evaluate_arrays  # noqa: E402
 
-LEARNERS = {"kalman": "KalmanHead", "analytic": "AnalyticRidge", "mkd": "MomentumKD"}
+LEARNERS = {"kalman": "KalmanHead", "analytic": "AnalyticRidge", "logistic": "KalmanLogistic", "mkd": "MomentumKD"}
 STREAMS = ("sea", "agrawal", "hyperplane", "rbf", "elec")
 ABRUPT = ("sea", "agrawal")
 POST = 1000

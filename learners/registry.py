@@ -16,6 +16,7 @@ COMPONENTS: dict[str, str] = {
     "Pipeline": "learners.pipeline:Pipeline",
     "KalmanHead": "learners.kalman:KalmanHead",
     "AnalyticRidge": "learners.analytic:AnalyticRidge",
+    "KalmanLogistic": "learners.logistic:KalmanLogistic",
     "MomentumKD": "learners.mkd:MomentumKD",
     "RiverLearner": "learners.river_adapter:RiverLearner",
     "Reservoir": "buffers.reservoir:Reservoir",
@@ -23,7 +24,7 @@ COMPONENTS: dict[str, str] = {
     "ClassStats": "buffers.stats:ClassStats",
 }
 
-HEADS = ("KalmanHead", "AnalyticRidge", "MomentumKD", "RiverLearner")
+HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner")
 FEATURE_MAPS = ("Standardizer", "RandomFourierFeatures", "RandomReLU")
 
 

@@ -143,7 +143,8 @@ def test_every_corpus_entry_is_rejected_with_a_reason():
 @pytest.mark.parametrize("learner", [
     {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "features": [{"name": "Standardizer"}]},
     {"name": "AnalyticRidge", "params": {"expansion_size": 32}, "features": []},
-], ids=["KalmanHead", "AnalyticRidge"])
+    {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]},
+], ids=["KalmanHead", "AnalyticRidge", "KalmanLogistic"])
 def test_ten_thousand_bad_records_in_a_valid_stream(learner):
     values, bad_at = bad_stream(10_000, 5_000, seed=2)
     core, rejected = run_stream(values, _cfg(learner))
@@ -203,6 +204,8 @@ LEARNERS = {
     "AnalyticRidge": ("AnalyticRidge", {"expansion_size": 32}, []),
     "AnalyticRidge+imbalance": ("AnalyticRidge", {"expansion_size": 32, "compensate_imbalance": True},
                                 [{"name": "Standardizer"}]),
+    "KalmanLogistic": ("KalmanLogistic", {}, []),
+    "KalmanLogistic+Standardizer": ("KalmanLogistic", {"q_lag": 50, "q_step": 10}, [{"name": "Standardizer"}]),
 }
 
 

@@ -1,0 +1,338 @@
+"""Kalman-filtered logistic regression whose per-feature drift is learned online.
+
+A linear tracker for concepts that drift slowly and unevenly: an extended Kalman filter
+(assumed-density / Laplace step, the online Bayesian logistic regression of Spiegelhalter
+& Lauritzen 1990 and MacKay 1992) over the weights of a logistic regression, with a
+random-walk transition whose variance is learned per feature. It sits next to the
+Titsias-style ``KalmanHead`` (learners/kalman.py), which uses a Gaussian likelihood on
+one-hot targets and one forgetting factor for all weights; on river's rotating
+Hyperplane (2 of 10 weights drift) that costs accuracy against a plain SGD logistic
+regression, while this filter learns that only those weights move.
+Pure numpy, float64; no I/O.
+
+Model, one filter per class (one-vs-rest; a binary stream gives two mirror-image
+filters), features ``phi = [x, 1]`` (a bias is appended)::
+
+    w_0 ~ N(0, p0 I)
+    w_t = w_{t-1} + e_t,        e_t ~ N(0, diag(q))       q: one variance per feature (learned)
+    P(y_t = 1 | w_t) = sigmoid(phi_t^T w_t)
+
+One step, for each labelled sample (prior mean m, covariance P)::
+
+    P- = P + diag(q),  a = phi^T m,  u = P- phi,  v = phi^T u
+    predictive  p = sigmoid(a / sqrt(1 + pi v / 8))               (MacKay's probit match)
+    s = sigmoid(a),  h = s (1 - s),  k = h / (1 + h v)
+    P = P- - k u u^T,  m = m + P phi (y - s) = m + (1 - k v) u (y - s)
+
+i.e. one Newton step on the log posterior from the prior mean (the information form
+(P-^-1 + h phi phi^T)^-1 of the same update is the test reference). The update is
+sequential by nature, so a batch is a loop over its samples (vectorized over classes);
+learning a stream in any cut gives the same state, and ``learn_predict`` returns exact
+test-then-train probabilities. Class probabilities are the one-vs-rest predictives
+normalized over the known classes (for two classes that is exactly the binary filter).
+
+Learning the drift variances (method of moments on the random walk). If feature i's
+weight moves by a random walk of variance q_i per sample, its filtered mean moves by
+about ``L q_i`` over ``L`` samples, plus the filter's own estimation noise, whose
+variance is about P_ii at each end. Every ``q_step`` labelled samples the filter stores
+(m, diag P); at each such point it compares with the copy ``q_lag`` samples older::
+
+    q_hat = max((m - m_old)^2 - q_noise (diag P + diag P_old), 0) / q_lag
+    q     = clip((1 - q_rate) q + q_rate q_hat, q_min, q_max)
+
+so weights that keep moving get a larger q (a faster, per-feature learning rate) and
+stable ones fall to ``q_min``. A class's estimates start ``q_lag`` samples after it first
+appeared (its jump away from the prior is not drift). The counters are the learner's own,
+so the result does not depend on how batches were cut. ``learn_q=False`` keeps q fixed
+at ``q0`` (a random-walk EKF with isotropic drift).
+
+``adapt(event)``: a drift event with rising error adds ``adapt_inflation * p0`` to every
+filter's covariance diagonal: the weights get back (at least) the prior's uncertainty, so
+the next samples move them fast, while the means are kept. 0 disables it. With the
+shipped ADWIN monitor, 1.0 against 0 on SEA (seed 42): 0.8869 against 0.8855, Agrawal
+0.7521 against 0.7416, elec 0.882 against 0.880; Hyperplane unchanged. Sizes 0.5 to 2
+gave the same within 0.0007.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from learners.base import ClassIndex, DriftEvent, Label, Learner, LearnerState, check_X, labels_to_json
+
+_A_CLIP = 40.0  # |logit| beyond this gives probabilities within 4e-18 of 0 or 1
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -_A_CLIP, _A_CLIP)))
+
+
+class KalmanLogistic(Learner):
+    """Extended-Kalman logistic regression (one-vs-rest) with per-feature drift learned online.
+
+    Parameters
+    ----------
+    p0: prior variance of every weight (features should be standardized: put a
+        ``Standardizer`` in front).
+    q0: initial drift variance per feature and sample (the bias included).
+    learn_q: learn the drift variances by the moment estimate in the module docstring.
+    q_lag, q_step: lag and spacing (labelled samples) of the moment estimate;
+        ``q_lag`` must be a multiple of ``q_step``.
+    q_rate: weight of each new estimate in the running q.
+    q_noise: how much of the filter's own variance (diag P now and ``q_lag`` ago) is
+        taken off the squared move. 1 is right if the estimation errors at the two ends
+        were independent; they are positively correlated when the gain is small, so the
+        noise in the move is smaller. 0.5 measured better on river's Hyperplane for stream
+        seeds 42, 7 and 0 (0.9390 / 0.9370 / 0.9404 against 0.9381 / 0.9361 / 0.9388) and
+        the same on SEA and Agrawal.
+    q_min, q_max: bounds on each learned variance.
+    adapt_inflation: on a drift event with rising error, P += adapt_inflation * p0 * I.
+    fit_intercept: append a constant feature 1.
+    feature_clip: features are clipped to +- this value.
+    """
+
+    batch_invariant: ClassVar[bool] = True
+    exact_prequential: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        p0: float = 1.0,
+        q0: float = 1e-5,
+        learn_q: bool = True,
+        q_lag: int = 1000,
+        q_step: int = 100,
+        q_rate: float = 0.01,
+        q_noise: float = 0.5,
+        q_min: float = 1e-8,
+        q_max: float = 1e-2,
+        adapt_inflation: float = 1.0,
+        fit_intercept: bool = True,
+        feature_clip: float = 1e4,
+    ) -> None:
+        if p0 <= 0:
+            raise ValueError(f"p0 must be > 0; got {p0}")
+        if not (0.0 <= q_min <= q_max):
+            raise ValueError(f"need 0 <= q_min <= q_max; got q_min={q_min}, q_max={q_max}")
+        if q0 < 0:
+            raise ValueError(f"q0 must be >= 0; got {q0}")
+        if q_step < 1 or q_lag < q_step or q_lag % q_step:
+            raise ValueError(f"q_lag must be a positive multiple of q_step >= 1; got q_lag={q_lag}, q_step={q_step}")
+        if not (0.0 <= q_rate <= 1.0):
+            raise ValueError(f"q_rate must be in [0, 1]; got {q_rate}")
+        if q_noise < 0 or adapt_inflation < 0 or feature_clip <= 0:
+            raise ValueError("q_noise and adapt_inflation must be >= 0 and feature_clip > 0")
+        self.p0 = float(p0)
+        self.q0 = float(q0)
+        self.learn_q = bool(learn_q)
+        self.q_lag = int(q_lag)
+        self.q_step = int(q_step)
+        self.q_rate = float(q_rate)
+        self.q_noise = float(q_noise)
+        self.q_min = float(q_min)
+        self.q_max = float(q_max)
+        self.adapt_inflation = float(adapt_inflation)
+        self.fit_intercept = bool(fit_intercept)
+        self.feature_clip = float(feature_clip)
+
+        self._index = ClassIndex()
+        self.n_features_in: int | None = None
+        self.n_seen = 0
+        self._M: np.ndarray | None = None  # [C, D] means
+        self._P: np.ndarray | None = None  # [C, D, D] covariances
+        self._q: np.ndarray | None = None  # [C, D] drift variances
+        self._born = np.zeros(0, dtype=np.int64)  # [C] n_seen when each class first appeared
+        self._ring_m: np.ndarray | None = None  # [K, C, D] means every q_step samples
+        self._ring_p: np.ndarray | None = None  # [K, C, D] diag P at the same points
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def classes_(self) -> list[Label]:  # type: ignore[override]
+        return self._index.classes
+
+    @property
+    def drift_variance_(self) -> np.ndarray:
+        """Learned drift variance per class and feature [C, D] (last column: the bias)."""
+        return np.zeros((0, 0)) if self._q is None else self._q.copy()
+
+    @property
+    def coef_(self) -> np.ndarray | None:
+        """Posterior means [C, D] (last column: the bias), None before learning."""
+        return None if self._M is None else self._M.copy()
+
+    def posterior(self, cls: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [D], covariance [D, D]) of one class's filter (copies)."""
+        if self._M is None or self._P is None:
+            raise RuntimeError("no posterior yet: learn at least one sample first")
+        return self._M[cls].copy(), self._P[cls].copy()
+
+    # ------------------------------------------------------------------ helpers
+    def _features(self, X: Any, learning: bool) -> np.ndarray:
+        Phi = check_X(X, self.n_features_in)
+        if not np.all(np.isfinite(Phi)):
+            if learning:
+                raise ValueError("features contain NaN or Inf; drop or repair such samples before learning")
+            Phi = np.nan_to_num(Phi, nan=0.0, posinf=self.feature_clip, neginf=-self.feature_clip)
+        Phi = np.clip(Phi, -self.feature_clip, self.feature_clip)
+        if self.fit_intercept:
+            Phi = np.hstack([Phi, np.ones((Phi.shape[0], 1))])
+        return Phi
+
+    def _grow(self, d_in: int, C: int) -> None:
+        D = d_in + (1 if self.fit_intercept else 0)
+        if self._M is None:
+            self.n_features_in = d_in
+            self._M = np.zeros((0, D))
+            self._P = np.zeros((0, D, D))
+            self._q = np.zeros((0, D))
+            K = self.q_lag // self.q_step
+            self._ring_m = np.zeros((K, 0, D))
+            self._ring_p = np.zeros((K, 0, D))
+        assert self._P is not None and self._q is not None and self._ring_m is not None and self._ring_p is not None
+        old = self._M.shape[0]
+        if C <= old:
+            return
+        new = C - old
+        self._M = np.concatenate([self._M, np.zeros((new, D))])
+        self._P = np.concatenate([self._P, np.broadcast_to(self.p0 * np.eye(D), (new, D, D))])
+        self._q = np.concatenate([self._q, np.full((new, D), self.q0)])
+        self._born = np.concatenate([self._born, np.full(new, self.n_seen, dtype=np.int64)])
+        K = self._ring_m.shape[0]
+        self._ring_m = np.concatenate([self._ring_m, np.zeros((K, new, D))], axis=1)
+        self._ring_p = np.concatenate([self._ring_p, np.full((K, new, D), self.p0)], axis=1)
+
+    @staticmethod
+    def _normalize(p: np.ndarray) -> np.ndarray:
+        """One-vs-rest probabilities [n, C] -> rows summing to 1."""
+        total = p.sum(axis=1, keepdims=True)
+        return p / np.maximum(total, 1e-300)
+
+    # ------------------------------------------------------------------ protocol
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        Phi = self._features(X, learning=False)
+        n = Phi.shape[0]
+        C = len(self._index)
+        if self._M is None or C == 0:
+            return np.zeros((n, C))
+        assert self._P is not None and self._q is not None
+        a = Phi @ self._M.T  # [n, C]
+        quad = np.einsum("cne,ne->nc", Phi @ self._P, Phi)  # phi^T P phi per class (BLAS for Phi @ P)
+        v = np.maximum(quad, 0.0) + (Phi * Phi) @ self._q.T
+        return self._normalize(_sigmoid(a / np.sqrt(1.0 + (math.pi / 8.0) * v)))
+
+    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+        self._learn(X, y, want_proba=False)
+
+    def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = self._learn(X, y, want_proba=True)
+        assert out is not None
+        return out
+
+    def adapt(self, event: DriftEvent) -> None:
+        """A rising-error drift: P += adapt_inflation * p0 * I for every class (means kept)."""
+        if self.adapt_inflation <= 0 or self._P is None or event.rising is False:
+            return
+        D = self._P.shape[1]
+        self._P[:, np.arange(D), np.arange(D)] += self.adapt_inflation * self.p0
+
+    # ------------------------------------------------------------------ learning
+    def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
+        Phi = self._features(X, learning=True)
+        y = np.asarray(y, dtype=object).reshape(-1)
+        if y.shape[0] != Phi.shape[0]:
+            raise ValueError(f"X has {Phi.shape[0]} rows but y has {y.shape[0]} labels")
+        n0 = len(self._index)
+        idx = self._index.encode(y)
+        n = Phi.shape[0]
+        C = len(self._index)
+        out = np.zeros((n, C)) if want_proba else None
+        if n == 0:
+            return out
+        d_in = Phi.shape[1] - (1 if self.fit_intercept else 0)
+        if self._M is None:
+            self._grow(d_in, 0)
+        assert self._M is not None and self._P is not None and self._q is not None
+        D = self._M.shape[1]
+        n_before = n0
+        for i in range(n):
+            c = int(idx[i])
+            if c >= self._M.shape[0]:
+                self._grow(d_in, c + 1)
+            M, P, q = self._M, self._P, self._q
+            phi = Phi[i]
+            P.reshape(P.shape[0], D * D)[:, :: D + 1] += q  # P- = P + diag(q) (a view: P is contiguous)
+            u = P @ phi  # [C, D]
+            a = M @ phi  # [C]
+            v = np.maximum(u @ phi, 0.0)  # [C]; >= 0 in exact arithmetic
+            if out is not None and n_before:
+                p = _sigmoid(a[:n_before] / np.sqrt(1.0 + (math.pi / 8.0) * v[:n_before]))
+                out[i, :n_before] = p / max(float(p.sum()), 1e-300)
+            s = _sigmoid(a)
+            h = s * (1.0 - s)
+            k = h / (1.0 + h * v)
+            target = np.zeros(M.shape[0])
+            target[c] = 1.0
+            P -= k[:, None, None] * (u[:, :, None] * u[:, None, :])
+            M += ((1.0 - k * v) * (target - s))[:, None] * u
+            n_before = max(n_before, c + 1)
+            self.n_seen += 1
+            if self.n_seen % self.q_step == 0:
+                self._moment_step()
+        return out
+
+    def _moment_step(self) -> None:
+        """At every q_step-th labelled sample: update q from the move over q_lag, store (m, diag P)."""
+        assert self._M is not None and self._P is not None and self._q is not None
+        assert self._ring_m is not None and self._ring_p is not None
+        K = self._ring_m.shape[0]
+        slot = (self.n_seen // self.q_step) % K
+        pdiag = np.einsum("cii->ci", self._P)
+        t_old = self.n_seen - self.q_lag
+        if self.learn_q and t_old >= 0:
+            ready = t_old >= self._born + self.q_lag  # the old copy was taken after a warm-up
+            if np.any(ready):
+                move = (self._M - self._ring_m[slot]) ** 2 - self.q_noise * (pdiag + self._ring_p[slot])
+                est = np.maximum(move, 0.0) / self.q_lag
+                new_q = np.clip((1.0 - self.q_rate) * self._q + self.q_rate * est, self.q_min, self.q_max)
+                self._q[ready] = new_q[ready]
+        self._ring_m[slot] = self._M
+        self._ring_p[slot] = pdiag
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> LearnerState:
+        arrays: dict[str, np.ndarray] = {"born": self._born.copy()}
+        if self._M is not None:
+            assert self._P is not None and self._q is not None and self._ring_m is not None and self._ring_p is not None
+            arrays.update(M=self._M.copy(), P=self._P.copy(), q=self._q.copy(),
+                          ring_m=self._ring_m.copy(), ring_p=self._ring_p.copy())
+        meta = {
+            "classes": labels_to_json(self._index.classes),
+            "n_seen": self.n_seen,
+            "n_features_in": self.n_features_in,
+        }
+        return LearnerState("KalmanLogistic", self._get_params(), arrays, meta)
+
+    @classmethod
+    def from_state(cls, state: LearnerState) -> "KalmanLogistic":
+        obj = cls(**dict(state.params))
+        obj._index = ClassIndex(list(state.meta.get("classes", [])))
+        obj.n_seen = int(state.meta.get("n_seen", 0))
+        d = state.meta.get("n_features_in")
+        obj.n_features_in = None if d is None else int(d)
+        obj._born = np.array(state.arrays["born"], dtype=np.int64)
+        if "M" in state.arrays:
+            obj._M = np.array(state.arrays["M"], dtype=np.float64)
+            obj._P = np.array(state.arrays["P"], dtype=np.float64)
+            obj._q = np.array(state.arrays["q"], dtype=np.float64)
+            obj._ring_m = np.array(state.arrays["ring_m"], dtype=np.float64)
+            obj._ring_p = np.array(state.arrays["ring_p"], dtype=np.float64)
+        return obj
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"q_lag": 20, "q_step": 5, "q_rate": 0.2, "adapt_inflation": 0.1}
+
+
+__all__ = ["KalmanLogistic"]
