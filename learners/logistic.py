@@ -26,7 +26,9 @@ One step, for each labelled sample (prior mean m, covariance P)::
 
 i.e. one Newton step on the log posterior from the prior mean (the information form
 (P-^-1 + h phi phi^T)^-1 of the same update is the test reference). The update is
-sequential by nature, so a batch is a loop over its samples (vectorized over classes);
+sequential by nature (each step linearizes at the mean the previous one left), so a
+batch is a loop over its samples, vectorized over classes (for large C D^2 the rank-1
+downdate is an in-place BLAS ``dger`` per class, and P is symmetrized every ``q_step``);
 learning a stream in any cut gives the same state, and ``learn_predict`` returns exact
 test-then-train probabilities. Class probabilities are the one-vs-rest predictives
 normalized over the known classes (for two classes that is exactly the binary filter).
@@ -60,14 +62,15 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy.linalg.blas import dger
+from scipy.special import expit
 
 from learners.base import ClassIndex, DriftEvent, Label, Learner, LearnerState, check_X, labels_to_json
 
-_A_CLIP = 40.0  # |logit| beyond this gives probabilities within 4e-18 of 0 or 1
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -_A_CLIP, _A_CLIP)))
+# From this many covariance entries (C * D * D) on, the rank-1 downdate runs as one in-place
+# BLAS dger per class instead of one numpy expression with [C, D, D] temporaries (at
+# D = 512, C = 10: 0.33 ms against 10 ms per sample). Below it the numpy form is faster.
+_DGER_MIN = 4096
 
 
 class KalmanLogistic(Learner):
@@ -205,7 +208,7 @@ class KalmanLogistic(Learner):
 
     @staticmethod
     def _normalize(p: np.ndarray) -> np.ndarray:
-        """One-vs-rest probabilities [n, C] -> rows summing to 1."""
+        """One-vs-rest probabilities [n, C] -> rows summing to 1 (all-zero rows stay zero)."""
         total = p.sum(axis=1, keepdims=True)
         return p / np.maximum(total, 1e-300)
 
@@ -220,7 +223,7 @@ class KalmanLogistic(Learner):
         a = Phi @ self._M.T  # [n, C]
         quad = np.einsum("cne,ne->nc", Phi @ self._P, Phi)  # phi^T P phi per class (BLAS for Phi @ P)
         v = np.maximum(quad, 0.0) + (Phi * Phi) @ self._q.T
-        return self._normalize(_sigmoid(a / np.sqrt(1.0 + (math.pi / 8.0) * v)))
+        return self._normalize(expit(a / np.sqrt(1.0 + (math.pi / 8.0) * v)))
 
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
         self._learn(X, y, want_proba=False)
@@ -247,40 +250,64 @@ class KalmanLogistic(Learner):
         idx = self._index.encode(y)
         n = Phi.shape[0]
         C = len(self._index)
-        out = np.zeros((n, C)) if want_proba else None
         if n == 0:
-            return out
+            return np.zeros((0, C)) if want_proba else None
         d_in = Phi.shape[1] - (1 if self.fit_intercept else 0)
         if self._M is None:
             self._grow(d_in, 0)
         assert self._M is not None and self._P is not None and self._q is not None
         D = self._M.shape[1]
-        n_before = n0
+        # predictive logit and variance of each sample under the filter before it, for every
+        # class (known classes only are used): probabilities are computed after the loop
+        a_pre = np.zeros((n, C)) if want_proba else None
+        v_pre = np.zeros((n, C)) if want_proba else None
+        M, P, q, pdiag, onehot = self._loop_views()
         for i in range(n):
             c = int(idx[i])
-            if c >= self._M.shape[0]:
+            if c >= M.shape[0]:
                 self._grow(d_in, c + 1)
-            M, P, q = self._M, self._P, self._q
+                M, P, q, pdiag, onehot = self._loop_views()
             phi = Phi[i]
-            P.reshape(P.shape[0], D * D)[:, :: D + 1] += q  # P- = P + diag(q) (a view: P is contiguous)
+            pdiag += q  # P- = P + diag(q)
             u = P @ phi  # [C, D]
             a = M @ phi  # [C]
             v = np.maximum(u @ phi, 0.0)  # [C]; >= 0 in exact arithmetic
-            if out is not None and n_before:
-                p = _sigmoid(a[:n_before] / np.sqrt(1.0 + (math.pi / 8.0) * v[:n_before]))
-                out[i, :n_before] = p / max(float(p.sum()), 1e-300)
-            s = _sigmoid(a)
+            if a_pre is not None and v_pre is not None:
+                a_pre[i, : a.shape[0]] = a
+                v_pre[i, : a.shape[0]] = v
+            s = expit(a)
             h = s * (1.0 - s)
             k = h / (1.0 + h * v)
-            target = np.zeros(M.shape[0])
-            target[c] = 1.0
-            P -= k[:, None, None] * (u[:, :, None] * u[:, None, :])
-            M += ((1.0 - k * v) * (target - s))[:, None] * u
-            n_before = max(n_before, c + 1)
+            if P.size >= _DGER_MIN:
+                for j in range(P.shape[0]):
+                    # P[j].T is P[j]'s memory in Fortran order, so dger updates it in place
+                    # (u u^T is symmetric, so the transpose does not matter)
+                    r = dger(-float(k[j]), u[j], u[j], a=P[j].T, overwrite_a=True)
+                    if not np.may_share_memory(r, P):
+                        P[j] = r.T
+            else:
+                P -= k[:, None, None] * (u[:, :, None] * u[:, None, :])
+            M += ((1.0 - k * v) * (onehot[c] - s))[:, None] * u
             self.n_seen += 1
             if self.n_seen % self.q_step == 0:
                 self._moment_step()
-        return out
+                M, P, q, pdiag, onehot = self._loop_views()
+        if a_pre is None or v_pre is None:
+            return None
+        # classes known before each sample: those seen in earlier batches or earlier in this one
+        n_before = np.concatenate([[n0], np.maximum(np.maximum.accumulate(idx) + 1, n0)[:-1]])
+        p = expit(a_pre / np.sqrt(1.0 + (math.pi / 8.0) * v_pre))
+        p[np.arange(C)[None, :] >= n_before[:, None]] = 0.0
+        return self._normalize(p)
+
+    def _loop_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(M, P, q, a writable view of P's diagonals [C, D], one-hot rows [C, C]) for the sample loop."""
+        assert self._M is not None and self._P is not None and self._q is not None
+        C, D = self._M.shape
+        if not self._P.flags.c_contiguous:
+            self._P = np.ascontiguousarray(self._P)
+        pdiag = self._P.reshape(C, D * D)[:, :: D + 1]  # a view, since P is C-contiguous
+        return self._M, self._P, self._q, pdiag, np.eye(C)
 
     def _moment_step(self) -> None:
         """At every q_step-th labelled sample: update q from the move over q_lag, store (m, diag P)."""
@@ -299,6 +326,8 @@ class KalmanLogistic(Learner):
                 self._q[ready] = new_q[ready]
         self._ring_m[slot] = self._M
         self._ring_p[slot] = pdiag
+        if self._P.size >= _DGER_MIN:  # dger's rounding is not exactly symmetric: symmetrize here
+            self._P = 0.5 * (self._P + self._P.transpose(0, 2, 1))
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> LearnerState:
