@@ -9,8 +9,8 @@ traffic on 127.0.0.1:
 3. the daemon end to end (decode, validate, predict, metrics, learn, drift monitor,
    status writes, snapshots every 10,000 samples, offset commits), one fresh pipeline
    name and consumer group per learner, all reading the same topic: KalmanHead
-   (config/kalman.yaml), AnalyticRidge (config/analytic.yaml) and RiverLearner around
-   river.linear_model.LogisticRegression;
+   (config/kalman.yaml), AnalyticRidge (config/analytic.yaml), KalmanLogistic
+   (config/logistic.yaml) and RiverLearner around river.linear_model.LogisticRegression;
 4. core only: ``LearningCore.process`` on the same records already decoded into arrays,
    in batches of ``max_batch`` (no Kafka, no Redis): the cost of learning itself.
 
@@ -50,6 +50,7 @@ from stream.config import Config, load_config, parse_config  # noqa: E402
 LEARNERS: dict[str, Callable[[], dict[str, Any]]] = {
     "KalmanHead": lambda: _yaml_learner("kalman.yaml"),
     "AnalyticRidge": lambda: _yaml_learner("analytic.yaml"),
+    "KalmanLogistic": lambda: _yaml_learner("logistic.yaml"),
     "RiverLearner (LogisticRegression)": lambda: {
         "learner": {"name": "RiverLearner", "params": {"model": "river.linear_model.LogisticRegression"}},
         "allow_pickle": True},

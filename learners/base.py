@@ -110,6 +110,27 @@ def check_X(X: Any, n_features: int | None) -> np.ndarray:
     return X
 
 
+def finite_features(X: Any, n_features: int | None, clip: float, learning: bool) -> np.ndarray:
+    """``check_X``, then non-finite values: refused when learning, set to 0 / +-clip when
+    predicting; finally every value clipped to +-clip."""
+    Phi = check_X(X, n_features)
+    if not np.all(np.isfinite(Phi)):
+        if learning:
+            raise ValueError("features contain NaN or Inf; drop or repair such samples before learning")
+        Phi = np.nan_to_num(Phi, nan=0.0, posinf=clip, neginf=-clip)
+    return np.clip(Phi, -clip, clip)
+
+
+def encode_batch(index: "ClassIndex", y: Any, n_rows: int) -> tuple[int, np.ndarray]:
+    """(classes known before the batch, column index of every label), growing ``index``;
+    checks there is one label per row."""
+    y = np.asarray(y, dtype=object).reshape(-1)
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]} labels")
+    n0 = len(index)
+    return n0, index.encode(y)
+
+
 class Learner(Component):
     """Online classifier protocol (class-incremental: labels may appear at any time).
 

@@ -104,7 +104,16 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.linalg.blas import dgemm, dtrsm
 
-from learners.base import ClassIndex, DriftEvent, Label, Learner, LearnerState, check_X, labels_to_json
+from learners.base import (
+    ClassIndex,
+    DriftEvent,
+    Label,
+    Learner,
+    LearnerState,
+    encode_batch,
+    finite_features,
+    labels_to_json,
+)
 
 _LOGIT_FLOOR = -30.0
 
@@ -328,12 +337,7 @@ class KalmanHead(Learner):
 
     # ------------------------------------------------------------------ helpers
     def _features(self, X: Any, learning: bool) -> np.ndarray:
-        Phi = check_X(X, self.n_features_in)
-        if not np.all(np.isfinite(Phi)):
-            if learning:
-                raise ValueError("features contain NaN or Inf; drop or repair such samples before learning")
-            Phi = np.nan_to_num(Phi, nan=0.0, posinf=self.feature_clip, neginf=-self.feature_clip)
-        return np.clip(Phi, -self.feature_clip, self.feature_clip)
+        return finite_features(X, self.n_features_in, self.feature_clip, learning)
 
     def _ensure(self, D: int, C: int) -> None:
         H = self.n_heads
@@ -398,11 +402,7 @@ class KalmanHead(Learner):
     # ------------------------------------------------------------------ learning
     def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
         Phi = self._features(X, learning=True)
-        y = np.asarray(y, dtype=object).reshape(-1)
-        if y.shape[0] != Phi.shape[0]:
-            raise ValueError(f"X has {Phi.shape[0]} rows but y has {y.shape[0]} labels")
-        n0 = len(self._index)
-        idx = self._index.encode(y)
+        n0, idx = encode_batch(self._index, y, Phi.shape[0])
         n = Phi.shape[0]
         C = len(self._index)
         if n == 0:
