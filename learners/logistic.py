@@ -99,8 +99,9 @@ class KalmanLogistic(Learner):
         taken off the squared move. 1 is right if the estimation errors at the two ends
         were independent; they are positively correlated when the gain is small, so the
         noise in the move is smaller. 0.5 measured better on river's Hyperplane for stream
-        seeds 42, 7 and 0 (0.9390 / 0.9370 / 0.9404 against 0.9381 / 0.9361 / 0.9388) and
-        the same on SEA and Agrawal.
+        seeds 42, 7 and 0 (0.9390 / 0.9370 / 0.9404 against 0.9381 / 0.9361 / 0.9388, through
+        ``ocld evaluate``'s code path with adapt_inflation 0.5 to 2) and the same on SEA and
+        Agrawal.
     q_min, q_max: bounds on each learned variance.
     adapt_inflation: on a drift event with rising error, P += adapt_inflation * p0 * I.
     fit_intercept: append a constant feature 1.

@@ -305,7 +305,12 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker,
         intruder.close(autocommit=False)  # the partitions come back to "x", Redis still down
         intruder = None
         produce(broker, topic, encode_rows(X[2000:], y[2000:]), partitions=2)
-        time.sleep(4)
+        # Wait for the group to hand both partitions back (the rejoin can take seconds on a busy machine; a
+        # fixed 4 s wait failed once in a full-suite run), then give the daemon time to (wrongly) consume.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (daemon.source and len(daemon.source.unclaimed) == 2):
+            time.sleep(0.1)
+        time.sleep(2)
         assert daemon.source is not None and daemon.source.unclaimed  # nothing claimed, nothing consumed
         rds = EmbeddedRedis(tmp_path / "redis", port=port)
         rds.start()
