@@ -62,11 +62,13 @@ def test_fault_points_cover_the_snapshot_protocol():
 
 
 def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tmp_path):
-    values, X, y = make_stream(5000, 11)
+    # 50,000 records: on a fast machine the daemon learned all of 5,000 before its first status write showed
+    # 1,000 (status every 0.1 s), so the SIGTERM came after the end of the stream.
+    values, X, y = make_stream(50_000, 11)
     topic = f"{name}.in"
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=100_000)).decode())
+    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=1_000_000)).decode())
     cmd = [sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
            "--until-idle", "1.0", "--max-seconds", "90"]
     client = StateClient(redis_url)
