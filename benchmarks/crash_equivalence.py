@@ -16,7 +16,7 @@ After every kill it restarts the daemon; the last run goes until the topic is co
 The end state (the learner in the latest snapshot) is compared with
 
 - the reference: one ``learner.learn_predict`` over all labelled records in stream order
-  (KalmanHead with fixed forgetting and AnalyticRidge are batch-cut invariant), and
+  (KalmanHead with fixed forgetting, AnalyticRidge and KalmanLogistic are batch-cut invariant), and
 - in the long version, one uninterrupted daemon run of the same config;
 
 the weights (KalmanHead ``M``, AnalyticRidge ``W``) must agree to 1e-9 absolutely, every
@@ -66,6 +66,7 @@ LEARNERS: dict[str, dict[str, Any]] = {
                    "features": [{"name": "Standardizer"},
                                 {"name": "RandomFourierFeatures", "params": {"n_components": 48, "scale": 0.5, "seed": 0}}]},
     "AnalyticRidge": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0}, "features": []},
+    "KalmanLogistic": {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]},
 }
 
 
