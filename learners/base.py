@@ -148,8 +148,12 @@ class Learner(Component):
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
         """Learn a batch (X: [n, d], y: [n] labels). Mutates; returns None."""
 
-    def adapt(self, event: DriftEvent) -> None:
-        """React to a detected drift. Default: nothing."""
+    def adapt(self, event: DriftEvent) -> bool | None:
+        """React to a detected drift. Default: nothing.
+
+        Returns False when it changed nothing (the drift monitor then does not start its
+        ``drift.cooldown`` from this event), True or None otherwise."""
+        return None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels (not column indices), shape [n]; ``None`` before any class is known."""

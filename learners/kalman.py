@@ -389,15 +389,19 @@ class KalmanHead(Learner):
         """Each sub-head's squared prequential error, averaged over about ``recent_window`` samples [H]."""
         return self._recent.copy()
 
-    def adapt(self, event: DriftEvent) -> None:
+    def adapt(self, event: DriftEvent) -> bool:
         """React to a drift: restart slower sub-heads from the recently best one (``adapt_restart``),
-        then use delta >= adapt_delta for the next ``adapt_samples`` labelled samples."""
+        then use delta >= adapt_delta for the next ``adapt_samples`` labelled samples. False when
+        nothing changed (the slowest sub-head is the best lately and ``adapt_samples`` is 0)."""
+        acted = False
         if self.adapt_restart and self._M is not None and self._A is not None:
             best = int(np.argmin(self._recent))
             for h in np.flatnonzero(self._delta < self._delta[best]):
                 self._M[h] = self._M[best]
                 self._A[h] = self._A[best]
+                acted = True
         self.adapt_until = max(self.adapt_until, self.n_seen + self.adapt_samples)
+        return acted or self.adapt_samples > 0
 
     # ------------------------------------------------------------------ learning
     def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:

@@ -239,12 +239,14 @@ class KalmanLogistic(Learner):
         assert out is not None
         return out
 
-    def adapt(self, event: DriftEvent) -> None:
-        """A rising-error drift: P += adapt_inflation * p0 * I for every class (means kept)."""
+    def adapt(self, event: DriftEvent) -> bool:
+        """A rising-error drift: P += adapt_inflation * p0 * I for every class (means kept).
+        False when nothing changed."""
         if self.adapt_inflation <= 0 or self._P is None or event.rising is False:
-            return
+            return False
         D = self._P.shape[1]
         self._P[:, np.arange(D), np.arange(D)] += self.adapt_inflation * self.p0
+        return True
 
     # ------------------------------------------------------------------ learning
     def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:

@@ -42,8 +42,8 @@ class Pipeline(Learner):
     def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.head.learn_predict(self._learn_transform(X), y)
 
-    def adapt(self, event: DriftEvent) -> None:
-        self.head.adapt(event)
+    def adapt(self, event: DriftEvent) -> bool | None:
+        return self.head.adapt(event)
 
     def to_state(self) -> LearnerState:
         children = {f"step{i}": s.to_state() for i, s in enumerate(self.steps)}

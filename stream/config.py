@@ -116,10 +116,20 @@ class InputDriftConfig(_Model):
     adapt: bool = Field(False, description="call learner.adapt on input drift events too (they are always recorded)")
 
 
+class DetectorConfig(_Model):
+    """One more error detector (``drift.also``)."""
+
+    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class DriftConfig(_Model):
     enabled: bool = True
     detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
     params: dict[str, Any] = Field(default_factory=dict)
+    also: list[DetectorConfig] = Field(default_factory=list, description=(
+        "more detectors on the same 0/1 errors, each with its own state; a sample where any of them fires "
+        "raises one error event (named after the first in the order detector, also[0], also[1], ...)"))
     adapt: bool = Field(True, description="call learner.adapt on error drift events (false: record them only)")
     window: int = Field(2000, ge=10, description="recent errors kept to rebuild the detector after a restart")
     adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
@@ -134,6 +144,8 @@ class DriftConfig(_Model):
         from stream.drift import make_detector
 
         make_detector(self.detector, self.params)
+        for a in self.also:
+            make_detector(a.detector, a.params)
         make_detector(self.input.detector, self.input.params)
         return self
 

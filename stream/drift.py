@@ -69,24 +69,37 @@ class DriftMonitor:
     """Error monitor: feed 0/1 errors in labelled-sample order; returns a DriftEvent per detection."""
 
     def __init__(self, detector: str = "ADWIN", params: dict[str, Any] | None = None, window: int = 2000,
-                 kind: str = "error") -> None:
+                 kind: str = "error", also: list[dict[str, Any]] | None = None) -> None:
         self.detector_name = detector
         self.params = dict(params or {})
         self.window = window
         self.kind = kind
+        # More detectors on the same values (``drift.also``), each with its own state.
+        self.also = [{"detector": str(a["detector"]), "params": dict(a.get("params") or {})} for a in also or []]
         self.detector = make_detector(detector, self.params)
+        self.others = [make_detector(a["detector"], a["params"]) for a in self.also]
         self._ring = Ring(window, 1)
         self.n_seen = 0
         self.n_events = 0
 
+    def _feed_all(self, values: np.ndarray) -> list[tuple[int, str, float | None, bool | None]]:
+        """Every detector over ``values``; one (position, detector, statistic, rising) per position
+        where any fired, from the first detector in order (main, then ``also``)."""
+        fired: dict[int, tuple[int, str, float | None, bool | None]] = {}
+        names = [self.detector_name] + [a["detector"] for a in self.also]
+        for name, det in zip(names, [self.detector, *self.others]):
+            for j, stat, rose in _feed(det, values):
+                fired.setdefault(j, (j, name, stat, rose))
+        return [fired[j] for j in sorted(fired)]
+
     def update(self, values: np.ndarray) -> list[DriftEvent]:
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         events = []
-        for j, stat, rose in _feed(self.detector, values):
+        for j, name, stat, rose in self._feed_all(values):
             if rose is None:  # detectors without a mean estimate: compare recent errors with older ones
                 history = np.concatenate([self.recent_values(), values])
                 rose = _rose(history, history.size - values.size + j)
-            events.append(DriftEvent(index=self.n_seen + j, detector=self.detector_name, kind=self.kind,
+            events.append(DriftEvent(index=self.n_seen + j, detector=name, kind=self.kind,
                                      statistic=stat, rising=rose))
         self.n_seen += len(values)
         self.n_events += len(events)
@@ -98,14 +111,14 @@ class DriftMonitor:
 
     def to_state(self) -> LearnerState:
         return LearnerState("DriftMonitor", {"detector": self.detector_name, "params": self.params,
-                                             "window": self.window, "kind": self.kind},
+                                             "window": self.window, "kind": self.kind, "also": self.also},
                             {"recent": self.recent_values()}, {"n_seen": self.n_seen, "n_events": self.n_events})
 
     @classmethod
     def from_state(cls, state: LearnerState) -> "DriftMonitor":
         m = cls(**state.params)
         recent = np.asarray(state.arrays["recent"], dtype=np.float64)
-        list(_feed(m.detector, recent))  # rebuild the detector; detections in the replay are not re-raised
+        m._feed_all(recent)  # rebuild the detectors; detections in the replay are not re-raised
         m._ring.push(recent.reshape(-1, 1))
         m.n_seen = int(state.meta["n_seen"])
         m.n_events = int(state.meta["n_events"])
@@ -267,16 +280,23 @@ class InputDriftMonitor:
 def _feed(det: Any, values: np.ndarray) -> list[tuple[int, float | None, bool | None]]:
     """Update ``det`` with every value in order; (position, statistic, rising) of each detection.
 
-    ``rising``: for detectors with an ``estimation`` of the mean (ADWIN), whether the mean of the
-    window kept after the detection is above the mean before it; otherwise None.
+    ``rising``: for a one-sided Page-Hinkley test, its side; for detectors with an ``estimation``
+    of the mean (ADWIN), whether the mean of the window kept after the detection is above the
+    mean before it; otherwise None.
     """
     out = []
     has_mean = isinstance(getattr(det, "estimation", None), (int, float))
+    # A one-sided Page-Hinkley test only fires on a rise (mode "up") or only on a fall ("down").
+    mode = getattr(det, "mode", None)
+    one_sided = {"up": True, "down": False}.get(mode) if isinstance(mode, str) else None
     for j, v in enumerate(np.asarray(values, dtype=np.float64).tolist()):
         before = det.estimation if has_mean else None
         det.update(v)
         if det.drift_detected:
-            rising = bool(det.estimation > before) if has_mean and before is not None else None
+            if one_sided is not None:
+                rising: bool | None = one_sided
+            else:
+                rising = bool(det.estimation > before) if has_mean and before is not None else None
             out.append((j, _statistic(det), rising))
     return out
 

@@ -119,6 +119,7 @@ class LearningCore:
         self.adapt_input = adapt_input
         self.cooldown = cooldown
         self.last_adapt_index: int | None = None  # labelled index of the last error event adapted to
+        self.cooldown_prev: dict[int, int | None] = {}  # pending error adaptation -> last_adapt_index before it
         self._actions: dict[DriftEvent, str] = {}  # action decided for each event of the current batch
         self.pending = pending
         self.adapt = adapt
@@ -138,7 +139,8 @@ class LearningCore:
     @classmethod
     def from_config(cls, cfg: Any) -> "LearningCore":
         d = cfg.drift
-        monitor = DriftMonitor(d.detector, d.params, d.window) if d.enabled else None
+        also = [{"detector": a.detector, "params": a.params} for a in d.also]
+        monitor = DriftMonitor(d.detector, d.params, d.window, also=also) if d.enabled else None
         inp = d.input
         input_monitor = (InputDriftMonitor(inp.detector, inp.params, inp.block, inp.warmup, inp.max_features,
                                            inp.window) if inp.enabled else None)
@@ -165,6 +167,9 @@ class LearningCore:
             return "improved"
         if self.cooldown and self.last_adapt_index is not None and event.index < self.last_adapt_index + self.cooldown:
             return "cooldown"
+        # The cooldown starts here; if the learner's adapt then changes nothing (returns False),
+        # _apply_due puts the previous start back, so a no-op adaptation does not block the next event.
+        self.cooldown_prev[event.index] = self.last_adapt_index
         self.last_adapt_index = event.index
         return "adapt"
 
@@ -187,7 +192,11 @@ class LearningCore:
             due = [e for d, e in self.pending_adapt if d <= self.labelled_seen]
             self.pending_adapt = [(d, e) for d, e in self.pending_adapt if d > self.labelled_seen]
             for event in due:
-                self.learner.adapt(event)
+                acted = self.learner.adapt(event)
+                if event.kind == "error":
+                    prev = self.cooldown_prev.pop(event.index, self.last_adapt_index)
+                    if acted is False and self.last_adapt_index == event.index:
+                        self.last_adapt_index = prev
 
     # -- processing ------------------------------------------------------------------
     def process(self, dec: Decoded) -> BatchResult:
@@ -312,7 +321,8 @@ class LearningCore:
                 "drift_count": self.drift_count, "drift_counts": dict(self.drift_counts),
                 "last_drift_at": self.last_drift_at,
                 "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt],
-                "last_adapt_index": self.last_adapt_index}),
+                "last_adapt_index": self.last_adapt_index,
+                "cooldown_prev": [[i, p] for i, p in self.cooldown_prev.items()]}),
         }
         if self.monitor is not None:
             parts["monitor"] = self.monitor.to_state()
@@ -339,6 +349,7 @@ class LearningCore:
         self.pending_adapt = [(int(d), DriftEvent(int(i), str(det), str(kind), stat))
                               for d, i, det, kind, stat in c.get("pending_adapt") or []]
         self.last_adapt_index = c.get("last_adapt_index")
+        self.cooldown_prev = {int(i): (None if p is None else int(p)) for i, p in c.get("cooldown_prev") or []}
         self.last_drift_at = c.get("last_drift_at")
 
     def status_fields(self) -> dict[str, Any]:

@@ -361,3 +361,56 @@ def test_detections_where_the_error_fell_are_recorded_but_not_adapted_to(detecto
         assert first[1][0] is True and first[3][0] is True and first[2][0] is False, seen
         assert first[1][1] == "adapt" and first[3][1] == "adapt", seen
         assert first[2][1] == ("adapt" if on_fall else "improved"), seen
+
+
+def test_also_detectors_raise_one_event_per_sample_from_either_and_restore_exactly():
+    errors = _errors(3, rates=(0.10, 0.16, 0.10, 0.30))  # a small rise, a fall, a large rise
+    ph = {"detector": "PageHinkley", "params": {"threshold": 20.0, "mode": "up"}}
+    alone_a = [e.index for e in _feed(DriftMonitor("ADWIN"), errors)]
+    alone_p = _feed(DriftMonitor("PageHinkley", ph["params"]), errors)
+    assert alone_p and all(e.rising is True for e in alone_p)  # one-sided "up": every detection is a rise
+    both = DriftMonitor("ADWIN", window=20_000, also=[ph])
+    events = _feed(both, errors[:11_000])
+    manifest, chunks = fmt.encode(fmt.Snapshot({"monitor": both.to_state()}, {}, {}))
+    restored = DriftMonitor.from_state(fmt.decode(manifest, chunks).parts["monitor"])
+    assert restored.also == [ph]
+    events += _feed(restored, errors[11_000:], cut=501)
+    assert [e.index for e in events] == sorted(set(alone_a) | {e.index for e in alone_p})
+    for e in events:
+        assert e.detector == ("ADWIN" if e.index in alone_a else "PageHinkley")
+    cfg = parse_config({"drift": {"also": [ph]}})
+    assert LearningCore.from_config(cfg).monitor.also == [ph]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="bad drift params for PageHinkley"):
+        parse_config({"drift": {"also": [{"detector": "PageHinkley", "params": {"treshold": 1}}]}})
+
+
+class _NoOp(_Recorder):
+    """A learner whose adapt reports that it changed nothing (returns ``acted``)."""
+
+    acted: bool | None = False
+
+    def adapt(self, event):
+        super().adapt(event)
+        return self.acted
+
+
+def test_a_no_op_adaptation_does_not_start_the_cooldown():
+    from stream.runtime import BatchResult
+
+    errors = np.tile(np.repeat([0.0, 1.0], 2000), 3)  # a detection at every switch
+    for acted, expected in ((False, "adapt"), (None, "cooldown"), (True, "cooldown")):
+        core = _core(adapt=True, cooldown=3000, adapt_on_fall=True)
+        core.learner = _NoOp(core.learner.inner)
+        core.learner.acted = acted
+        core.monitor = DriftMonitor("PageHinkley", {"threshold": 5})
+        actions = []
+        for event in core.monitor.update(errors):
+            core._drift(event, BatchResult(), event.index)
+            actions.append((event.index // 2000, core.action_for(event)))
+            core.labelled_seen = event.index + 200  # past the grid point: the adaptation is applied
+            core._apply_due()
+        first_in_block: dict[int, str] = {}
+        for blk, action in actions:
+            first_in_block.setdefault(blk, action)
+        assert list(first_in_block.values())[:2] == ["adapt", expected], (acted, actions)
+        assert core.cooldown_prev == {}

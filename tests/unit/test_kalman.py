@@ -327,3 +327,20 @@ def test_shipped_config_builds_a_pipeline():
     p = learner.learn_predict(X, y)
     assert p.shape == (300, 2) and learner.exact_prequential
     assert 0.99 < learner.head.forgetting_ <= 1.0  # type: ignore[attr-defined]
+
+
+def test_adapt_reports_whether_it_changed_anything():
+    from learners.base import DriftEvent
+
+    rng = np.random.default_rng(0)
+    head = KalmanHead(g=[1.0, 0.99], adapt_restart=True, adapt_samples=0, learn_g=False)
+    head.learn(rng.normal(size=(200, 4)), rng.integers(0, 2, 200))
+    event = DriftEvent(index=200, detector="ADWIN", rising=True)
+    M_before = head.posterior(0)[0]
+    head._recent = np.array([0.1, 0.2])  # the slowest sub-head is the best lately: nothing to restart
+    assert head.adapt(event) is False
+    np.testing.assert_array_equal(head.posterior(0)[0], M_before)
+    head._recent = np.array([0.2, 0.1])  # the faster one is better: the slow one restarts from it
+    assert head.adapt(event) is True
+    np.testing.assert_array_equal(head.posterior(0)[0], head.posterior(1)[0])
+    assert KalmanHead(g=[1.0, 0.99], adapt_samples=10).adapt(event) is True  # forced forgetting window
