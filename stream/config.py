@@ -84,6 +84,8 @@ class SnapshotConfig(_Model):
     every_samples: int = Field(10_000, ge=1)
     every_seconds: float = Field(30.0, gt=0)
     keep: int = Field(3, ge=1, description="complete versions kept besides pinned ones")
+    max_pinned: int | None = Field(50, ge=1, description="at most this many versions stay pinned for rollback (the "
+                                   "oldest are unpinned, then pruned like the others); null: no limit")
     chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 

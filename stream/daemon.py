@@ -83,7 +83,7 @@ class Daemon:
         self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username)
         self.replica = cfg.scale.replica_id
         self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes,
-                                   replica=self.replica)
+                                   replica=self.replica, max_pinned=cfg.snapshot.max_pinned)
         self.status = StatusStore(self.redis, cfg.name, r.namespace, r.heartbeat_ttl_s, r.metrics_maxlen, r.drift_maxlen,
                                   replica=self.replica)
         self.codec = Codec(cfg.messages.format, cfg.messages.features, cfg.messages.n_features,

@@ -157,12 +157,13 @@ def replica_names(client: redis.Redis, pipeline: str, namespace: str = "ocld") -
 
 class SnapshotStore:
     def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", keep: int = 3,
-                 chunk_bytes: int = 64 * 1024 * 1024, replica: str = "") -> None:
+                 chunk_bytes: int = 64 * 1024 * 1024, replica: str = "", max_pinned: int | None = None) -> None:
         self.r = client
         self.pipeline = pipeline
         self.replica = replica
         self.keys = Keys(pipeline, namespace, replica)
         self.keep = keep
+        self.max_pinned = max_pinned
         self.chunk_bytes = chunk_bytes
 
     # -- write -----------------------------------------------------------------------
@@ -233,6 +234,13 @@ class SnapshotStore:
         k = self.keys
         versions = [int(v) for v in self.r.zrevrange(k.versions, 0, -1)]
         pinned = {int(v) for v in self.r.smembers(k.pinned)}
+        if self.max_pinned is not None and len(pinned) > self.max_pinned:
+            # A daemon that adapts often (false alarms included) would otherwise pin without bound.
+            latest = self.latest_version()
+            oldest = [v for v in sorted(pinned) if v != latest][: len(pinned) - self.max_pinned]
+            if oldest:
+                self.r.srem(k.pinned, *oldest)
+                pinned -= set(oldest)
         for v in versions[self.keep:]:
             if v not in pinned:
                 self._delete(v)
