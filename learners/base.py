@@ -121,14 +121,17 @@ def finite_features(X: Any, n_features: int | None, clip: float, learning: bool)
     return np.clip(Phi, -clip, clip)
 
 
-def encode_batch(index: "ClassIndex", y: Any, n_rows: int) -> tuple[int, np.ndarray]:
-    """(classes known before the batch, column index of every label), growing ``index``;
-    checks there is one label per row."""
+def encode_batch(index: "ClassIndex", y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column index of every label, classes known before each sample, classes known after it),
+    growing ``index`` (class-incremental); checks there is one label per row."""
     y = np.asarray(y, dtype=object).reshape(-1)
     if y.shape[0] != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]} labels")
     n0 = len(index)
-    return n0, index.encode(y)
+    idx = index.encode(y)
+    n_after = np.maximum(np.maximum.accumulate(idx) + 1, n0) if idx.size else idx
+    n_before = np.concatenate([[n0], n_after[:-1]]).astype(np.int64)[: idx.size]
+    return idx, n_before, n_after
 
 
 class Learner(Component):

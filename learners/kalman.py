@@ -406,15 +406,13 @@ class KalmanHead(Learner):
     # ------------------------------------------------------------------ learning
     def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
         Phi = self._features(X, learning=True)
-        n0, idx = encode_batch(self._index, y, Phi.shape[0])
+        # classes known before each sample (for its prediction) and after it (for its gradient)
+        idx, n_before, n_after = encode_batch(self._index, y, Phi.shape[0])
         n = Phi.shape[0]
         C = len(self._index)
         if n == 0:
             return np.zeros((0, C)) if want_proba else None
         self._ensure(Phi.shape[1], C)
-        # classes known before each sample (for its prediction) and after it (for its gradient)
-        n_after = np.maximum(np.maximum.accumulate(idx) + 1, n0)
-        n_before = np.concatenate([[n0], n_after[:-1]])
         Y = np.zeros((n, C))
         Y[np.arange(n), idx] = 1.0
         out = np.zeros((n, C)) if want_proba else None

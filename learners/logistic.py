@@ -251,7 +251,7 @@ class KalmanLogistic(Learner):
     # ------------------------------------------------------------------ learning
     def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
         Phi = self._features(X, learning=True)
-        n0, idx = encode_batch(self._index, y, Phi.shape[0])
+        idx, n_before, _ = encode_batch(self._index, y, Phi.shape[0])
         n = Phi.shape[0]
         C = len(self._index)
         if n == 0:
@@ -292,12 +292,9 @@ class KalmanLogistic(Learner):
             M += ((1.0 - k * v) * (onehot[c] - s))[:, None] * u
             self.n_seen += 1
             if self.n_seen % self.q_step == 0:
-                self._moment_step()
-                M, P, q, pdiag, onehot = self._loop_views()
+                self._moment_step()  # updates q and P in place: the loop's views stay valid
         if a_pre is None or v_pre is None:
             return None
-        # classes known before each sample: those seen in earlier batches or earlier in this one
-        n_before = np.concatenate([[n0], np.maximum(np.maximum.accumulate(idx) + 1, n0)[:-1]])
         p = expit(a_pre / np.sqrt(1.0 + (math.pi / 8.0) * v_pre))
         p[np.arange(C)[None, :] >= n_before[:, None]] = 0.0
         return self._normalize(p)
@@ -328,8 +325,9 @@ class KalmanLogistic(Learner):
                 self._q[ready] = new_q[ready]
         self._ring_m[slot] = self._M
         self._ring_p[slot] = pdiag
-        if self._P.size >= _DGER_MIN:  # dger's rounding is not exactly symmetric: symmetrize here
-            self._P = 0.5 * (self._P + self._P.transpose(0, 2, 1))
+        if self._P.size >= _DGER_MIN:  # dger's rounding is not exactly symmetric: symmetrize in place
+            self._P += self._P.transpose(0, 2, 1).copy()
+            self._P *= 0.5
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> LearnerState:

@@ -105,11 +105,14 @@ class MessagesConfig(_Model):
         return self
 
 
+DetectorName = Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]  # river.drift detectors (stream.drift.DETECTORS)
+
+
 class InputDriftConfig(_Model):
     """Label-free drift monitor on block means of the features (stream.drift.InputDriftMonitor)."""
 
     enabled: bool = False
-    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
+    detector: DetectorName = "ADWIN"
     params: dict[str, Any] = Field(default_factory=lambda: {"clock": 1, "min_window_length": 2, "grace_period": 5})
     block: int = Field(100, ge=2, description="samples per block; each feature's block mean feeds its detector")
     warmup: int = Field(10, ge=1, description="blocks that fix each feature's scale before detection starts")
@@ -121,13 +124,13 @@ class InputDriftConfig(_Model):
 class DetectorConfig(_Model):
     """One more error detector (``drift.also``)."""
 
-    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]
+    detector: DetectorName
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class DriftConfig(_Model):
     enabled: bool = True
-    detector: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"] = "ADWIN"
+    detector: DetectorName = "ADWIN"
     params: dict[str, Any] = Field(default_factory=dict)
     also: list[DetectorConfig] = Field(default_factory=list, description=(
         "more detectors on the same 0/1 errors, each with its own state; a sample where any of them fires "

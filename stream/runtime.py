@@ -139,7 +139,7 @@ class LearningCore:
     @classmethod
     def from_config(cls, cfg: Any) -> "LearningCore":
         d = cfg.drift
-        also = [{"detector": a.detector, "params": a.params} for a in d.also]
+        also = [a.model_dump() for a in d.also]
         monitor = DriftMonitor(d.detector, d.params, d.window, also=also) if d.enabled else None
         inp = d.input
         input_monitor = (InputDriftMonitor(inp.detector, inp.params, inp.block, inp.warmup, inp.max_features,
