@@ -223,6 +223,75 @@ def core_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> tuple[flo
     return n / (time.perf_counter() - t0), 1e6 * (time.thread_time() - c0) / n
 
 
+def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> dict[str, Any] | None:
+    """Samples/s of a KalmanHead's linear algebra alone, replayed on its real shapes (H sub-heads, D features,
+    C classes, chunks of at most ``max_chunk`` rows of each ``batch``-row segment; the block-boundary cuts,
+    which only add chunks, are ignored), with no Python arithmetic around it.
+
+    ``products``: only the two D x D products per sub-head (``Phi A`` and the in-place update
+    ``A <- A - Wt^T Wt``). ``linalg``: every BLAS/LAPACK call of a chunk (those two, ``Phi Phi^T``,
+    ``Phi A Phi^T``, the batched Cholesky factor, the two triangular solves per sub-head, ``Phi M`` and
+    ``Wt^T z``). An exact block update does all of them, so no daemon with this head can learn faster than
+    ``linalg`` on one core, even with reading, features, prediction, metrics and Python free. None when the
+    learner is not a KalmanHead."""
+    from scipy.linalg.blas import dgemm, dtrsm
+
+    from learners.kalman import KalmanHead
+    from stream.runtime import LearningCore
+
+    learner = LearningCore.from_config(cfg).learner
+    head = getattr(learner, "head", learner)
+    if not isinstance(head, KalmanHead):
+        return None
+    n = X.shape[0]
+    learner.learn(X[:batch], np.asarray(y[:batch], dtype=object))  # fixes D (the features' output size) and C
+    assert head._A is not None and head._M is not None
+    H, D, C = head.n_heads, head._A.shape[1], max(2, head._M.shape[2])
+    A = head._A.copy()
+    M = np.zeros((H, D, C))
+    rng = np.random.default_rng(0)
+    chunk = head.max_chunk
+    sizes: list[int] = []
+    for start in range(0, n, batch):
+        end = min(n, start + batch)
+        sizes += [min(chunk, end - a) for a in range(start, end, chunk)]
+    shapes = sorted(set(sizes))
+    Phis = {m: rng.standard_normal((m, D)) / np.sqrt(D) for m in shapes}
+    Ks = {m: np.broadcast_to(Phis[m] @ Phis[m].T + np.eye(m), (H, m, m)).copy() for m in shapes}  # SPD, as K is
+    APts = {m: np.empty((H, m, D)) for m in shapes}
+    Wfix = {m: 1e-3 * rng.standard_normal((H, m, D)) for m in shapes}
+
+    def products() -> float:
+        t0 = time.perf_counter()
+        for m in sizes:
+            Phi, APt, Wt = Phis[m], APts[m], Wfix[m]
+            for h in range(H):
+                np.matmul(Phi, A[h], out=APt[h])
+                dgemm(-1e-6, Wt[h].T, Wt[h].T, beta=1.0, c=A[h].T, trans_b=1, overwrite_c=1)
+        return n / (time.perf_counter() - t0)
+
+    def everything() -> float:
+        t0 = time.perf_counter()
+        for m in sizes:
+            Phi, APt = Phis[m], APts[m]
+            Phi @ Phi.T
+            for h in range(H):
+                np.matmul(Phi, A[h], out=APt[h])
+            APt @ Phi.T
+            L = np.linalg.cholesky(Ks[m])
+            r = Phi @ M  # [H, m, C]
+            for h in range(H):
+                U = L[h].T
+                for rhs in (APt[h], r[h]):
+                    dtrsm(1.0, U, rhs.T, side=1, lower=0, overwrite_b=1)
+            APt.transpose(0, 2, 1) @ r
+            for h in range(H):
+                dgemm(-1e-6, APt[h].T, APt[h].T, beta=1.0, c=A[h].T, trans_b=1, overwrite_c=1)
+        return n / (time.perf_counter() - t0)
+
+    return {"products": products(), "linalg": everything(), "H": H, "D": D, "chunk": chunk}
+
+
 def _crc32c_c() -> str:
     """kafka-python checks record CRCs in pure Python unless the ``crc32c`` package is installed."""
     from kafka.record import util
@@ -271,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     raws: list[tuple[float, float]] = []
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in chosen}
     cores: dict[str, list[tuple[float, float]]] = {label: [] for label in chosen}
+    floors: dict[str, list[dict[str, Any]]] = {label: [] for label in chosen}
     n_core = args.core_records or min(n, 50_000)
     with tempfile.TemporaryDirectory(prefix="ocld-bench-") as tmp, \
             EmbeddedBroker(Path(tmp) / "broker") as broker, EmbeddedRedis(Path(tmp) / "redis", appendonly=True) as rds:
@@ -288,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                 raws.append(raw_rate(broker.bootstrap, topic, n, settings, default_cfg.kafka.max_wait_ms, args.timeout))
                 runs[label].append(daemon_rate(config(label), n, args.timeout))
                 cores[label].append(core_rate(config(label), X[:n_core], y[:n_core], default_cfg.kafka.max_batch))
+                floor = linalg_rate(config(label), X[:n_core], y[:n_core], default_cfg.drift.adapt_grid)
+                if floor is not None:
+                    floors[label].append(floor)
         raws.append(raw_rate(broker.bootstrap, topic, n, settings, default_cfg.kafka.max_wait_ms, args.timeout))
 
     k = default_cfg.kafka
@@ -323,6 +396,24 @@ def main(argv: list[str] | None = None) -> int:
           "pre-decoded arrays; 'serial ceiling' = 1 / (1/raw + 1/core). CPU columns: the consuming thread's CPU "
           "time per record (time.thread_time, best run), steadier than wall time on a shared machine; "
           "'daemon - core - raw' is what the daemon adds beyond reading and learning.")
+    bounds = [(label, max(floors[label], key=lambda d: d["linalg"])) for label in chosen if floors[label]]
+    if bounds:
+        print("\n### Upper bound for a KalmanHead daemon on this machine\n")
+        print("| learner | D x D products alone, samples/s | x raw | all its linear algebra, samples/s | x raw "
+              "| learner core, samples/s | x raw |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for label, f in bounds:
+            core = max(r for r, _ in cores[label])
+            print(f"| {label} ({f['H']} sub-heads, D = {f['D']}, chunks of <= {f['chunk']} rows of "
+                  f"{default_cfg.drift.adapt_grid}-record segments) | {f['products']:,.0f} | "
+                  f"{f['products'] / raw_best:.2f} | {f['linalg']:,.0f} | {f['linalg'] / raw_best:.2f} | "
+                  f"{core:,.0f} | {core / raw_best:.2f} |")
+        print("\nThe linear algebra of the head's exact block update is replayed alone on its real shapes (OpenBLAS, "
+              "one thread): the two D x D products per sub-head, then every BLAS/LAPACK call of a chunk (the "
+              "products, Phi Phi^T, Phi A Phi^T, the Cholesky factor, the triangular solves, Phi M, Wt^T z). "
+              "With reading on another core and every other step free, a daemon with this head could not learn "
+              "faster than 'all its linear algebra'. 'learner core' is LearningCore.process above (features, "
+              "prediction, update, metrics, drift).")
     return 0
 
 

@@ -188,6 +188,21 @@ class Learner(Component):
         return pad_columns(proba, len(self.classes_))
 
     exact_prequential: ClassVar[bool] = False
+    # True when ``copy.deepcopy`` of the learner costs little next to learning a few hundred
+    # samples, and the learner is both ``batch_invariant`` and ``exact_prequential``: the runtime
+    # may then learn several ``drift.adapt_grid`` segments in one call, and when a drift
+    # adaptation falls due inside them, go back to the copy and learn only up to that point
+    # (``stream.runtime.LearningCore``). Same results, fewer calls.
+    cheap_copy: ClassVar[bool] = False
+
+
+# What "costs little" means for ``Learner.cheap_copy`` when it depends on the state's size.
+CHEAP_COPY_BYTES = 16 * 2**20
+
+
+def small_arrays(obj: object, limit: int = CHEAP_COPY_BYTES) -> bool:
+    """Whether the numpy arrays held directly by ``obj`` take at most ``limit`` bytes together."""
+    return sum(v.nbytes for v in vars(obj).values() if isinstance(v, np.ndarray)) <= limit
 
 
 class FeatureMap(Component):

@@ -113,6 +113,7 @@ from learners.base import (
     encode_batch,
     finite_features,
     labels_to_json,
+    small_arrays,
 )
 
 _LOGIT_FLOOR = -30.0
@@ -178,7 +179,9 @@ class KalmanHead(Learner):
     s2: observation noise variance on the one-hot targets.
     eta: exponential-weights rate of the sub-head mixture (on squared error).
     scale_rate: how fast the predictive-variance calibration tau follows (0 = tau stays 1).
-    max_log_weight_gap: a sub-head's log-weight never falls more than this below the best one's.
+    max_log_weight_gap: at each aligned block boundary (``block_size``), a sub-head's log-weight is
+        raised to at least the best one's minus this (applied there, not per chunk, so the mixture
+        weights do not depend on the batch cut).
     proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
     adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
     adapt_restart: ``adapt`` also restarts slower sub-heads from the recently best one.
@@ -283,6 +286,11 @@ class KalmanHead(Learner):
     @property
     def classes_(self) -> list[Label]:  # type: ignore[override]
         return self._index.classes
+
+    @property
+    def cheap_copy(self) -> bool:  # type: ignore[override]
+        """See ``Learner.cheap_copy``: true while the state's arrays take at most 16 MiB."""
+        return small_arrays(self)
 
     @property
     def n_heads(self) -> int:
@@ -516,9 +524,7 @@ class KalmanHead(Learner):
         loss = self._loss + csum[:, -1]
         decay = 1.0 - 1.0 / self.recent_window  # per-sample EMA, exact whatever the cut
         self._recent = decay**B * self._recent + (1.0 - decay) * (sq @ decay ** np.arange(B - 1, -1, -1))
-        # a lagging sub-head keeps weight >= exp(-max_log_weight_gap) of the leader's, so a
-        # long-running daemon can still switch heads when the stream changes character
-        self._loss = np.minimum(loss - loss.min(), self.max_log_weight_gap / max(self.eta, 1e-300))
+        self._loss = loss - loss.min()  # a common shift: the weights are unchanged
 
         # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the
         # running calibration tau of the predictive variance (mean over known columns of r^2 / S)
@@ -549,6 +555,9 @@ class KalmanHead(Learner):
             # the in-place BLAS update can leave A a hair off symmetric; restore it once per block
             self._A += self._A.transpose(0, 2, 1).copy()
             self._A *= 0.5
+            # a lagging sub-head keeps weight >= exp(-max_log_weight_gap) of the leader's, so a
+            # long-running daemon can still switch heads when the stream changes character
+            self._loss = np.minimum(self._loss, self.max_log_weight_gap / max(self.eta, 1e-300))
             if self.learn_g:
                 self._delta = np.clip(self._delta + self.lr * self._grad, self._lo, self._hi)
                 self._grad = np.zeros_like(self._grad)

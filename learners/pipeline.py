@@ -23,6 +23,10 @@ class Pipeline(Learner):
     def exact_prequential(self) -> bool:  # type: ignore[override]
         return self.head.exact_prequential
 
+    @property
+    def cheap_copy(self) -> bool:  # type: ignore[override]
+        return self.head.cheap_copy  # the feature maps' states are a few vectors
+
     def _transform(self, X: np.ndarray) -> np.ndarray:
         for step in self.steps:
             X = step.transform(X)

@@ -24,6 +24,7 @@ No I/O here: the daemon and the file evaluator wrap it.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections import OrderedDict
@@ -273,27 +274,67 @@ class LearningCore:
         y_arr = np.empty(len(y), dtype=object)
         y_arr[:] = y
         errors_all = []
-        for a, b in self._segments(len(y)):
-            proba = self.learner.learn_predict(X[a:b], y_arr[a:b])
-            if delayed:
-                proba = proba.copy()
-                for k in range(a, b):
-                    rec, j = order[k]
-                    if j < 0:
-                        proba[k - a] = pad_columns(delayed[rec][2].reshape(1, -1), proba.shape[1])[0]
-            errors = self.metrics.update(y[a:b], proba, self.learner.classes_)
-            errors_all.append(errors)
-            self.labelled_seen += b - a
-            if self.monitor is not None:
-                for event in self.monitor.update(errors):
-                    self._drift(event, res, labelled_at=event.index)
-            self._apply_due()
+        segs = self._segments(len(y))
+        i = 0
+        while i < len(segs):
+            # Learn segments i..last in one call (several only for learners with ``cheap_copy``);
+            # if an adaptation falls due inside them, go back to ``saved`` and learn up to there.
+            last = self._run_end(segs, i)
+            a, end = segs[i][0], segs[last][1]
+            saved = copy.deepcopy(self.learner) if last > i else None
+            known = set(self.learner.classes_) if saved is not None else set()
+            proba_run = self.learner.learn_predict(X[a:end], y_arr[a:end])
+            classes = self.learner.classes_
+            k = i
+            while k <= last:
+                sa, sb = segs[k]
+                proba = proba_run[sa - a:sb - a]
+                if saved is not None:  # columns of the classes known after this segment (first-seen order)
+                    known.update(y[sa:sb])
+                    proba = proba[:, :len(known)]
+                if delayed:
+                    proba = proba.copy()
+                    for r in range(sa, sb):
+                        rec, j = order[r]
+                        if j < 0:
+                            proba[r - sa] = pad_columns(delayed[rec][2].reshape(1, -1), proba.shape[1])[0]
+                errors = self.metrics.update(y[sa:sb], proba, classes[:proba.shape[1]])
+                errors_all.append(errors)
+                self.labelled_seen += sb - sa
+                if self.monitor is not None:
+                    for event in self.monitor.update(errors):
+                        self._drift(event, res, labelled_at=event.index)
+                k += 1
+                if k <= last and saved is not None and self._due_at() <= self.labelled_seen:
+                    self.learner = saved
+                    self.learner.learn_predict(X[a:sb], y_arr[a:sb])  # the same predictions, already used
+                    self._apply_due()
+                    break
+                self._apply_due()
+            i = k
         self.learn_seconds += time.perf_counter() - t0
         if delayed:
             self.metrics.add_delays(np.asarray([delayed[rec][3] for rec, j in order if j < 0]))
         res.learned = len(y)
         res.errors = errors_all[0] if len(errors_all) == 1 else np.concatenate(errors_all)
         return res
+
+    def _due_at(self) -> float:
+        """The labelled count at which the earliest pending adaptation is due (inf: none)."""
+        return min((d for d, _ in self.pending_adapt), default=float("inf"))
+
+    def _run_end(self, segs: list[tuple[int, int]], i: int) -> int:
+        """Index of the last segment to learn in the same call as segment ``i``: more than ``i``
+        only for a learner with ``cheap_copy``, and never past the end of the segment where a
+        pending adaptation is due (it must be applied before the next one)."""
+        if len(segs) - i < 2 or not getattr(self.learner, "cheap_copy", False):
+            return i
+        base = self.labelled_seen - segs[i][0]  # labelled count before the learn set
+        due = self._due_at()
+        last = i
+        while last + 1 < len(segs) and base + segs[last][1] < due:
+            last += 1
+        return last
 
     def _segments(self, n: int) -> list[tuple[int, int]]:
         """Cut the learn set at global multiples of ``adapt_grid`` labelled samples.

@@ -225,6 +225,8 @@ class _Recorder:
         self.n = 0
 
     def __getattr__(self, name):
+        if name == "inner":  # looked up by copy.deepcopy before __dict__ is filled (the core copies cheap learners)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def learn_predict(self, X, y):
@@ -443,3 +445,84 @@ def test_shipped_kalman_monitor_false_alarm_rate_when_stationary():
         counts = [len(_feed(_shipped_kalman_monitor(), (np.random.default_rng(100 + s).random(20_000) < rate)
                             .astype(np.float64))) for s in range(10)]
         assert sum(counts) <= at_most and max(counts) <= 2, (rate, counts)
+
+
+def _speculation_run(X: np.ndarray, y: list, cut: int, learner: str, monkeypatch,
+                     inner) -> tuple[LearningCore, list, list, list]:
+    """Drive a core in polls of ``cut`` records; every 7th row comes unlabelled with an id and its label
+    arrives as a delayed label in the next poll. Returns (core, events, errors, learn_calls)."""
+    params = {"g": [1.0, 0.99], "lr": 1e-4, "block_size": 64, "adapt_restart": True, "adapt_samples": 50} \
+        if learner == "KalmanHead" else {}
+    cfg = parse_config({"learner": {"name": learner, "params": params,
+                                    "features": [{"name": "Standardizer"}]},
+                        "drift": {"detector": "PageHinkley", "params": {"threshold": 5.0}, "adapt_grid": 50}})
+    core = LearningCore.from_config(cfg)
+    from learners.pipeline import Pipeline
+
+    calls: list[int] = []
+
+    def counted(self, Xb, yb):
+        calls.append(len(yb))
+        return inner(self, Xb, yb)
+
+    monkeypatch.setattr(Pipeline, "learn_predict", counted)  # on the class: a rollback replaces core.learner
+
+    events, errors = [], []
+    late: list[tuple[int, str, object, None]] = []
+    for a in range(0, len(y), cut):
+        b = min(len(y), a + cut)
+        rows = np.arange(a, b)
+        ys = [None if i % 7 == 3 else y[i] for i in range(a, b)]
+        ids = [f"id{i}" if i % 7 == 3 else None for i in range(a, b)]
+        n = b - a
+        res = core.process(Decoded(rows=rows, X=X[a:b], y=ys, ids=ids, ts=[None] * n, task=[None] * n,
+                                   labels_only=late))
+        late = [(b + k, f"id{i}", y[i], None) for k, i in enumerate(range(a, b)) if i % 7 == 3]
+        events += [(e.index, e.detector, core.action_for(e)) for e in res.events]
+        errors.append(res.errors)
+    return core, events, np.concatenate(errors).tolist(), calls
+
+
+@pytest.mark.parametrize("learner", ["KalmanHead", "KalmanLogistic"])
+def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, learner):
+    """A cheap-to-copy learner learns all adapt_grid segments of a poll in one call and goes back to a
+    copy when an adaptation falls due inside them: the same errors, drift events, adaptations and state
+    as learning one segment at a time. Classes appear mid-poll; delayed labels are mixed in."""
+    import learners.kalman
+    import learners.logistic
+    from learners.pipeline import Pipeline
+
+    inner = Pipeline.learn_predict
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    X = rng.normal(size=(n, 4))
+    w = [np.array([1.0, -1.0, 0.5, 0.0]), np.array([-1.0, 1.0, 0.0, 0.5])]
+    y = []
+    for i in range(n):  # 2 classes, a third from sample 1,130 on; the concept flips at 2,000
+        s = X[i] @ w[i >= 2000]
+        y.append("c" if i >= 1130 and X[i, 3] > 1.0 else ("a" if s > 0 else "b"))
+    cls = {"KalmanHead": learners.kalman.KalmanHead, "KalmanLogistic": learners.logistic.KalmanLogistic}[learner]
+    fast, ev_fast, err_fast, calls_fast = _speculation_run(X, y, 500, learner, monkeypatch, inner)
+    monkeypatch.setattr(cls, "cheap_copy", property(lambda self: False))
+    slow, ev_slow, err_slow, calls_slow = _speculation_run(X, y, 500, learner, monkeypatch, inner)
+
+    adapted = [e for e in ev_slow if e[2] == "adapt"]
+    assert adapted, "the stream must trigger adaptations for this test to mean anything"
+    assert max(calls_fast) > 50 and max(calls_slow) <= 50  # several segments per call, or one
+    assert len(calls_fast) < len(calls_slow)
+    # some adaptations fell due inside a multi-segment call: its prefix was learned again from the copy
+    assert sum(calls_fast) > fast.labelled_seen == sum(calls_slow)
+    assert ev_fast == ev_slow
+    assert err_fast == err_slow
+    assert fast.labelled_seen == slow.labelled_seen and fast.learner.classes_ == slow.learner.classes_ == ["a", "b", "c"]
+    a, b = fast.to_parts(), slow.to_parts()
+    for key, value in b["metrics"].meta.items():
+        if key.startswith("delay_"):  # label delays are wall-clock times (no ts in these records)
+            continue
+        if key == "log_loss_sum":  # sums of logs of probabilities computed in other block sizes
+            assert a["metrics"].meta[key] == pytest.approx(value, rel=1e-12)
+            continue
+        assert a["metrics"].meta[key] == value, key
+    for key, arr in b["learner"].children["head"].arrays.items():
+        np.testing.assert_allclose(a["learner"].children["head"].arrays[key], arr, rtol=1e-9, atol=1e-12, err_msg=key)

@@ -107,15 +107,25 @@ PARAMS = dict(g=[1.0, 0.98], lr=1e-3, block_size=16, scale_rate=0.2, adapt_sampl
               adapt_restart=True, recent_window=30)
 
 
+# a loss-gap cap that binds all the time (0.1 in squared-error units): the mixture weights too
+# must not depend on the cut
+BINDING_GAP = dict(eta=2.0, max_log_weight_gap=0.2)
+
+
+@pytest.mark.parametrize("cap", [{}, BINDING_GAP], ids=["gap-default", "gap-binding"])
 @pytest.mark.parametrize("size", [7, 33, 300])
-def test_learn_predict_is_exact_prequential_and_cut_invariant(size):
+def test_learn_predict_is_exact_prequential_and_cut_invariant(size, cap):
     # two sub-heads, learned delta, calibration, an adapt window and a class first seen mid-batch
     Phi, y = _data(n=300, seed=2)
     y = np.where(np.arange(300) < 140, y % 2, y)  # class 2 first appears after sample 140
-    ref = KalmanHead(**PARAMS)
+    ref = KalmanHead(**PARAMS, **cap)
     p_ref = _one_at_a_time(ref, Phi, y, adapt_at=210)
+    if cap:  # the cap binds: at an aligned boundary (288 = 18 blocks of 16) the lagging head sits on it
+        probe = KalmanHead(**PARAMS, **cap)
+        probe.learn(Phi[:288], y[:288])
+        assert probe._loss.max() == pytest.approx(0.1)
 
-    head = KalmanHead(**PARAMS)
+    head = KalmanHead(**PARAMS, **cap)
     out = []
     for a, b in _cuts(300, size):
         if a <= 210 < b:  # adapt lands between batches: split the batch at 210
@@ -142,6 +152,7 @@ def test_learn_predict_is_exact_prequential_and_cut_invariant(size):
     assert not np.allclose(head.noise_scale_, 1.0)  # tau did move
     for got, want in zip(head.forgetting_history_, ref.forgetting_history_):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(head.weights_, ref.weights_, rtol=0, atol=1e-12)
 
 
 def _class_stream(n: int, jump_every: int | None, seed: int = 0, D: int = 8, C: int = 3):
