@@ -188,15 +188,15 @@ class Learner(Component):
         return pad_columns(proba, len(self.classes_))
 
     exact_prequential: ClassVar[bool] = False
-    # True when ``copy.deepcopy`` of the learner costs little next to learning a few hundred
-    # samples, and the learner is both ``batch_invariant`` and ``exact_prequential``: the runtime
-    # may then learn several ``drift.adapt_grid`` segments in one call, and when a drift
-    # adaptation falls due inside them, go back to the copy and learn only up to that point
+    # True when the runtime may learn several ``drift.adapt_grid`` segments of a poll in one call:
+    # the learner is ``batch_invariant`` and ``exact_prequential``, ``copy.deepcopy`` of it costs
+    # little, and it gains from fewer, larger calls (KalmanHead). When a drift adaptation falls due
+    # inside such a call, the core goes back to the copy and learns only up to that point
     # (``stream.runtime.LearningCore``). Same results, fewer calls.
-    cheap_copy: ClassVar[bool] = False
+    joint_segments: ClassVar[bool] = False
 
 
-# What "costs little" means for ``Learner.cheap_copy`` when it depends on the state's size.
+# What "costs little" means for ``Learner.joint_segments`` when it depends on the state's size.
 CHEAP_COPY_BYTES = 16 * 2**20
 
 

@@ -75,7 +75,6 @@ from learners.base import (
     encode_batch,
     finite_features,
     labels_to_json,
-    small_arrays,
 )
 
 # From this many covariance entries (C * D * D) on, the rank-1 downdate runs as one in-place
@@ -166,11 +165,6 @@ class KalmanLogistic(Learner):
     @property
     def classes_(self) -> list[Label]:  # type: ignore[override]
         return self._index.classes
-
-    @property
-    def cheap_copy(self) -> bool:  # type: ignore[override]
-        """See ``Learner.cheap_copy``: true while the state's arrays take at most 16 MiB."""
-        return small_arrays(self)
 
     @property
     def drift_variance_(self) -> np.ndarray:

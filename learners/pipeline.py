@@ -24,8 +24,8 @@ class Pipeline(Learner):
         return self.head.exact_prequential
 
     @property
-    def cheap_copy(self) -> bool:  # type: ignore[override]
-        return self.head.cheap_copy  # the feature maps' states are a few vectors
+    def joint_segments(self) -> bool:  # type: ignore[override]
+        return self.head.joint_segments  # the feature maps' states are a few vectors
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         for step in self.steps:

@@ -277,7 +277,7 @@ class LearningCore:
         segs = self._segments(len(y))
         i = 0
         while i < len(segs):
-            # Learn segments i..last in one call (several only for learners with ``cheap_copy``);
+            # Learn segments i..last in one call (several only for learners with ``joint_segments``);
             # if an adaptation falls due inside them, go back to ``saved`` and learn up to there.
             last = self._run_end(segs, i)
             a, end = segs[i][0], segs[last][1]
@@ -325,9 +325,9 @@ class LearningCore:
 
     def _run_end(self, segs: list[tuple[int, int]], i: int) -> int:
         """Index of the last segment to learn in the same call as segment ``i``: more than ``i``
-        only for a learner with ``cheap_copy``, and never past the end of the segment where a
+        only for a learner with ``joint_segments``, and never past the end of the segment where a
         pending adaptation is due (it must be applied before the next one)."""
-        if len(segs) - i < 2 or not getattr(self.learner, "cheap_copy", False):
+        if len(segs) - i < 2 or not getattr(self.learner, "joint_segments", False):
             return i
         base = self.labelled_seen - segs[i][0]  # labelled count before the learn set
         due = self._due_at()
