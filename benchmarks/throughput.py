@@ -223,10 +223,11 @@ def core_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> tuple[flo
     return n / (time.perf_counter() - t0), 1e6 * (time.thread_time() - c0) / n
 
 
-def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> dict[str, Any] | None:
+def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], poll: int, grid: int) -> dict[str, Any] | None:
     """Samples/s of a KalmanHead's linear algebra alone, replayed on its real shapes (H sub-heads, D features,
-    C classes, chunks of at most ``max_chunk`` rows of each ``batch``-row segment; the block-boundary cuts,
-    which only add chunks, are ignored), with no Python arithmetic around it.
+    C classes, chunks of at most ``max_chunk`` rows of each call: a ``poll`` with ``joint_segments``, else an
+    adapt_grid segment of ``grid`` rows; the block-boundary cuts, which only add chunks, are ignored), with
+    no Python arithmetic around it.
 
     ``products``: only the two D x D products per sub-head (``Phi A`` and the in-place update
     ``A <- A - Wt^T Wt``). ``linalg``: every BLAS/LAPACK call of a chunk (those two, ``Phi Phi^T``,
@@ -244,6 +245,7 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> dict[st
     if not isinstance(head, KalmanHead):
         return None
     n = X.shape[0]
+    batch = poll if head.joint_segments else grid
     learner.learn(X[:batch], np.asarray(y[:batch], dtype=object))  # fixes D (the features' output size) and C
     assert head._A is not None and head._M is not None
     H, D, C = head.n_heads, head._A.shape[1], max(2, head._M.shape[2])
@@ -289,7 +291,7 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> dict[st
                 dgemm(-1e-6, APt[h].T, APt[h].T, beta=1.0, c=A[h].T, trans_b=1, overwrite_c=1)
         return n / (time.perf_counter() - t0)
 
-    return {"products": products(), "linalg": everything(), "H": H, "D": D, "chunk": chunk}
+    return {"products": products(), "linalg": everything(), "H": H, "D": D, "chunk": chunk, "call": batch}
 
 
 def _crc32c_c() -> str:
@@ -358,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                 raws.append(raw_rate(broker.bootstrap, topic, n, settings, default_cfg.kafka.max_wait_ms, args.timeout))
                 runs[label].append(daemon_rate(config(label), n, args.timeout))
                 cores[label].append(core_rate(config(label), X[:n_core], y[:n_core], default_cfg.kafka.max_batch))
-                floor = linalg_rate(config(label), X[:n_core], y[:n_core], default_cfg.drift.adapt_grid)
+                floor = linalg_rate(config(label), X[:n_core], y[:n_core], default_cfg.kafka.max_batch,
+                                    default_cfg.drift.adapt_grid)
                 if floor is not None:
                     floors[label].append(floor)
         raws.append(raw_rate(broker.bootstrap, topic, n, settings, default_cfg.kafka.max_wait_ms, args.timeout))
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, f in bounds:
             core = max(r for r, _ in cores[label])
             print(f"| {label} ({f['H']} sub-heads, D = {f['D']}, chunks of <= {f['chunk']} rows of "
-                  f"{default_cfg.drift.adapt_grid}-record segments) | {f['products']:,.0f} | "
+                  f"{f['call']}-record calls) | {f['products']:,.0f} | "
                   f"{f['products'] / raw_best:.2f} | {f['linalg']:,.0f} | {f['linalg'] / raw_best:.2f} | "
                   f"{core:,.0f} | {core / raw_best:.2f} |")
         print("\nThe linear algebra of the head's exact block update is replayed alone on its real shapes (OpenBLAS, "
