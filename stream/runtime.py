@@ -13,7 +13,10 @@ One batch (what one poll returned, in stream order) is processed as:
      ``drift.adapt_grid`` labelled samples after the detection: the learn set is cut at
      those multiples and due adaptations are applied there (pending ones wait across
      batches and are part of the snapshot), so an adaptation takes effect at the same
-     sample whatever the poll cut, in the daemon and in ``ocld evaluate`` alike.
+     sample whatever the poll cut, in the daemon and in ``ocld evaluate`` alike. A learner
+     with ``joint_segments`` (KalmanHead) learns all of a poll's segments in one call; the
+     core keeps a ``copy.deepcopy`` from before it and, when an adaptation falls due inside
+     the call, goes back to the copy and learns only up to that multiple (same results).
 Before step 3, every feature row (labelled or not) feeds the optional label-free input
 monitor (``drift.input``); its events (kind ``input``) go through the same hook at once and
 adapt the learner only when ``drift.input.adapt`` is true, due at the first grid multiple
