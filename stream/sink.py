@@ -112,11 +112,27 @@ class Sink:
     def flush(self, timeout: float | None = 30.0) -> None:
         self.producer.flush(timeout)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (for up to ``timeout_s``), then stop the producer and its network
+        thread. Never raises: with the broker gone, the records still queued (dead letters,
+        predictions) are reported as lost; the learning state does not depend on them."""
+        from kafka.errors import KafkaError
+
         try:
-            self.producer.flush(10)
-        finally:
-            self.producer.close(5)
+            self.producer.flush(timeout_s)
+        except KafkaError as exc:  # KafkaTimeoutError: the broker did not take them in time
+            log.warning("closing the output producer: %s; the dead letters and predictions still queued "
+                        "(%d bytes) are not delivered", type(exc).__name__, self.queued_bytes)
+            # kafka-python's close() flushes first and would raise the same way, leaving its network
+            # thread retrying forever: stop the thread, which drops the queued batches, then close.
+            sender = getattr(self.producer, "_sender", None)
+            if sender is not None and hasattr(sender, "force_close"):
+                sender.force_close()
+                sender.join(timeout_s)
+        try:
+            self.producer.close(0)
+        except KafkaError as exc:
+            log.warning("closing the output producer: %s", exc)
 
 
 def reason_key(reason: str) -> str:
