@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval in ms (default: Python's 5)")
     args = ap.parse_args(argv)
 
-    from learners.registry import build_learner
     from stream.config import load_config
     from stream.files import read_table
     from stream.runtime import limit_threads
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ROOT / "config" / "kalman.yaml")
 
     def learn() -> float:
-        learner = build_learner(cfg.learner.name, cfg.learner.params, [f.model_dump() for f in cfg.learner.features])
+        learner = cfg.build_learner()
         t0 = time.perf_counter()
         for a in range(0, n, 100):
             learner.learn_predict(X[a:a + 100], y[a:a + 100])

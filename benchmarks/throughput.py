@@ -238,9 +238,8 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], poll: int, grid: int) 
     from scipy.linalg.blas import dgemm, dtrsm
 
     from learners.kalman import KalmanHead
-    from stream.runtime import LearningCore
 
-    learner = LearningCore.from_config(cfg).learner
+    learner = cfg.build_learner()
     head = getattr(learner, "head", learner)
     if not isinstance(head, KalmanHead):
         return None
@@ -297,12 +296,12 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], poll: int, grid: int) 
 def monitor_rate(cfg: Config, n: int) -> float:
     """Samples/s of the config's drift monitor alone (river detectors, ``drift.also`` included), fed 0/1
     errors at rate 0.1 (seeded) in segments of ``drift.adapt_grid``, as the core feeds it."""
-    from stream.drift import DriftMonitor
+    from stream.runtime import LearningCore
 
-    d = cfg.drift
-    monitor = DriftMonitor(d.detector, d.params, d.window, also=[a.model_dump() for a in d.also])
+    monitor = LearningCore.from_config(cfg).monitor  # the error monitor the daemon builds from the config
+    assert monitor is not None
     errors = (np.random.default_rng(0).random(n) < 0.1).astype(np.float64)
-    g = d.adapt_grid
+    g = cfg.drift.adapt_grid
     t0 = time.perf_counter()
     for a in range(0, n, g):
         monitor.update(errors[a:a + g])

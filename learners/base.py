@@ -196,15 +196,6 @@ class Learner(Component):
     joint_segments: ClassVar[bool] = False
 
 
-# What "costs little" means for ``Learner.joint_segments`` when it depends on the state's size.
-CHEAP_COPY_BYTES = 16 * 2**20
-
-
-def small_arrays(obj: object, limit: int = CHEAP_COPY_BYTES) -> bool:
-    """Whether the numpy arrays held directly by ``obj`` take at most ``limit`` bytes together."""
-    return sum(v.nbytes for v in vars(obj).values() if isinstance(v, np.ndarray)) <= limit
-
-
 class FeatureMap(Component):
     """A transform in front of a head. ``learn_transform`` is the training path.
 

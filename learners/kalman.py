@@ -113,7 +113,6 @@ from learners.base import (
     encode_batch,
     finite_features,
     labels_to_json,
-    small_arrays,
 )
 
 _LOGIT_FLOOR = -30.0
@@ -289,9 +288,9 @@ class KalmanHead(Learner):
 
     @property
     def joint_segments(self) -> bool:  # type: ignore[override]
-        """See ``Learner.joint_segments``: true while the state's arrays take at most 16 MiB (a copy
+        """See ``Learner.joint_segments``: true while its covariances and means take at most 16 MiB (a copy
         then costs far less than learning a poll, and fewer calls save numpy's per-call overhead)."""
-        return small_arrays(self)
+        return sum(a.nbytes for a in (self._A, self._M) if a is not None) <= 16 * 2**20
 
     @property
     def n_heads(self) -> int:
