@@ -103,6 +103,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy.linalg.blas import dgemm, dtrsm
+from scipy.linalg.lapack import dpotrf
 
 from learners.base import (
     ClassIndex,
@@ -138,6 +139,20 @@ def _softmax_masked(logits: np.ndarray, n_known: np.ndarray) -> np.ndarray:
     e = np.exp(z)
     s = e.sum(axis=-1, keepdims=True)
     return np.divide(e, s, out=np.zeros_like(e), where=s > 0)
+
+
+class _Factors:
+    """A cache entry of ``KalmanHead._pair_factors``: read-only arrays, so a deep copy of the learner
+    (the runtime copies it before learning several segments at once) shares it instead of copying it."""
+
+    __slots__ = ("key", "values")
+
+    def __init__(self, key: Any, values: tuple[np.ndarray, ...]) -> None:
+        self.key = key
+        self.values = values
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Factors:
+        return self
 
 
 def _auto_bounds(delta0: list[float], delta_max: float) -> list[list[float]]:
@@ -280,6 +295,7 @@ class KalmanHead(Learner):
         self._A: np.ndarray | None = None  # [H, D, D]
         self._hist_n: list[int] = []
         self._hist_g: list[float] = []
+        self._factors: _Factors | None = None  # see _pair_factors
 
     # ------------------------------------------------------------------ properties
     @property
@@ -435,7 +451,61 @@ class KalmanHead(Learner):
             start = stop
         return out
 
+    def _chunk_factors(self, delta: np.ndarray) -> dict[str, np.ndarray]:
+        """What a chunk's update needs that depends only on its deltas [H, B] (see ``_pair_factors``)."""
+        B = delta.shape[1]
+        g, logG, G, E, RmE, decay_pow = self._pair_factors(delta)
+        GB = G[:, -1]
+        GBG = GB[:, None] * G  # G_B G_j
+        ratio = np.exp(logG[:, -1:] - logG)  # G_B / G_j
+        return {"g": g, "G": G, "GB": GB, "GB2": GB**2, "E": E, "RmE": RmE, "GBG": GBG,
+                "ct_s0": self.s0 * (ratio - GBG), "decay_pow": decay_pow[decay_pow.shape[0] - B:]}
+
+    def _pair_factors(self, delta: np.ndarray) -> tuple[np.ndarray, ...]:
+        """g, log G, G [H, B], G_i G_j and s0 (G_max(i,j)/G_min(i,j) - G_i G_j) [H, B, B], and the moving
+        average's decay powers, for deltas [H, B]. delta changes only at aligned block boundaries and is
+        usually the same for every sample of a chunk: then these are the leading B x B corner of the ones
+        for ``max_chunk`` samples, which are cached (bit for bit what computing them again gives: the
+        cumulative sums of a prefix are the prefix of the cumulative sums), so results do not depend on
+        the cache."""
+        B = delta.shape[1]
+        d0 = delta[:, 0]
+        uniform = B <= self.max_chunk and bool(np.all(delta == d0[:, None]))
+        key = (d0.tobytes(), self.s0, self.recent_window, self.max_chunk)
+        hit = self._factors
+        if uniform and hit is not None and hit.key == key:
+            g, logG, G, E, RmE, decay_pow = hit.values
+            return g[:, :B], logG[:, :B], G[:, :B], E[:, :B, :B], RmE[:, :B, :B], decay_pow
+        n = self.max_chunk if uniform else B
+        logg = -0.5 * (np.repeat(d0[:, None], n, axis=1) if uniform else delta)
+        logG = np.cumsum(logg, axis=1)  # log prod_{k<=j} g_k
+        G = np.exp(logG)
+        E = G[:, :, None] * G[:, None, :]  # G_i G_j
+        R = np.exp(-np.abs(logG[:, :, None] - logG[:, None, :]))  # G_max(i,j) / G_min(i,j)
+        decay = 1.0 - 1.0 / self.recent_window
+        values = (np.exp(logg), logG, G, E, self.s0 * (R - E), decay ** np.arange(n - 1, -1, -1))
+        if not uniform:
+            return values
+        for v in values:
+            v.flags.writeable = False  # shared by copies of the learner (see _Factors)
+        self._factors = _Factors(key, values)
+        return self._pair_factors(delta)
+
     def _cholesky(self, K: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factors of the SPD matrices K [H, B, B] (LAPACK potrf per matrix: on these small
+        sizes cheaper than numpy's batched call)."""
+        L = K.copy()
+        for h in range(L.shape[0]):
+            # L[h] is symmetric, so its column-major view L[h].T is the same matrix; the upper factor U
+            # (K = U^T U) written there in column-major order is L = U^T in row-major order.
+            u, info = dpotrf(L[h].T, lower=0, clean=1, overwrite_a=1)
+            if info != 0:
+                return self._cholesky_jitter(K)
+            if not np.may_share_memory(u, L):  # the wrapper had to copy: keep its result
+                L[h] = u.T
+        return L
+
+    def _cholesky_jitter(self, K: np.ndarray) -> np.ndarray:
         try:
             return np.linalg.cholesky(K)
         except np.linalg.LinAlgError:
@@ -453,12 +523,8 @@ class KalmanHead(Learner):
         s0, s2 = self.s0, self.s2
         t = self.n_seen + np.arange(B)
         delta = self._delta_at(t)  # [H, B]
-        logg = -0.5 * delta
-        g = np.exp(logg)
-        logG = np.cumsum(logg, axis=1)  # log prod_{k<=j} g_k
-        G = np.exp(logG)
-        logGB = logG[:, -1]
-        GB = G[:, -1]
+        c = self._chunk_factors(delta)
+        g, G, GB, GB2 = c["g"], c["G"], c["GB"], c["GB2"]
 
         q = np.einsum("bd,bd->b", Phi, Phi)
         GI = Phi @ Phi.T  # [B, B]
@@ -467,24 +533,19 @@ class KalmanHead(Learner):
         APt = np.empty((H, B, D))
         for h in range(H):
             np.matmul(Phi, self._A[h], out=APt[h])
-        GA = APt @ Phi.T  # [H, B, B]
-        E = G[:, :, None] * G[:, None, :]  # G_i G_j
-        R = np.exp(-np.abs(logG[:, :, None] - logG[:, None, :]))  # G_max(i,j) / G_min(i,j)
-        K = E * (GA - s0 * GI)
-        K += s0 * R * GI
+        K = APt @ Phi.T  # [H, B, B]: Phi A Phi^T, then in place
+        K *= c["E"]  # G_i G_j Phi A Phi^T
+        K += c["RmE"] * GI  # + s0 (G_max/G_min - G_i G_j) phi_i^T phi_j
         diag = np.arange(B)
         K[:, diag, diag] += s2
         L = self._cholesky(K)
 
         M = self._M
         EY = G[:, :, None] * (Phi @ M)  # [H, B, C]
-        ratio = np.exp(logGB[:, None] - logG)  # G_B / G_j
-        GBG = GB[:, None] * G  # G_B G_j
         Ct = APt  # cov(w_B, y_j)^T, built in place: G_B G_j A phi_j + s0 (G_B / G_j - G_B G_j) phi_j
-        Ct *= GBG[:, :, None]
-        Ct += (s0 * (ratio - GBG))[:, :, None] * Phi[None]
+        Ct *= c["GBG"][:, :, None]
+        Ct += c["ct_s0"][:, :, None] * Phi[None]
         r = Y[None, :, :] - EY  # [H, B, C], becomes z in place
-        GB2 = GB**2
         for h in range(H):
             # Row-major [B, n] is column-major [n, B]: solve X L^T = RHS^T in place (BLAS trsm,
             # right side, with L^T = L[h].T upper triangular), i.e. L X^T = RHS.
@@ -523,7 +584,7 @@ class KalmanHead(Learner):
             proba = np.einsum("hb,hbc->bc", w, p)
         loss = self._loss + csum[:, -1]
         decay = 1.0 - 1.0 / self.recent_window  # per-sample EMA, exact whatever the cut
-        self._recent = decay**B * self._recent + (1.0 - decay) * (sq @ decay ** np.arange(B - 1, -1, -1))
+        self._recent = decay**B * self._recent + (1.0 - decay) * (sq @ c["decay_pow"])
         self._loss = loss - loss.min()  # a common shift: the weights are unchanged
 
         # gradient of the one-step log predictive wrt delta (previous posterior fixed), and the

@@ -355,3 +355,21 @@ def test_adapt_reports_whether_it_changed_anything():
     assert head.adapt(event) is True
     np.testing.assert_array_equal(head.posterior(0)[0], head.posterior(1)[0])
     assert KalmanHead(g=[1.0, 0.99], adapt_samples=10).adapt(event) is True  # forced forgetting window
+
+
+def test_cholesky_matches_numpy_and_falls_back_with_jitter():
+    """The per-head LAPACK factor equals numpy's (upper triangle zero, input untouched); a matrix that is
+    not numerically positive definite takes the jitter path instead of failing."""
+    rng = np.random.default_rng(3)
+    head = KalmanHead(**KalmanHead._unit_test_params())
+    F = rng.normal(size=(2, 12, 12))
+    K = F @ F.transpose(0, 2, 1) + 0.1 * np.eye(12)
+    before = K.copy()
+    L = head._cholesky(K)
+    np.testing.assert_allclose(L, np.linalg.cholesky(before), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(K, before)
+    bad = K.copy()
+    bad[1] = np.outer(F[1, 0], F[1, 0])  # rank one: singular, so potrf fails on this head
+    L = head._cholesky(bad)
+    assert np.all(np.isfinite(L))
+    np.testing.assert_allclose(L @ L.transpose(0, 2, 1), bad, rtol=0, atol=1e-6 * np.abs(bad).max())
