@@ -209,6 +209,9 @@ class Config(_Model):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_format: Literal["text", "json"] = "text"
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
+    learner_process: bool = Field(False, description=(
+        "learn in a child process while the daemon reads and decodes the next poll (stream/worker.py): faster "
+        "when learning costs about as much as reading or more; one more process and a copy of each poll"))
 
     @field_validator("learner")
     @classmethod
@@ -223,6 +226,10 @@ class Config(_Model):
         if self.scale.fold_global_every_s is not None and self.learner.name != "AnalyticRidge":
             raise ValueError(f"scale.fold_global_every_s needs learner AnalyticRidge (its statistics add up exactly), "
                              f"not {self.learner.name}; remove scale.fold_global_every_s")
+        if self.scale.fold_global_every_s is not None and self.learner_process:
+            raise ValueError("scale.fold_global_every_s folds the other replicas' statistics into the learner in the "
+                             "daemon's process, so it cannot be combined with learner_process: true; set "
+                             "learner_process: false or remove scale.fold_global_every_s")
         return self
 
     # -- derived names ---------------------------------------------------------------

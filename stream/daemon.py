@@ -53,6 +53,7 @@ import signal
 import socket
 import os
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -69,6 +70,7 @@ from stream.sink import Sink
 from stream.snapshot import Snapshot
 from stream.source import KafkaSource
 from stream.state import Fenced, SnapshotStore, StatusStore, connect, replica_names, tp_field
+from stream.worker import RemoteCore
 
 log = logging.getLogger("ocld.daemon")
 
@@ -88,8 +90,11 @@ class Daemon:
                                   replica=self.replica)
         self.codec = Codec(cfg.messages.format, cfg.messages.features, cfg.messages.n_features,
                            cfg.messages.max_record_bytes, cfg.messages.max_abs_value)
-        self.core = LearningCore.from_config(cfg)
-        self.core.on_drift = self._on_drift
+        # learner_process: the core runs in a child process and polls in flight wait in _inflight
+        self.core: LearningCore | RemoteCore = RemoteCore(cfg) if cfg.learner_process else LearningCore.from_config(cfg)
+        if isinstance(self.core, LearningCore):
+            self.core.on_drift = self._on_drift
+        self._inflight: deque[Any] = deque()
         self.model_version: int | None = None
         self.started_at = time.time()
         self.dlq_count = 0
@@ -215,6 +220,7 @@ class Daemon:
                     self.metrics.sync_from(self)
                     self._last_records_t = time.monotonic()
                 else:
+                    self._drain()  # nothing new to read: finish what the learner process holds
                     now = time.monotonic()
                     if until_idle_s is not None and self.source.assignment():
                         lag = self.source.lag()
@@ -235,7 +241,31 @@ class Daemon:
 
     def _handle(self, polled) -> None:
         dec = self.codec.decode(polled.values)
-        res = self.core.process(dec)
+        if isinstance(self.core, RemoteCore):
+            # learn this poll in the child while the next one is read; finish the previous one meanwhile
+            self.core.submit(dec)
+            self._inflight.append((polled, dec))
+            while len(self._inflight) > 1:
+                self._finish_next()
+            return
+        self._finish(polled, dec, self.core.process(dec))
+
+    def _finish_next(self) -> None:
+        assert isinstance(self.core, RemoteCore)
+        polled, dec = self._inflight.popleft()
+        res = self.core.collect()
+        for event in res.events:
+            if self.core.action_for(event) == "adapt":
+                self._on_drift(event)  # as LearningCore calls it, before the event is recorded
+        self._finish(polled, dec, res)
+
+    def _drain(self) -> None:
+        """Finish every poll the learner process holds (before anything that reads or replaces its state)."""
+        while self._inflight:
+            self._finish_next()
+
+    def _finish(self, polled, dec, res) -> None:
+        """Outputs, drift records and offsets of a learned poll: only now does it count as consumed."""
         sink = self.sink
         assert sink is not None and self.source is not None
         for i, reason in dec.bad + res.bad:
@@ -243,7 +273,7 @@ class Daemon:
             sink.dead_letter(polled.values[i], topic, part, off, reason)
         self.dlq_count = sink.dlq_count
         if sink.predictions_topic and res.predictions:
-            classes = self.core.learner.classes_
+            classes = self.core.classes if isinstance(self.core, RemoteCore) else self.core.learner.classes_
             for i, rid, label, proba in res.predictions:
                 topic, part, off = polled.origin[i]
                 sink.prediction(topic, part, off, rid, label, proba.tolist(), classes)
@@ -311,6 +341,7 @@ class Daemon:
     def _checkpoint(self, final: bool = False) -> bool:
         """flush outputs -> snapshot + switch -> commit offsets. Returns True when durable."""
         assert self.sink is not None and self.source is not None
+        self._drain()  # a snapshot holds exactly what its offsets cover
         if self.records_seen == self._records_at_snapshot and (self.model_version is not None or not final):
             if self.degraded and not self._redis_down:
                 self._recovered(self.model_version)  # an outage with nothing to catch up on
@@ -436,8 +467,12 @@ class Daemon:
                     "until Kafka assigns them here again", exc, self.model_version, sorted(exc.lost))
         self.source.fence(lost)
         self._others = None  # the reloaded head holds the statistics folded when its snapshot was taken
-        self.core = LearningCore.from_config(self.cfg)
-        self.core.on_drift = self._on_drift
+        self._drain()
+        if isinstance(self.core, RemoteCore):
+            self.core.reset()
+        else:
+            self.core = LearningCore.from_config(self.cfg)
+            self.core.on_drift = self._on_drift
         self.model_version = None
         self.records_seen = self.dlq_count = 0
         self._labelled_at_snapshot = self._records_at_snapshot = 0
@@ -557,6 +592,8 @@ class Daemon:
             self.degraded = True
 
     def _learner_metrics(self) -> dict[str, Any]:
+        if isinstance(self.core, RemoteCore):
+            return self.core.learner_metrics()
         learner = getattr(self.core.learner, "head", self.core.learner)
         g = getattr(learner, "forgetting_", None)
         return {"forgetting": float(g)} if isinstance(g, (int, float)) else {}
@@ -635,9 +672,11 @@ class Daemon:
             self.sink.close()
         if self.source is not None:
             self.source.close()
+        if isinstance(self.core, RemoteCore):
+            self.core.close()
 
     def summary(self) -> dict[str, Any]:
-        s = self.core.metrics.summary()
+        s = self.core.summary() if isinstance(self.core, RemoteCore) else self.core.metrics.summary()
         return {"pipeline": self.cfg.name, "records_seen": self.records_seen, "samples_seen": self.core.samples_seen,
                 "labelled_seen": self.core.labelled_seen, "accuracy": s["accuracy"],
                 "nochange_accuracy": s["nochange_accuracy"], "balanced_accuracy": s["balanced_accuracy"],

@@ -86,8 +86,8 @@ class DaemonMetrics:
         self.add_total(self.learn_seconds, "learn", float(getattr(core, "learn_seconds", 0.0)))
         self.add_total(self.predict_seconds, "predict", float(getattr(core, "predict_seconds", 0.0)))
         self.add_total(self.drift, "drift", core.drift_count)
-        self.add_total(self.evictions.labels(self.pipeline, "pending"), "evict:pending", core.pending.evicted)
-        self.pending.set(len(core.pending.items))
+        self.add_total(self.evictions.labels(self.pipeline, "pending"), "evict:pending", core.pending_evicted)
+        self.pending.set(core.pending_size)
         sink = daemon.sink
         if sink is not None:
             for reason, n in list(sink.dlq_by_reason.items()):
@@ -99,7 +99,7 @@ class DaemonMetrics:
         core = daemon.core
         for key, value in (("records", daemon.records_seen), ("samples", core.samples_seen),
                            ("labelled", core.labelled_seen), ("dlq", daemon.dlq_count), ("drift", core.drift_count),
-                           ("evict:pending", core.pending.evicted)):
+                           ("evict:pending", core.pending_evicted)):
             self._last[key] = float(value)
 
     def render(self) -> bytes:

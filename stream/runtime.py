@@ -152,6 +152,15 @@ class LearningCore:
                    PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
                    d.adapt_grid, input_monitor, inp.adapt, d.cooldown, d.adapt_on_fall)
 
+    @property
+    def pending_size(self) -> int:
+        """Unlabelled samples waiting for a delayed label."""
+        return len(self.pending.items)
+
+    @property
+    def pending_evicted(self) -> int:
+        return self.pending.evicted
+
     def action_for(self, event: DriftEvent) -> str:
         """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
         ``none`` (adaptation off for this kind: recorded only), ``cooldown`` (an error event within

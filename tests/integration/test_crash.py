@@ -32,15 +32,20 @@ KALMAN = {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "feat
 RIDGE = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0}, "features": []}
 
 
-@pytest.mark.parametrize("spec, n, kills, seed", [(KALMAN, 12_000, 5, 3), (RIDGE, 8_000, 4, 5)],
-                         ids=["KalmanHead", "AnalyticRidge"])
-def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, n, kills, seed, broker, redis_url, name,
-                                                                   tmp_path):
+@pytest.mark.parametrize("spec, n, kills, seed, child", [(KALMAN, 12_000, 5, 3, False), (RIDGE, 8_000, 4, 5, False),
+                                                         (KALMAN, 8_000, 4, 11, True)],
+                         ids=["KalmanHead", "AnalyticRidge", "KalmanHead-learner-process"])
+def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, n, kills, seed, child, broker, redis_url,
+                                                                   name, tmp_path):
+    """``child``: with ``learner_process: true`` (the SIGKILL hits the daemon; its learner process must
+    not matter)."""
     values, X, y = make_stream(n, seed)
     topic = f"{name}.in"
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, spec, every_samples=n // 10)).decode())
+    cfg = pipeline_config(name, topic, spec, every_samples=n // 10)
+    cfg["learner_process"] = child
+    cfg_path.write_text(orjson.dumps(cfg).decode())
 
     runs = run_with_kills(cfg_path, name, broker, redis_url, len(y), kills, seed, tmp_path / "logs", run_timeout=90)
     modes = [r["mode"] for r in runs]

@@ -1,0 +1,255 @@
+"""The learning core in a child process (``learner_process: true``).
+
+One Python process cannot read and learn at the same time: numpy releases the GIL only inside
+each call, and a reading thread next to the learner starves it (``benchmarks/overlap.py``). With
+this option the daemon's process polls, decodes, writes outputs and runs the snapshot protocol,
+while a child process (``multiprocessing`` spawn) owns the :class:`~stream.runtime.LearningCore`
+and learns one poll while the daemon reads the next.
+
+Nothing about exactly-once changes: the daemon advances its offsets (and counts a poll as
+consumed) only when the child's result for that poll has come back, and before every snapshot
+it collects every poll in flight, so a snapshot holds the state after exactly the records its
+offsets cover. The child is a pure function of the messages it gets, so a pipeline learns the
+same state in either mode (tests check it).
+
+Requests go through a ``multiprocessing.Queue`` (its feeder thread never blocks the daemon),
+results come back on a pipe in request order. The child exits when the daemon asks it to or
+when the daemon's process is gone (a SIGKILLed daemon leaves no learner behind). An exception
+in the child comes back as :class:`LearnerProcessError` and stops the daemon, as it would
+without the option.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import traceback
+from typing import Any
+
+from learners.base import DriftEvent, LearnerState
+from stream.codec import Decoded
+from stream.runtime import BatchResult, LearningCore, limit_threads
+
+log = logging.getLogger(__name__)
+
+
+class LearnerProcessError(RuntimeError):
+    """The learner process failed or is gone."""
+
+
+def _view(core: LearningCore, res: BatchResult | None) -> dict[str, Any]:
+    """What the daemon reads from the core between snapshots, sent with every reply."""
+    learner = core.learner
+    head = getattr(learner, "head", learner)
+    g = getattr(head, "forgetting_", None)
+    return {
+        "labelled_seen": core.labelled_seen, "samples_seen": core.samples_seen, "drift_count": core.drift_count,
+        "pending_size": core.pending_size, "pending_evicted": core.pending_evicted,
+        "learn_seconds": core.learn_seconds, "predict_seconds": float(getattr(core, "predict_seconds", 0.0)),
+        "status_fields": core.status_fields(), "summary": core.metrics.summary(),
+        "learner_metrics": {"forgetting": float(g)} if isinstance(g, (int, float)) else {},
+        "actions": [core.action_for(e) for e in res.events] if res is not None else [],
+        "classes": list(learner.classes_) if res is not None and res.predictions else None,
+    }
+
+
+def _serve(cfg: Any, requests: Any, results: Any) -> None:
+    """The child's loop: one reply on ``results`` per request, in order."""
+    limit_threads()
+    parent = mp.parent_process()
+    core = LearningCore.from_config(cfg)
+    results.send(("ok", _view(core, None)))
+    while True:
+        try:
+            msg = requests.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return  # the daemon died (SIGKILL): nothing to hand back
+            continue
+        op = msg[0]
+        try:
+            if op == "process":
+                res = core.process(msg[1])
+                out: Any = (res, _view(core, res))
+            elif op == "to_parts":
+                out = core.to_parts()
+            elif op == "restore":
+                core.restore(msg[1], allow_pickle=msg[2])
+                out = _view(core, None)
+            elif op == "reset":
+                core = LearningCore.from_config(cfg)
+                out = _view(core, None)
+            elif op == "stop":
+                results.send(("ok", None))
+                return
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except Exception as exc:  # noqa: BLE001 (handed back to the daemon, which stops as it would without the option)
+            results.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            continue
+        results.send(("ok", out))
+
+
+class RemoteCore:
+    """A LearningCore in a child process, with the parts of its interface the daemon uses.
+
+    ``submit`` sends a decoded poll and returns at once; ``collect`` returns the result of the
+    oldest one submitted (blocking until it is ready). ``to_parts``, ``restore`` and ``reset``
+    need nothing in flight. Counters, status fields and metrics are those of the last reply.
+    """
+
+    def __init__(self, cfg: Any, start_timeout_s: float = 120.0) -> None:
+        ctx = mp.get_context("spawn")
+        self._requests = ctx.Queue()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_serve, args=(cfg, self._requests, child_end), name="ocld-learner",
+                                 daemon=True)
+        self._proc.start()
+        child_end.close()
+        self._inflight = 0
+        self._actions: dict[DriftEvent, str] = {}
+        self._classes: list[Any] = []
+        self._view: dict[str, Any] = {}
+        self._start_timeout_s = start_timeout_s
+        self._started = False
+
+    # -- messages --------------------------------------------------------------------
+    def _recv(self, timeout_s: float | None = None) -> Any:
+        try:
+            while not self._results.poll(1.0 if timeout_s is None else min(1.0, timeout_s)):
+                if not self._proc.is_alive():
+                    raise LearnerProcessError(f"the learner process exited (code {self._proc.exitcode})")
+                if timeout_s is not None:
+                    timeout_s -= 1.0
+                    if timeout_s <= 0:
+                        raise LearnerProcessError("the learner process did not answer in time")
+            msg = self._results.recv()
+        except (EOFError, OSError) as exc:
+            raise LearnerProcessError(f"the learner process is gone ({type(exc).__name__})") from None
+        if msg[0] == "error":
+            log.error("learner process: %s", msg[2])
+            raise LearnerProcessError(f"the learner process failed: {msg[1]}")
+        return msg[1]
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._view = self._recv(self._start_timeout_s)  # the child's first message: it is ready
+            self._started = True
+
+    def _call(self, *msg: Any) -> Any:
+        if self._inflight:
+            raise RuntimeError("collect every submitted poll before calling the learner process")
+        self._ensure_started()
+        self._requests.put(msg)
+        return self._recv()
+
+    # -- learning --------------------------------------------------------------------
+    def submit(self, dec: Decoded) -> None:
+        self._ensure_started()
+        self._requests.put(("process", dec))
+        self._inflight += 1
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def collect(self) -> BatchResult:
+        if not self._inflight:
+            raise RuntimeError("no poll in flight")
+        res, view = self._recv()
+        self._inflight -= 1
+        self._take(view)
+        self._actions = dict(zip(res.events, view["actions"]))
+        return res
+
+    def _take(self, view: dict[str, Any]) -> None:
+        self._view = view
+        if view.get("classes") is not None:
+            self._classes = view["classes"]
+
+    # -- what the daemon reads -------------------------------------------------------
+    @property
+    def labelled_seen(self) -> int:
+        self._ensure_started()
+        return int(self._view["labelled_seen"])
+
+    @property
+    def samples_seen(self) -> int:
+        self._ensure_started()
+        return int(self._view["samples_seen"])
+
+    @property
+    def drift_count(self) -> int:
+        self._ensure_started()
+        return int(self._view["drift_count"])
+
+    @property
+    def pending_size(self) -> int:
+        self._ensure_started()
+        return int(self._view["pending_size"])
+
+    @property
+    def pending_evicted(self) -> int:
+        self._ensure_started()
+        return int(self._view["pending_evicted"])
+
+    @property
+    def learn_seconds(self) -> float:
+        """Seconds the child spent learning (LearningCore.learn_seconds there)."""
+        self._ensure_started()
+        return float(self._view["learn_seconds"])
+
+    @property
+    def predict_seconds(self) -> float:
+        self._ensure_started()
+        return float(self._view["predict_seconds"])
+
+    def status_fields(self) -> dict[str, Any]:
+        self._ensure_started()
+        return dict(self._view["status_fields"])
+
+    def summary(self) -> dict[str, Any]:
+        self._ensure_started()
+        return dict(self._view["summary"])
+
+    def learner_metrics(self) -> dict[str, Any]:
+        self._ensure_started()
+        return dict(self._view["learner_metrics"])
+
+    @property
+    def classes(self) -> list[Any]:
+        """The learner's classes as of the last result that carried predictions."""
+        return self._classes
+
+    def action_for(self, event: DriftEvent) -> str:
+        return self._actions.get(event, "none")
+
+    # -- state -----------------------------------------------------------------------
+    def to_parts(self) -> dict[str, LearnerState]:
+        return self._call("to_parts")
+
+    def restore(self, parts: dict[str, LearnerState], allow_pickle: bool = False) -> None:
+        self._take(self._call("restore", parts, allow_pickle))
+
+    def reset(self) -> None:
+        """Start again from a fresh core (the daemon's rewind after a fence)."""
+        self._take(self._call("reset"))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the child (it has nothing to save: snapshots come from the daemon)."""
+        if self._proc.is_alive() and not self._inflight:  # polls still in flight are not needed: not snapshotted
+            try:
+                self._requests.put(("stop",))
+                self._proc.join(timeout_s)
+            except (OSError, ValueError):
+                pass
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5.0)
+        self._requests.close()
+        self._requests.join_thread()
+        self._results.close()
+
+
+__all__ = ["LearnerProcessError", "RemoteCore"]
