@@ -95,7 +95,7 @@ def make_stream(n: int, seed: int = 0, d: int = 8, n_classes: int = 3, unlabelle
 
 
 def pipeline_config(name: str, topic: str, learner: dict[str, Any], every_samples: int,
-                    chunk_bytes: int = 4096) -> dict[str, Any]:
+                    chunk_bytes: int = 4096, learner_process: bool = False) -> dict[str, Any]:
     """A config for the crash runs. Short session/poll timeouts let the group re-form in
     about a second after a SIGKILLed member (the defaults take ~10 s on tansu)."""
     cfg: dict[str, Any] = {
@@ -107,6 +107,7 @@ def pipeline_config(name: str, topic: str, learner: dict[str, Any], every_sample
         "messages": {"n_features": 8},
         "drift": {"enabled": True, "adapt": False},
         "status": {"interval_s": 0.1, "metrics_every_s": 1.0},
+        "learner_process": learner_process,
     }
     return cfg
 
@@ -276,7 +277,9 @@ def final_state(redis_url: str, name: str) -> tuple[Any, dict[str, Any]]:
 
 
 def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, bootstrap: str, redis_url: str, work: Path,
-             every_samples: int, uninterrupted: bool, verbose: bool = False) -> dict[str, Any]:
+             every_samples: int, uninterrupted: bool, verbose: bool = False,
+             learner_process: bool = False) -> dict[str, Any]:
+    """``learner_process``: the killed daemons learn in a child process (the uninterrupted one in-process)."""
     from tests.helpers import produce
 
     tag = f"c{seed}{learner[:2].lower()}{int(time.time() * 1000) % 10_000_000}"
@@ -289,7 +292,8 @@ def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, 
     result: dict[str, Any] = {"learner": learner, "records": n, "labelled": len(y), "produce_s": round(produced_s, 1)}
 
     cfg_path = work / f"{tag}.yaml"
-    cfg_path.write_text(orjson.dumps(pipeline_config(tag, topic, spec, every_samples)).decode())
+    cfg_path.write_text(orjson.dumps(pipeline_config(tag, topic, spec, every_samples,
+                                                     learner_process=learner_process)).decode())
     t0 = time.monotonic()
     runs = run_with_kills(cfg_path, tag, bootstrap, redis_url, len(y), kills, seed, work / tag, verbose=verbose)
     state, info = final_state(redis_url, tag)
@@ -320,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every-samples", type=int, default=5000)
     p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=list(LEARNERS))
     p.add_argument("--no-uninterrupted", action="store_true", help="skip the uninterrupted daemon run")
+    p.add_argument("--learner-process", action="store_true",
+                   help="the killed daemons run with learner_process: true (the uninterrupted one learns in-process)")
     args = p.parse_args(argv)
 
     from stream.embedded import EmbeddedBroker, EmbeddedRedis
@@ -336,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             for learner in args.learners:
                 print(f"{learner}: {args.records:,} records, {args.kills} kills (seed {args.seed})", flush=True)
                 res = run_case(learner, LEARNERS[learner], args.records, args.kills, args.seed, broker.bootstrap, redis_srv.url, work,
-                               args.every_samples, not args.no_uninterrupted, verbose=True)
+                               args.every_samples, not args.no_uninterrupted, verbose=True,
+                               learner_process=args.learner_process)
                 rows.append(res)
     print()
     header = ("learner", "records", "labelled", "kills", "labelled_seen", "weights max|w-w_ref|",

@@ -91,10 +91,9 @@ def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmu
     mp = multiprocessing.get_context("spawn")
     ready, done = mp.Event(), mp.Event()
     t_start: list[float] = []
-    process_fn = daemon.core.process
+    remote = cfg.learner_process
 
-    def process(dec: Any) -> Any:
-        res = process_fn(dec)
+    def learned(dec: Any) -> None:
         now = time.time()
         ts = np.asarray([t for t in dec.ts if t is not None], dtype=np.float64)
         if t_start and ts.size:
@@ -106,9 +105,24 @@ def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmu
                 point = (time.monotonic(), time.thread_time(), steady_count[0])
                 marks.setdefault("first", point)
                 marks["last"] = point
-        return res
 
-    daemon.core.process = process  # type: ignore[method-assign]
+    if remote:  # learner_process: a poll is learned when the daemon gets its result back (and finishes it)
+        finish_fn = daemon._finish
+
+        def finish(polled: Any, dec: Any, res: Any) -> None:
+            finish_fn(polled, dec, res)
+            learned(dec)
+
+        daemon._finish = finish  # type: ignore[method-assign]
+    else:
+        process_fn = daemon.core.process
+
+        def process(dec: Any) -> Any:
+            res = process_fn(dec)
+            learned(dec)
+            return res
+
+        daemon.core.process = process  # type: ignore[method-assign]
 
     def supervise() -> None:
         """Start the producer once the daemon owns its partition; stop the daemon when all is learned."""
@@ -153,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waits", default="5,20,100,500", help="max_wait_ms values for the trade-off table")
     ap.add_argument("--learner", default="KalmanHead", help="one of: " + ", ".join(LEARNERS))
     ap.add_argument("--timeout", type=float, default=90.0, help="upper bound in seconds for each setting")
+    ap.add_argument("--learner-process", action="store_true",
+                    help="learner_process: true (a record counts as learned when the daemon has its poll's result)")
     args = ap.parse_args(argv)
     if args.learner not in LEARNERS:
         ap.error(f"unknown learner {args.learner!r}; choose from {list(LEARNERS)}")
@@ -181,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             EmbeddedBroker(Path(tmp) / "broker") as broker, EmbeddedRedis(Path(tmp) / "redis") as rds:
         for label, kafka in settings:
             topic = f"lat.{uuid.uuid4().hex[:8]}"
-            cfg = pipeline_config(broker.bootstrap, rds.url, topic, tmp, LEARNERS[args.learner](), kafka)
+            spec = {**LEARNERS[args.learner](), "learner_process": args.learner_process}
+            cfg = pipeline_config(broker.bootstrap, rds.url, topic, tmp, spec, kafka)
             results.append((label, cfg, measure(cfg, rows, labels, args.rate, args.warmup, args.timeout)))
 
-    print(f"\n## Latency: production -> learned, {args.rate:,.0f} records/s, {args.learner}\n")
+    mode = ", learner_process: true (CPU: the daemon's thread only)" if args.learner_process else ""
+    print(f"\n## Latency: production -> learned, {args.rate:,.0f} records/s, {args.learner}{mode}\n")
     print(f"load average before: {load_before}; after: {load_average()}; run took {time.monotonic() - t_run:.0f} s; "
           f"{args.seconds:g} s per setting, first {args.warmup:g} s dropped; defaults: max_batch={defaults.max_batch}, "
           f"max_wait_ms={defaults.max_wait_ms}; snapshots every {results[0][1].snapshot.every_samples:,} samples\n")
@@ -197,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         capacity = 1e6 / r["cpu_us"] if r["cpu_us"] > 0 else float("nan")
         print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | {r['batch']:.1f} | "
               f"{r['learned_rate']:,.0f} | {r['cpu_us']:.0f} | {100 * r['cpu_share']:.0f}% | {capacity:,.0f} |")
+    if args.learner_process:
+        print("\nWith --learner-process a record counts as learned when the daemon has its poll's result back; CPU, "
+              "CPU share and capacity are the daemon thread's alone (the learning is in the child process).")
     print("\nCPU is the daemon thread's own (poll, decode, learn, snapshots), from time.thread_time; 'CPU share' is "
           "the part of one core it got while learning (below 100 % and learned < offered rate: the machine, not "
           "the daemon, was the limit); capacity = 1 / CPU per record, the rate one free core would sustain. "

@@ -210,7 +210,9 @@ class Daemon:
             self._publish_status("running", force=True)
             t_start = time.monotonic()
             while not self._stop:
-                polled = self.source.poll()
+                # With a poll in the learner process, wait for records only briefly: an empty poll then
+                # finishes it (_drain), so its outputs and status do not wait out a whole max_wait_ms.
+                polled = self.source.poll(min(cfg.kafka.max_wait_ms, 2) if self._inflight else None)
                 if polled.values:
                     idle_since = None
                     t_batch = time.perf_counter()

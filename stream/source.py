@@ -156,9 +156,12 @@ class KafkaSource:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()
                 if tp not in self.unclaimed and tp not in self.fenced}
 
-    def poll(self) -> Polled:
+    def poll(self, timeout_ms: int | None = None) -> Polled:
+        """The next batch (at most ``kafka.max_batch`` records), waiting up to ``timeout_ms`` (default
+        ``kafka.max_wait_ms``) for one."""
         k = self.cfg.kafka
-        records = self.consumer.poll(timeout_ms=k.max_wait_ms, max_records=k.max_batch)
+        records = self.consumer.poll(timeout_ms=k.max_wait_ms if timeout_ms is None else timeout_ms,
+                                     max_records=k.max_batch)
         values: list[bytes | None] = []
         parts: list[tuple[str, int, list[Any]]] = []
         nxt: dict[tuple[str, int], int] = {}
