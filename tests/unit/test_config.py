@@ -28,6 +28,18 @@ def test_out_of_range_value_names_field_and_value():
     assert "kafka.max_batch" in msg and "greater than or equal to 1" in msg and "(got 0)" in msg
 
 
+def test_learner_process_cannot_fold_other_replicas():
+    """Folding writes the other replicas' statistics into the learner in the daemon's process: the error names
+    both fields and how to fix it; each alone is accepted."""
+    base = {"learner": {"name": "AnalyticRidge"}, "scale": {"fold_global_every_s": 5}}
+    with pytest.raises(ConfigError) as err:
+        parse_config({**base, "learner_process": True})
+    msg = str(err.value)
+    assert "scale.fold_global_every_s" in msg and "learner_process" in msg and "set learner_process: false" in msg
+    assert parse_config(base).scale.fold_global_every_s == 5
+    assert parse_config({"learner_process": True}).learner_process
+
+
 def test_unknown_learner_lists_the_choices():
     with pytest.raises(ConfigError) as err:
         parse_config({"learner": {"name": "KalmanHed"}})
