@@ -13,8 +13,10 @@ offsets cover. The child is a pure function of the messages it gets, so a pipeli
 same state in either mode (tests check it).
 
 Requests go through a ``multiprocessing.Queue`` (its feeder thread never blocks the daemon),
-results come back on a pipe in request order. The child exits when the daemon asks it to or
-when the daemon's process is gone (a SIGKILLed daemon leaves no learner behind). An exception
+results come back on a pipe in request order. The child ignores SIGINT and SIGTERM (a terminal's
+Ctrl-C or a service manager may signal every process of the daemon, which still needs the child
+for its final snapshot); it exits when the daemon asks it to or when the daemon's process is gone
+(a SIGKILLed daemon leaves no learner behind). An exception
 in the child comes back as :class:`LearnerProcessError` and stops the daemon, as it would
 without the option.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import traceback
 from typing import Any
 
@@ -56,6 +59,11 @@ def _view(core: LearningCore, res: BatchResult | None) -> dict[str, Any]:
 
 def _serve(cfg: Any, requests: Any, results: Any) -> None:
     """The child's loop: one reply on ``results`` per request, in order."""
+    # Ctrl-C in a terminal signals the whole process group, and systemd's default stop signals every
+    # process of the unit: the daemon then finishes its batch and takes a final snapshot, for which it
+    # needs this process alive. It exits when the daemon asks, or when the daemon is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     limit_threads()
     parent = mp.parent_process()
     core = LearningCore.from_config(cfg)

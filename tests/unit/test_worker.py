@@ -1,6 +1,6 @@
 """The learning core in a child process (``learner_process: true``, stream/worker.py): the same
-results and state as the core in the daemon's process, its state calls, its errors, and no
-learner left behind when the daemon is SIGKILLed."""
+results and state as the core in the daemon's process, its state calls, its errors, its signals,
+and no learner left behind when the daemon is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -121,6 +121,14 @@ def test_an_error_in_the_learner_process_reaches_the_daemon():
         dec = _polls()[0]
         remote.submit(dec)
         remote.collect()
+        # SIGINT / SIGTERM sent to the whole process group (Ctrl-C, a service manager) leave the child serving:
+        # the daemon still needs it for its final snapshot
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(remote._proc.pid, sig)
+        time.sleep(0.5)
+        assert remote._proc.is_alive()
+        remote.submit(dec)
+        assert remote.collect().learned > 0
         bad = Decoded(rows=np.arange(2), X=np.zeros((2, 5)), y=["a", "b"], ids=[None, None], ts=[None, None],
                       task=[None, None])
         remote.submit(bad)  # 5 features after 4: the learner refuses them
