@@ -13,10 +13,12 @@ offsets cover. The child is a pure function of the messages it gets, so a pipeli
 same state in either mode (tests check it).
 
 Requests go through a ``multiprocessing.Queue`` (its feeder thread never blocks the daemon),
-results come back on a pipe in request order. The child ignores SIGINT and SIGTERM (a terminal's
-Ctrl-C or a service manager may signal every process of the daemon, which still needs the child
-for its final snapshot); it exits when the daemon asks it to or when the daemon's process is gone
-(a SIGKILLed daemon leaves no learner behind). An exception
+results come back on a pipe in request order. The child ignores SIGINT (a terminal's Ctrl-C
+signals the whole process group, and the daemon still needs the child for its final snapshot); it
+exits when the daemon asks it to, on SIGTERM, or when the daemon's process is gone (a SIGKILLed
+daemon leaves no learner behind). A service manager that sends SIGTERM to every process of the
+unit (systemd's default KillMode) ends the child before the daemon's final snapshot: use
+KillMode=mixed, or the restart learns again from the last snapshot (nothing is lost). An exception
 in the child comes back as :class:`LearnerProcessError` and stops the daemon, as it would
 without the option.
 """
@@ -59,11 +61,10 @@ def _view(core: LearningCore, res: BatchResult | None) -> dict[str, Any]:
 
 def _serve(cfg: Any, requests: Any, results: Any) -> None:
     """The child's loop: one reply on ``results`` per request, in order."""
-    # Ctrl-C in a terminal signals the whole process group, and systemd's default stop signals every
-    # process of the unit: the daemon then finishes its batch and takes a final snapshot, for which it
-    # needs this process alive. It exits when the daemon asks, or when the daemon is gone.
+    # Ctrl-C in a terminal signals the whole process group: the daemon then finishes its batch and takes
+    # a final snapshot, for which it needs this process alive. It exits when the daemon asks, or when the
+    # daemon is gone. SIGTERM keeps its default: multiprocessing stops children with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     limit_threads()
     parent = mp.parent_process()
     core = LearningCore.from_config(cfg)
@@ -165,8 +166,10 @@ class RemoteCore:
     def collect(self) -> BatchResult:
         if not self._inflight:
             raise RuntimeError("no poll in flight")
-        res, view = self._recv()
-        self._inflight -= 1
+        try:
+            res, view = self._recv()
+        finally:
+            self._inflight -= 1  # answered (or failed): either way no longer in flight
         self._take(view)
         self._actions = dict(zip(res.events, view["actions"]))
         return res
@@ -254,6 +257,9 @@ class RemoteCore:
                 pass
         if self._proc.is_alive():
             self._proc.terminate()
+            self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.kill()
             self._proc.join(5.0)
         self._requests.close()
         self._requests.join_thread()

@@ -121,10 +121,9 @@ def test_an_error_in_the_learner_process_reaches_the_daemon():
         dec = _polls()[0]
         remote.submit(dec)
         remote.collect()
-        # SIGINT / SIGTERM sent to the whole process group (Ctrl-C, a service manager) leave the child serving:
-        # the daemon still needs it for its final snapshot
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            os.kill(remote._proc.pid, sig)
+        # SIGINT sent to the whole process group (Ctrl-C in a terminal) leaves the child serving: the daemon
+        # still needs it for its final snapshot
+        os.kill(remote._proc.pid, signal.SIGINT)
         time.sleep(0.5)
         assert remote._proc.is_alive()
         remote.submit(dec)
@@ -134,10 +133,13 @@ def test_an_error_in_the_learner_process_reaches_the_daemon():
         remote.submit(bad)  # 5 features after 4: the learner refuses them
         with pytest.raises(LearnerProcessError, match="FeatureCountError"):
             remote.collect()
+        assert remote.inflight == 0
         remote.submit(dec)  # the child goes on serving
         assert remote.collect().learned > 0
+        remote.submit(dec)
     finally:
-        remote.close()
+        remote.close()  # with a poll in flight: the child is stopped all the same
+    assert not remote._proc.is_alive()
 
 
 def test_a_sigkilled_daemon_leaves_no_learner_process():
