@@ -275,7 +275,7 @@ class Daemon:
             sink.dead_letter(polled.values[i], topic, part, off, reason)
         self.dlq_count = sink.dlq_count
         if sink.predictions_topic and res.predictions:
-            classes = self.core.classes if isinstance(self.core, RemoteCore) else self.core.learner.classes_
+            classes = self.core.classes
             for i, rid, label, proba in res.predictions:
                 topic, part, off = polled.origin[i]
                 sink.prediction(topic, part, off, rid, label, proba.tolist(), classes)
@@ -582,7 +582,7 @@ class Daemon:
                 self.status.add_metrics({"t": time.time(), **{k: fields[k] for k in (
                     "samples_seen", "labelled_seen", "accuracy", "accuracy_total", "log_loss", "throughput",
                     "drift_count", "drift_count_error", "drift_count_input", "model_version", "dlq_count")},
-                    **self._learner_metrics()})
+                    **self.core.learner_metrics()})
         except redis.RedisError as exc:
             self.metrics.up.labels(self.cfg.name, "redis").set(0)
             self._redis_down = True
@@ -592,13 +592,6 @@ class Daemon:
                 self.degraded_since = time.time()
                 self.metrics.degraded.set(1)
             self.degraded = True
-
-    def _learner_metrics(self) -> dict[str, Any]:
-        if isinstance(self.core, RemoteCore):
-            return self.core.learner_metrics()
-        learner = getattr(self.core.learner, "head", self.core.learner)
-        g = getattr(learner, "forgetting_", None)
-        return {"forgetting": float(g)} if isinstance(g, (int, float)) else {}
 
     def status_fields(self, state: str) -> dict[str, Any]:
         lag = self.source.lag() if self.source else None
@@ -678,7 +671,7 @@ class Daemon:
             self.core.close()
 
     def summary(self) -> dict[str, Any]:
-        s = self.core.summary() if isinstance(self.core, RemoteCore) else self.core.metrics.summary()
+        s = self.core.summary()
         return {"pipeline": self.cfg.name, "records_seen": self.records_seen, "samples_seen": self.core.samples_seen,
                 "labelled_seen": self.core.labelled_seen, "accuracy": s["accuracy"],
                 "nochange_accuracy": s["nochange_accuracy"], "balanced_accuracy": s["balanced_accuracy"],

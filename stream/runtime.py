@@ -161,6 +161,21 @@ class LearningCore:
     def pending_evicted(self) -> int:
         return self.pending.evicted
 
+    @property
+    def classes(self) -> list[Any]:
+        """The learner's classes (the columns of its probabilities)."""
+        return self.learner.classes_
+
+    def summary(self) -> dict[str, Any]:
+        """The prequential metrics' totals (``PrequentialMetrics.summary``)."""
+        return self.metrics.summary()
+
+    def learner_metrics(self) -> dict[str, Any]:
+        """Learner figures for the metrics stream: the effective forgetting factor where the head has one."""
+        head = getattr(self.learner, "head", self.learner)
+        g = getattr(head, "forgetting_", None)
+        return {"forgetting": float(g)} if isinstance(g, (int, float)) else {}
+
     def action_for(self, event: DriftEvent) -> str:
         """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
         ``none`` (adaptation off for this kind: recorded only), ``cooldown`` (an error event within

@@ -45,18 +45,22 @@ class LearnerProcessError(RuntimeError):
 
 def _view(core: LearningCore, res: BatchResult | None) -> dict[str, Any]:
     """What the daemon reads from the core between snapshots, sent with every reply."""
-    learner = core.learner
-    head = getattr(learner, "head", learner)
-    g = getattr(head, "forgetting_", None)
     return {
         "labelled_seen": core.labelled_seen, "samples_seen": core.samples_seen, "drift_count": core.drift_count,
-        "pending_size": core.pending_size, "pending_evicted": core.pending_evicted,
-        "learn_seconds": core.learn_seconds, "predict_seconds": float(getattr(core, "predict_seconds", 0.0)),
-        "status_fields": core.status_fields(), "summary": core.metrics.summary(),
-        "learner_metrics": {"forgetting": float(g)} if isinstance(g, (int, float)) else {},
+        "pending_size": core.pending_size, "pending_evicted": core.pending_evicted, "learn_seconds": core.learn_seconds,
+        "status_fields": core.status_fields(), "summary": core.summary(), "learner_metrics": core.learner_metrics(),
         "actions": [core.action_for(e) for e in res.events] if res is not None else [],
-        "classes": list(learner.classes_) if res is not None and res.predictions else None,
+        "classes": list(core.classes) if res is not None and res.predictions else None,
     }
+
+
+def _viewed(name: str, kind: type) -> property:
+    """A RemoteCore property: ``LearningCore.<name>`` as of the child's last reply."""
+
+    def get(self: RemoteCore) -> Any:
+        return kind(self._field(name))
+
+    return property(get, doc=f"``LearningCore.{name}`` as of the last reply")
 
 
 def _serve(cfg: Any, requests: Any, results: Any) -> None:
@@ -180,53 +184,25 @@ class RemoteCore:
             self._classes = view["classes"]
 
     # -- what the daemon reads -------------------------------------------------------
-    @property
-    def labelled_seen(self) -> int:
+    def _field(self, name: str) -> Any:
         self._ensure_started()
-        return int(self._view["labelled_seen"])
+        return self._view[name]
 
-    @property
-    def samples_seen(self) -> int:
-        self._ensure_started()
-        return int(self._view["samples_seen"])
-
-    @property
-    def drift_count(self) -> int:
-        self._ensure_started()
-        return int(self._view["drift_count"])
-
-    @property
-    def pending_size(self) -> int:
-        self._ensure_started()
-        return int(self._view["pending_size"])
-
-    @property
-    def pending_evicted(self) -> int:
-        self._ensure_started()
-        return int(self._view["pending_evicted"])
-
-    @property
-    def learn_seconds(self) -> float:
-        """Seconds the child spent learning (LearningCore.learn_seconds there)."""
-        self._ensure_started()
-        return float(self._view["learn_seconds"])
-
-    @property
-    def predict_seconds(self) -> float:
-        self._ensure_started()
-        return float(self._view["predict_seconds"])
+    labelled_seen = _viewed("labelled_seen", int)
+    samples_seen = _viewed("samples_seen", int)
+    drift_count = _viewed("drift_count", int)
+    pending_size = _viewed("pending_size", int)
+    pending_evicted = _viewed("pending_evicted", int)
+    learn_seconds = _viewed("learn_seconds", float)  # seconds the child spent learning
 
     def status_fields(self) -> dict[str, Any]:
-        self._ensure_started()
-        return dict(self._view["status_fields"])
+        return dict(self._field("status_fields"))
 
     def summary(self) -> dict[str, Any]:
-        self._ensure_started()
-        return dict(self._view["summary"])
+        return dict(self._field("summary"))
 
     def learner_metrics(self) -> dict[str, Any]:
-        self._ensure_started()
-        return dict(self._view["learner_metrics"])
+        return dict(self._field("learner_metrics"))
 
     @property
     def classes(self) -> list[Any]:
