@@ -1,6 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY ocld ./ocld
+COPY core ./core
 COPY stream ./stream
 COPY learners ./learners
 COPY buffers ./buffers

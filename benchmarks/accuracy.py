@@ -125,7 +125,7 @@ def is_ocld(model: str) -> bool:
 
 
 def config_for(model: str, stream: str) -> Any:
-    from stream.config import parse_config
+    from ocld.stream.config import parse_config
 
     if model in EXTRA:
         data = yaml.safe_load(EXTRA[model].read_text())
@@ -157,7 +157,7 @@ def config_for(model: str, stream: str) -> Any:
 def read_cpu_seconds(path: Path) -> float:
     """CPU seconds of reading the whole file (evaluate reads it all, then applies ``limit``);
     subtracted from each run's CPU time."""
-    from stream.files import read_table
+    from ocld.stream.files import read_table
 
     best = float("inf")
     for _ in range(2):
@@ -170,7 +170,7 @@ def read_cpu_seconds(path: Path) -> float:
 def run_cell(model: str, stream: str, path: Path, limit: int | None, read_cpu: float = 0.0) -> dict[str, Any]:
     """One evaluate run; adds wall_s and cpu_samples_per_s (samples per CPU second of this
     process, file reading subtracted): CPU time hardly depends on what else the machine runs."""
-    from stream.offline import evaluate
+    from ocld.stream.offline import evaluate
 
     cfg = config_for(model, stream)
     t0 = time.perf_counter()
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples if args.samples is not None else (QUICK_SAMPLES if args.quick else None)
     models = [m for m in ALL_MODELS if m in args.models] + list(EXTRA)
 
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS; torch reads OMP_NUM_THREADS=1 set by `import stream`
     started = time.time()

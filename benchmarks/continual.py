@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.config import Config, load_config  # noqa: E402
-from stream.offline import evaluate  # noqa: E402
-from stream.report import plot_task_curves  # noqa: E402
+from ocld.stream.config import Config, load_config  # noqa: E402
+from ocld.stream.offline import evaluate  # noqa: E402
+from ocld.stream.report import plot_task_curves  # noqa: E402
 
 GAP_WINDOW = 100
 
@@ -59,7 +59,7 @@ def variant(path: str, **params: Any) -> Config:
 
 
 def main() -> None:
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     import torch

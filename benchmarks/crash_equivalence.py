@@ -156,7 +156,7 @@ def weights_max_diff(a: Any, b: Any) -> float:
 
 def reference_state(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
     """The learner after one uninterrupted ``learn_predict`` over all labelled records."""
-    from learners.registry import build_learner
+    from ocld.learners.registry import build_learner
 
     ref = build_learner(spec["name"], spec["params"], spec["features"])
     y_obj = np.empty(len(y), dtype=object)
@@ -166,7 +166,7 @@ def reference_state(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
 
 
 def _status(redis_url: str, name: str) -> dict[str, Any]:
-    from stream.client import StateClient
+    from ocld.stream.client import StateClient
 
     try:
         return StateClient(redis_url).status(name)
@@ -186,7 +186,7 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
     cfg = orjson.loads(cfg_path.read_bytes())
     every_samples = int(cfg["snapshot"]["every_samples"])
     max_batch = int(cfg["kafka"]["max_batch"])
-    cmd = [sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap, "--redis", redis_url,
+    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap, "--redis", redis_url,
            "--until-idle", "1.0", "--max-seconds", str(run_timeout)]
     runs: list[dict[str, Any]] = []
     killed = 0
@@ -258,7 +258,7 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
 
 
 def _latest_labelled(redis_url: str, name: str) -> int | None:
-    from stream.state import SnapshotStore, connect
+    from ocld.stream.store import SnapshotStore, connect
 
     r = connect(redis_url)
     v = SnapshotStore(r, name).latest_version()
@@ -269,7 +269,7 @@ def _latest_labelled(redis_url: str, name: str) -> int | None:
 
 def final_state(redis_url: str, name: str) -> tuple[Any, dict[str, Any]]:
     """(learner state of the latest snapshot, its info)."""
-    from stream.state import SnapshotStore, connect
+    from ocld.stream.store import SnapshotStore, connect
 
     snap = SnapshotStore(connect(redis_url), name).load_latest()
     assert snap is not None, f"pipeline {name} has no snapshot"
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the killed daemons run with learner_process: true (the uninterrupted one learns in-process)")
     args = p.parse_args(argv)
 
-    from stream.embedded import EmbeddedBroker, EmbeddedRedis
+    from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
     def _interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds the context managers: servers and children stop

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from learners.mkd import MomentumKD
+    from ocld.learners.mkd import MomentumKD
 
     Xtr, ytr, Xte, yte = digits_split()
     if args.export is not None:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "ER+MKD": lambda s: MomentumKD(mkd=True, buffer_size=BUFFER, seed=s),
     }
     if have_analytic:
-        from learners.analytic import AnalyticRidge
+        from ocld.learners.analytic import AnalyticRidge
 
         makers["AnalyticRidge"] = lambda s: AnalyticRidge(seed=s)
 

@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.streams import make_stream  # noqa: E402
-from stream.config import Config, load_config  # noqa: E402
-from stream.files import Table, read_table  # noqa: E402
-from stream.offline import evaluate_arrays  # noqa: E402
+from ocld.stream.config import Config, load_config  # noqa: E402
+from ocld.stream.files import Table, read_table  # noqa: E402
+from ocld.stream.offline import evaluate_arrays  # noqa: E402
 
 LEARNERS = {"kalman": "KalmanHead", "analytic": "AnalyticRidge", "logistic": "KalmanLogistic", "mkd": "MomentumKD"}
 STREAMS = ("sea", "agrawal", "hyperplane", "rbf", "elec")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeded", nargs="*", default=["mkd"], choices=list(LEARNERS),
                     help="learners run once per --seeds value (the others: once, configured seed)")
     args = ap.parse_args(argv)
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     try:

@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learners.kalman import KalmanHead  # noqa: E402
-from learners.registry import build_learner  # noqa: E402
+from ocld.learners.kalman import KalmanHead  # noqa: E402
+from ocld.learners.registry import build_learner  # noqa: E402
 
 
 def load_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:

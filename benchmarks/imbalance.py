@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from learners.analytic import AnalyticRidge
-from learners.base import DriftEvent
-from learners.features import Standardizer
-from learners.pipeline import Pipeline
+from ocld.learners.analytic import AnalyticRidge
+from ocld.learners.base import DriftEvent
+from ocld.learners.features import Standardizer
+from ocld.learners.pipeline import Pipeline
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import LEARNERS, load_average, pipeline_config  # noqa: E402
-from stream.config import Config, KafkaConfig  # noqa: E402
+from ocld.stream.config import Config, KafkaConfig  # noqa: E402
 
 
 def paced_producer(bootstrap: str, topic: str, rows: np.ndarray, labels: list[Any], rate: float,
@@ -78,8 +78,8 @@ def paced_producer(bootstrap: str, topic: str, rows: np.ndarray, labels: list[An
 
 def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmup_s: float,
             timeout_s: float) -> dict[str, Any]:
-    from stream.broker import ensure_topics
-    from stream.daemon import Daemon
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.daemon import Daemon
 
     n = len(labels)
     ensure_topics(cfg.kafka, {cfg.kafka.topic: 1})
@@ -173,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.learner not in LEARNERS:
         ap.error(f"unknown learner {args.learner!r}; choose from {list(LEARNERS)}")
 
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    from stream.embedded import EmbeddedBroker, EmbeddedRedis
-    from stream.files import read_table
+    from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
+    from ocld.stream.files import read_table
 
     table = read_table(ROOT / "data" / "elec.csv")
     n = int(args.rate * args.seconds)

@@ -64,8 +64,8 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learners.base import Learner, LearnerState  # noqa: E402
-from learners.registry import build_learner  # noqa: E402
+from ocld.learners.base import Learner, LearnerState  # noqa: E402
+from ocld.learners.registry import build_learner  # noqa: E402
 
 DIMS = (64, 128, 256, 512, 1024)
 CLASSES = (2, 10, 100)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = sorted(args.batches or ([1, 100] if args.quick else list(BATCHES)))
     min_time = args.min_time if args.min_time is not None else (0.1 if args.quick else 0.5)
 
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS; torch reads OMP_NUM_THREADS=1 set by `import stream`
     started = time.time()

@@ -54,8 +54,8 @@ def produce_partitioned(bootstrap: str, topic: str, values: list[bytes], partiti
     """Round-robin over the partitions; returns the record count of each partition."""
     from kafka import KafkaProducer
 
-    from stream.broker import ensure_topics
-    from stream.config import KafkaConfig
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.config import KafkaConfig
 
     ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: partitions})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
@@ -88,7 +88,7 @@ class Replica:
 
     def __init__(self, replica: str, cfg_path: Path, bootstrap: str, redis_url: str, log_dir: Path) -> None:
         self.replica = replica
-        self.cmd = [sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap,
+        self.cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap,
                     "--redis", redis_url, "--replica", replica]
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
@@ -124,7 +124,7 @@ class Replica:
 
 def covered(redis_url: str, name: str, topic: str) -> int:
     """Records covered by durable snapshots: the sum of the registry's offsets for the topic."""
-    from stream.client import StateClient
+    from ocld.stream.client import StateClient
 
     reg = StateClient(redis_url).partitions(name)
     return sum(int(e["offset"] or 0) for tp, e in reg.items() if tp.rpartition(":")[0] == topic)
@@ -142,8 +142,8 @@ def wait_covered(redis_url: str, name: str, topic: str, total: int, timeout: flo
 
 def replica_states(redis_url: str, name: str) -> dict[str, Any]:
     """replica -> (latest snapshot info, learner) for every replica with a snapshot."""
-    from learners.registry import learner_from_state
-    from stream.client import StateClient
+    from ocld.learners.registry import learner_from_state
+    from ocld.stream.client import StateClient
 
     client = StateClient(redis_url)
     return {r: (s.info, learner_from_state(s.parts["learner"])) for r, s in client.replica_snapshots(name).items()}
@@ -162,7 +162,7 @@ def run_replicas(n_replicas: int, values: list[bytes], learner: dict[str, Any], 
     replicas = [Replica(f"r{i}", cfg_path, bootstrap, redis_url, logs) for i in range(n_replicas)]
     for r in replicas:
         r.start()
-    from stream.client import StateClient
+    from ocld.stream.client import StateClient
 
     client = StateClient(redis_url)
     t_first = None
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=6)
     args = ap.parse_args()
 
-    from stream.embedded import services
+    from ocld.stream.embedded import services
 
     values, _, _ = labelled_stream(args.n, 0)
     with tempfile.TemporaryDirectory() as tmp, \

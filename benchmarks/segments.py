@@ -3,7 +3,7 @@
 ``LearningCore.process`` cuts every poll at multiples of ``drift.adapt_grid`` labelled samples
 (100 by default) so that adaptations take effect at the same sample whatever the poll cut.
 Learners with ``joint_segments`` (KalmanHead) learn all the segments of a poll in one call and
-go back to a copy when an adaptation falls due inside it (stream.runtime). This measures the
+go back to a copy when an adaptation falls due inside it (ocld.core.runtime). This measures the
 learning core both ways, the flag forced off and on, on elec (data/elec.csv tiled), shipped configs
 (config/kalman.yaml, config/logistic.yaml), polls of ``--poll`` records, interleaved repeats,
 CPU time of this thread, and prints the accuracy and drift events both ways. KalmanLogistic
@@ -39,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
 
-    import learners.kalman
-    import learners.logistic
-    from stream.codec import Decoded
-    from stream.config import load_config
-    from stream.files import read_table
-    from stream.runtime import LearningCore, limit_threads
+    import ocld.learners.kalman
+    import ocld.learners.logistic
+    from ocld.core.codec import Decoded
+    from ocld.stream.config import load_config
+    from ocld.stream.files import read_table
+    from ocld.core.runtime import LearningCore, limit_threads
 
     limit_threads()
-    classes = {"KalmanHead": learners.kalman.KalmanHead, "KalmanLogistic": learners.logistic.KalmanLogistic}
+    classes = {"KalmanHead": ocld.learners.kalman.KalmanHead, "KalmanLogistic": ocld.learners.logistic.KalmanLogistic}
     table = read_table(ROOT / "data" / "elec.csv")
     n, poll = args.samples, args.poll
     reps = -(-n // table.X.shape[0])

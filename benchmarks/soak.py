@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
 
-    from stream.broker import ensure_topics
-    from stream.client import StateClient
-    from stream.config import KafkaConfig
-    from stream.embedded import EmbeddedBroker, EmbeddedRedis
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.client import StateClient
+    from ocld.stream.config import KafkaConfig
+    from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
     name, topic = "soak", "soak.in"
     cfg = {
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                       daemon=True)
             log_path = work / "daemon.log"
             with open(log_path, "wb") as log_fh:
-                proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--bootstrap",
+                proc = subprocess.Popen([sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap",
                                          broker.bootstrap, "--redis", rds.url], cwd=ROOT, stdout=log_fh,
                                         stderr=subprocess.STDOUT)
                 feeder.start()

@@ -45,7 +45,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.config import Config, load_config, parse_config  # noqa: E402
+from ocld.stream.config import Config, load_config, parse_config  # noqa: E402
 
 LEARNERS: dict[str, Callable[[], dict[str, Any]]] = {
     "KalmanHead": lambda: _yaml_learner("kalman.yaml"),
@@ -65,7 +65,7 @@ def _yaml_learner(name: str) -> dict[str, Any]:
 
 def elec_records(n: int) -> tuple[np.ndarray, list[int], list[bytes]]:
     """``n`` rows of data/elec.csv, tiled, and their JSON records."""
-    from stream.files import read_table
+    from ocld.stream.files import read_table
 
     table = read_table(ROOT / "data" / "elec.csv")
     reps = -(-n // table.X.shape[0])
@@ -78,8 +78,8 @@ def elec_records(n: int) -> tuple[np.ndarray, list[int], list[bytes]]:
 def produce(bootstrap: str, topic: str, values: list[bytes], timeout_s: float) -> float:
     from kafka import KafkaProducer
 
-    from stream.broker import ensure_topics
-    from stream.config import KafkaConfig
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.config import KafkaConfig
 
     ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: 1})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
@@ -172,7 +172,7 @@ class Timed:
 
 def daemon_rate(cfg: Config, n: int, timeout_s: float) -> dict[str, Any]:
     """Run a Daemon in-process until it has handled ``n`` records; rate and time split."""
-    from stream.daemon import Daemon
+    from ocld.stream.daemon import Daemon
 
     daemon = Daemon(cfg)
     decode = Timed(daemon.codec, "decode")
@@ -216,8 +216,8 @@ def daemon_rate(cfg: Config, n: int, timeout_s: float) -> dict[str, Any]:
 
 def core_rate(cfg: Config, X: np.ndarray, y: list[Any], batch: int) -> tuple[float, float]:
     """LearningCore.process alone on pre-decoded batches of ``batch`` records."""
-    from stream.codec import Decoded
-    from stream.runtime import LearningCore
+    from ocld.core.codec import Decoded
+    from ocld.core.runtime import LearningCore
 
     core = LearningCore.from_config(cfg)
     n = X.shape[0]
@@ -243,7 +243,7 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], poll: int, grid: int) 
     learner is not a KalmanHead."""
     from scipy.linalg.blas import dgemm, dtrsm
 
-    from learners.kalman import KalmanHead
+    from ocld.learners.kalman import KalmanHead
 
     learner = cfg.build_learner()
     head = getattr(learner, "head", learner)
@@ -302,7 +302,7 @@ def linalg_rate(cfg: Config, X: np.ndarray, y: list[Any], poll: int, grid: int) 
 def monitor_rate(cfg: Config, n: int) -> float:
     """Samples/s of the config's drift monitor alone (river detectors, ``drift.also`` included), fed 0/1
     errors at rate 0.1 (seeded) in segments of ``drift.adapt_grid``, as the core feeds it."""
-    from stream.runtime import LearningCore
+    from ocld.core.runtime import LearningCore
 
     monitor = LearningCore.from_config(cfg).monitor  # the error monitor the daemon builds from the config
     assert monitor is not None
@@ -341,12 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240.0, help="upper bound in seconds for each phase")
     args = ap.parse_args(argv)
 
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()  # numpy's and scipy's OpenBLAS, and torch
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    from stream.embedded import EmbeddedBroker, EmbeddedRedis
+    from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
     n = args.records
     kafka_over = {k: v for k, v in (("max_batch", args.max_batch), ("max_wait_ms", args.max_wait_ms)) if v is not None}

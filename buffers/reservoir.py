@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
+from ocld.learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
+from ocld.learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
 
 
 class ClassStats(Component):

@@ -44,8 +44,8 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.linalg import blas, lapack
 
-from buffers.stats import ClassStats
-from learners.base import (
+from ocld.buffers.stats import ClassStats
+from ocld.learners.base import (
     ClassIndex,
     DriftEvent,
     Label,
@@ -54,7 +54,7 @@ from learners.base import (
     check_X,
     labels_to_json,
 )
-from learners.features import RandomReLU
+from ocld.learners.features import RandomReLU
 
 # Expanded features are clipped to this magnitude: an extreme (but finite) input cannot
 # poison the statistics with inf/NaN. Far above anything a standardized input produces.

@@ -192,7 +192,7 @@ class Learner(Component):
     # the learner is ``batch_invariant`` and ``exact_prequential``, ``copy.deepcopy`` of it costs
     # little, and it gains from fewer, larger calls (KalmanHead). When a drift adaptation falls due
     # inside such a call, the core goes back to the copy and learns only up to that point
-    # (``stream.runtime.LearningCore``). Same results, fewer calls.
+    # (``ocld.core.runtime.LearningCore``). Same results, fewer calls.
     joint_segments: ClassVar[bool] = False
 
 

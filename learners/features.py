@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learners.base import FeatureMap, LearnerState, check_X
+from ocld.learners.base import FeatureMap, LearnerState, check_X
 
 
 class Standardizer(FeatureMap):

@@ -105,7 +105,7 @@ import numpy as np
 from scipy.linalg.blas import dgemm, dtrsm
 from scipy.linalg.lapack import dpotrf
 
-from learners.base import (
+from ocld.learners.base import (
     ClassIndex,
     DriftEvent,
     Label,

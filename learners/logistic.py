@@ -66,7 +66,7 @@ import numpy as np
 from scipy.linalg.blas import dger
 from scipy.special import expit
 
-from learners.base import (
+from ocld.learners.base import (
     ClassIndex,
     DriftEvent,
     Label,

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from learners.analytic import AnalyticRidge
-from learners.base import Learner, LearnerState
-from learners.pipeline import Pipeline
-from learners.registry import component_from_state
+from ocld.learners.analytic import AnalyticRidge
+from ocld.learners.base import Learner, LearnerState
+from ocld.learners.pipeline import Pipeline
+from ocld.learners.registry import component_from_state
 
 
 class MergeError(ValueError):

@@ -71,7 +71,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from learners.base import (
+from ocld.learners.base import (
     ClassIndex,
     DriftEvent,
     Learner,
@@ -149,7 +149,7 @@ def _import_factory(path: str) -> Callable[[int], Any]:
         raise ValueError(f"cannot import model_factory {path!r}: {exc}") from None
     if not callable(obj) or not getattr(obj, _FACTORY_MARK, False):
         raise ValueError(
-            f"model_factory {path!r} is not a body factory; decorate it with @learners.mkd.body_factory"
+            f"model_factory {path!r} is not a body factory; decorate it with @ocld.learners.mkd.body_factory"
         )
     return obj  # type: ignore[no-any-return]
 
@@ -390,7 +390,7 @@ class MomentumKD(Learner):
     def _make_buffer(self) -> Any:
         if self.buffer_size == 0:
             return None
-        from buffers.reservoir import ClassBalancedReservoir, Reservoir
+        from ocld.buffers.reservoir import ClassBalancedReservoir, Reservoir
 
         cls = ClassBalancedReservoir if self.buffer_kind == "class_balanced" else Reservoir
         return cls(capacity=self.buffer_size, seed=self.seed)

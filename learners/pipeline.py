@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learners.base import DriftEvent, FeatureMap, Label, Learner, LearnerState
+from ocld.learners.base import DriftEvent, FeatureMap, Label, Learner, LearnerState
 
 
 class Pipeline(Learner):
@@ -56,7 +56,7 @@ class Pipeline(Learner):
 
     @classmethod
     def from_state(cls, state: LearnerState) -> "Pipeline":
-        from learners.registry import component_from_state
+        from ocld.learners.registry import component_from_state
 
         steps = [component_from_state(state.children[f"step{i}"]) for i in range(int(state.meta["n_steps"]))]
         head = component_from_state(state.children["head"])

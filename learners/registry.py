@@ -6,22 +6,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from learners.base import Component, FeatureMap, Learner, LearnerState
+from ocld.learners.base import Component, FeatureMap, Learner, LearnerState
 
 # name -> "module:Class". The conformance suite discovers everything from here.
 COMPONENTS: dict[str, str] = {
-    "Standardizer": "learners.features:Standardizer",
-    "RandomFourierFeatures": "learners.features:RandomFourierFeatures",
-    "RandomReLU": "learners.features:RandomReLU",
-    "Pipeline": "learners.pipeline:Pipeline",
-    "KalmanHead": "learners.kalman:KalmanHead",
-    "AnalyticRidge": "learners.analytic:AnalyticRidge",
-    "KalmanLogistic": "learners.logistic:KalmanLogistic",
-    "MomentumKD": "learners.mkd:MomentumKD",
-    "RiverLearner": "learners.river_adapter:RiverLearner",
-    "Reservoir": "buffers.reservoir:Reservoir",
-    "ClassBalancedReservoir": "buffers.reservoir:ClassBalancedReservoir",
-    "ClassStats": "buffers.stats:ClassStats",
+    "Standardizer": "ocld.learners.features:Standardizer",
+    "RandomFourierFeatures": "ocld.learners.features:RandomFourierFeatures",
+    "RandomReLU": "ocld.learners.features:RandomReLU",
+    "Pipeline": "ocld.learners.pipeline:Pipeline",
+    "KalmanHead": "ocld.learners.kalman:KalmanHead",
+    "AnalyticRidge": "ocld.learners.analytic:AnalyticRidge",
+    "KalmanLogistic": "ocld.learners.logistic:KalmanLogistic",
+    "MomentumKD": "ocld.learners.mkd:MomentumKD",
+    "RiverLearner": "ocld.learners.river_adapter:RiverLearner",
+    "Reservoir": "ocld.buffers.reservoir:Reservoir",
+    "ClassBalancedReservoir": "ocld.buffers.reservoir:ClassBalancedReservoir",
+    "ClassStats": "ocld.buffers.stats:ClassStats",
 }
 
 HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner")
@@ -64,7 +64,7 @@ def build_learner(name: str, params: dict[str, Any] | None = None, features: lis
         if fname not in FEATURE_MAPS:
             raise ValueError(f"learner.features[{i}].name {fname!r} is not a feature map; choose one of {list(FEATURE_MAPS)}")
         steps.append(build_component(fname, spec.get("params")))
-    from learners.pipeline import Pipeline
+    from ocld.learners.pipeline import Pipeline
 
     return Pipeline(steps, head)  # type: ignore[arg-type]
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from learners.base import ClassIndex, DriftEvent, Learner, LearnerState, check_X, labels_to_json
+from ocld.learners.base import ClassIndex, DriftEvent, Learner, LearnerState, check_X, labels_to_json
 
 
 def _import_river(path: str) -> Any:

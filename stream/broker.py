@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from stream.config import KafkaConfig
+from ocld.stream.config import KafkaConfig
 
 log = logging.getLogger("ocld.broker")
 

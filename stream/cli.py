@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from stream.config import Config, ConfigError, KafkaConfig, load_config, parse_config, redact_url
+from ocld.stream.config import Config, ConfigError, KafkaConfig, load_config, parse_config, redact_url
 
 log = logging.getLogger("ocld")
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +53,12 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 # -- commands ------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from stream.daemon import Daemon
-    from stream.embedded import services
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.embedded import services
 
     cfg = _config(args.config, args)
     if args.replica is not None:
-        from stream.config import with_replica
+        from ocld.stream.config import with_replica
 
         cfg = with_replica(cfg, args.replica, f"--replica {args.replica!r}")
     if cfg.log_format == "json" and not args.json_logs:
@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream.replay import replay
+    from ocld.stream.replay import replay
 
     kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
     if kafka.bootstrap == "embedded":
@@ -84,7 +84,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from stream.replay import record
+    from ocld.stream.replay import record
 
     kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
     if kafka.bootstrap == "embedded":
@@ -95,7 +95,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stream.offline import evaluate
+    from ocld.stream.offline import evaluate
 
     cfg = _config(args.config, args)
     if args.eval_every is not None and not args.test:
@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             rows.append((label, f"{result[key]:.4f}"))
     _print_table("ocld evaluate", rows)
     if args.plot:
-        from stream.report import plot_run
+        from ocld.stream.report import plot_run
 
         print(f"wrote {plot_run(result, args.plot)}")
     if args.json:
@@ -130,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from stream.client import StateClient
+    from ocld.stream.client import StateClient
 
     client = StateClient(_redis_url(args))
     names = [args.pipeline] if args.pipeline else client.pipelines()
@@ -191,7 +191,7 @@ def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from stream.client import StateClient
+    from ocld.stream.client import StateClient
 
     client = StateClient(_redis_url(args))
     if args.metrics:
@@ -210,7 +210,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Make an older snapshot the latest; the daemon resumes from it at its next start."""
-    from stream.client import RollbackRefused, StateClient
+    from ocld.stream.client import RollbackRefused, StateClient
 
     client = StateClient(_redis_url(args))
     try:
@@ -226,12 +226,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """A PNG of prequential accuracy with drift events (and the Kalman forgetting factor)."""
-    from stream.report import plot_run, run_from_redis
+    from ocld.stream.report import plot_run, run_from_redis
 
     if args.from_json:
         result = orjson.loads(Path(args.from_json).read_bytes())
     elif args.pipeline:
-        from stream.client import StateClient
+        from ocld.stream.client import StateClient
 
         result = run_from_redis(StateClient(_redis_url(args)), args.pipeline, count=args.count)
         if not result["curve"]["n"]:
@@ -244,10 +244,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Embedded broker + Redis, replay data/elec.csv, learn until consumed, summarize, shut down."""
-    from stream.client import StateClient
-    from stream.daemon import Daemon
-    from stream.embedded import services
-    from stream.replay import replay
+    from ocld.stream.client import StateClient
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.embedded import services
+    from ocld.stream.replay import replay
 
     cfg = _config(args.config or str(ROOT / "config" / "demo.yaml"), args)
     data_dir = Path(cfg.data_dir) / f"{cfg.name}-demo"
@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level, args.json_logs)
-    from stream.runtime import limit_threads
+    from ocld.core.runtime import limit_threads
 
     limit_threads()
     try:
@@ -419,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocld: {exc}", file=sys.stderr)
         return 2
     except (ValueError, LookupError, OSError) as exc:
-        from learners.merge import MergeError
-        from stream.files import DataFileError
+        from ocld.learners.merge import MergeError
+        from ocld.stream.files import DataFileError
 
         if isinstance(exc, (DataFileError, LookupError, FileNotFoundError, MergeError)) or type(exc) is ValueError:
             print(f"ocld: {exc}", file=sys.stderr)

@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
-from learners.base import Learner
-from learners.merge import merge_global
-from learners.registry import learner_from_state
-from stream.snapshot import CorruptSnapshot
-from stream.state import Keys, SnapshotStore, connect, replica_names
+from ocld.learners.base import Learner
+from ocld.learners.merge import merge_global
+from ocld.learners.registry import learner_from_state
+from ocld.core.snapshot import CorruptSnapshot
+from ocld.stream.store import Keys, SnapshotStore, connect, replica_names
 
 
 class RollbackRefused(LookupError):

@@ -105,11 +105,11 @@ class MessagesConfig(_Model):
         return self
 
 
-DetectorName = Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]  # river.drift detectors (stream.drift.DETECTORS)
+DetectorName = Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]  # river.drift detectors (ocld.core.drift.DETECTORS)
 
 
 class InputDriftConfig(_Model):
-    """Label-free drift monitor on block means of the features (stream.drift.InputDriftMonitor)."""
+    """Label-free drift monitor on block means of the features (ocld.core.drift.InputDriftMonitor)."""
 
     enabled: bool = False
     detector: DetectorName = "ADWIN"
@@ -146,7 +146,7 @@ class DriftConfig(_Model):
 
     @model_validator(mode="after")
     def _detectors_build(self) -> "DriftConfig":
-        from stream.drift import make_detector
+        from ocld.core.drift import make_detector
 
         make_detector(self.detector, self.params)
         for a in self.also:
@@ -216,7 +216,7 @@ class Config(_Model):
     @field_validator("learner")
     @classmethod
     def _learner_builds(cls, spec: LearnerSpec) -> LearnerSpec:
-        from learners.registry import build_learner
+        from ocld.learners.registry import build_learner
 
         build_learner(spec.name, spec.params, [f.model_dump() for f in spec.features])
         return spec
@@ -246,7 +246,7 @@ class Config(_Model):
         return self.learner.name == "RiverLearner"
 
     def build_learner(self):  # -> learners.base.Learner
-        from learners.registry import build_learner
+        from ocld.learners.registry import build_learner
 
         return build_learner(self.learner.name, self.learner.params, [f.model_dump() for f in self.learner.features])
 

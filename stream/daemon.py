@@ -60,17 +60,17 @@ import orjson
 import redis
 from kafka.errors import KafkaError
 
-from stream.broker import ensure_topics
-from stream.codec import Codec
-from stream.config import Config
-from stream.faults import fault_point
-from stream.http import DaemonMetrics, HealthServer
-from stream.runtime import LearningCore, limit_threads
-from stream.sink import Sink
-from stream.snapshot import Snapshot
-from stream.source import KafkaSource
-from stream.state import Fenced, SnapshotStore, StatusStore, connect, replica_names, tp_field
-from stream.worker import RemoteCore
+from ocld.stream.broker import ensure_topics
+from ocld.core.codec import Codec
+from ocld.stream.config import Config
+from ocld.stream.faults import fault_point
+from ocld.stream.http import DaemonMetrics, HealthServer
+from ocld.core.runtime import LearningCore, limit_threads
+from ocld.stream.sink import Sink
+from ocld.core.snapshot import Snapshot
+from ocld.stream.source import KafkaSource
+from ocld.stream.store import Fenced, SnapshotStore, StatusStore, connect, replica_names, tp_field
+from ocld.stream.worker import RemoteCore
 
 log = logging.getLogger("ocld.daemon")
 
@@ -425,7 +425,7 @@ class Daemon:
         container) is stale. One from another host, or a live local process, is waited out
         for one heartbeat TTL; if it is still being renewed, start-up fails with what to do.
         """
-        from stream.embedded import pid_alive
+        from ocld.stream.embedded import pid_alive
 
         me = socket.gethostname()
         deadline = time.monotonic() + self.cfg.redis.heartbeat_ttl_s + 1.0
@@ -495,8 +495,8 @@ class Daemon:
 
     def _fold_global(self) -> None:
         """Fold the other replicas' latest AnalyticRidge statistics into this replica's head."""
-        from learners.merge import MergeError, check_mergeable, head_of, summed_statistics
-        from learners.registry import learner_from_state
+        from ocld.learners.merge import MergeError, check_mergeable, head_of, summed_statistics
+        from ocld.learners.registry import learner_from_state
 
         ns = self.cfg.redis.namespace
         try:

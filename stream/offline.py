@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from stream.codec import Decoded
-from stream.config import Config
-from stream.files import Table, read_table
-from stream.runtime import LearningCore, limit_threads
+from ocld.core.codec import Decoded
+from ocld.stream.config import Config
+from ocld.stream.files import Table, read_table
+from ocld.core.runtime import LearningCore, limit_threads
 
 MAX_CURVE_POINTS = 2000
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from stream.broker import client_kwargs, ensure_topics, retry
-from stream.codec import Codec
-from stream.config import KafkaConfig
-from stream.files import iter_records
+from ocld.stream.broker import client_kwargs, ensure_topics, retry
+from ocld.core.codec import Codec
+from ocld.stream.config import KafkaConfig
+from ocld.stream.files import iter_records
 
 log = logging.getLogger("ocld.replay")
 

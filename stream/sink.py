@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from stream.broker import client_kwargs, retry
-from stream.config import KafkaConfig
+from ocld.stream.broker import client_kwargs, retry
+from ocld.stream.config import KafkaConfig
 
 log = logging.getLogger("ocld.sink")
 

@@ -18,8 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from stream.broker import client_kwargs, retry
-from stream.config import Config
+from ocld.stream.broker import client_kwargs, retry
+from ocld.stream.config import Config
 
 log = logging.getLogger("ocld.source")
 

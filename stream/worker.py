@@ -3,7 +3,7 @@
 One Python process cannot read and learn at the same time: numpy releases the GIL only inside
 each call, and a reading thread next to the learner starves it (``benchmarks/overlap.py``). With
 this option the daemon's process polls, decodes, writes outputs and runs the snapshot protocol,
-while a child process (``multiprocessing`` spawn) owns the :class:`~stream.runtime.LearningCore`
+while a child process (``multiprocessing`` spawn) owns the :class:`~ocld.core.runtime.LearningCore`
 and learns one poll while the daemon reads the next.
 
 Nothing about exactly-once changes: the daemon advances its offsets (and counts a poll as
@@ -32,9 +32,9 @@ import signal
 import traceback
 from typing import Any
 
-from learners.base import DriftEvent, LearnerState
-from stream.codec import Decoded
-from stream.runtime import BatchResult, LearningCore, limit_threads
+from ocld.learners.base import DriftEvent, LearnerState
+from ocld.core.codec import Decoded
+from ocld.core.runtime import BatchResult, LearningCore, limit_threads
 
 log = logging.getLogger(__name__)
 

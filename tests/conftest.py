@@ -27,7 +27,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    from stream.embedded import EmbeddedBroker
+    from ocld.stream.embedded import EmbeddedBroker
 
     with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as b:
         yield b.bootstrap
@@ -39,7 +39,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"], None
         return
-    from stream.embedded import EmbeddedRedis
+    from ocld.stream.embedded import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as r:
         yield r.url, r
@@ -59,7 +59,7 @@ def name() -> str:
 @pytest.fixture
 def make_config(broker: str, redis_url: str, name: str, tmp_path: Path):
     """Build a validated Config pointing at the session servers; ``overrides`` are merged per section."""
-    from stream.config import parse_config
+    from ocld.stream.config import parse_config
 
     def _make(**overrides: Any):
         base: dict[str, Any] = {

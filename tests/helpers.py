@@ -1,18 +1,37 @@
-"""Small helpers for integration tests: produce raw records and read a topic to its end."""
+"""Small helpers for tests: wait for a condition, produce raw records, read a topic to its end."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` s
+    naming ``what``. The one way tests wait: never a bare sleep, never "nothing happened after a
+    fixed sleep". An exception in the predicate counts as not yet (servers starting, keys absent)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 (not ready yet)
+            last = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {type(last).__name__}: {last})" if last is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        time.sleep(every)
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], partitions: int = 1) -> None:
     from kafka import KafkaProducer
 
-    from stream.broker import ensure_topics
-    from stream.config import KafkaConfig
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.config import KafkaConfig
 
     ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: partitions})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -49,7 +68,7 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 20.0) -> list[Any]:
 
 
 def elec_records(n: int, start: int = 0) -> tuple[np.ndarray, list[int]]:
-    from stream.files import read_table
+    from ocld.stream.files import read_table
     from tests.conftest import ROOT
 
     table = read_table(ROOT / "data" / "elec.csv")

@@ -3,7 +3,7 @@
 After river's ``river/checks/``: one function per property, each taking a :class:`Case`
 (how to build a fresh, seeded instance with small parameters). ``test_components.py``
 runs every applicable check on every case. Checks never do I/O; the only ``stream``
-import is the pure snapshot codec (``stream.snapshot.encode`` / ``decode``).
+import is the pure snapshot codec (``ocld.core.snapshot.encode`` / ``decode``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from learners.base import Component, FeatureCountError, FeatureMap, Learner, LearnerState
-from learners.registry import COMPONENTS, component_from_state, learner_from_state, needs_pickle, resolve
+from ocld.learners.base import Component, FeatureCountError, FeatureMap, Learner, LearnerState
+from ocld.learners.registry import COMPONENTS, component_from_state, learner_from_state, needs_pickle, resolve
 
 N_FEATURES = 6
 NEW_LABEL = "d"  # the string-labelled class that appears mid-stream
@@ -83,7 +83,7 @@ def _simple(name: str) -> Callable[[dict[str, dict[str, Any]]], Component]:
 
 def _pipeline(steps: list[str], head: str) -> Callable[[dict[str, dict[str, Any]]], Component]:
     def build(ov: dict[str, dict[str, Any]]) -> Component:
-        from learners.pipeline import Pipeline
+        from ocld.learners.pipeline import Pipeline
 
         return Pipeline([resolve(s)(**params_for(s, ov)) for s in steps], resolve(head)(**params_for(head, ov)))
 
@@ -135,7 +135,7 @@ def restore(state: LearnerState) -> Any:
 
 def through_snapshot(state: LearnerState) -> LearnerState:
     """Encode the state in the real snapshot format and decode it again (small chunks)."""
-    from stream.snapshot import Snapshot, decode, encode
+    from ocld.core.snapshot import Snapshot, decode, encode
 
     manifest, chunks = encode(Snapshot({"learner": state}, {"t": {0: 1}}, {}), chunk_bytes=4096)
     return decode(manifest, list(chunks)).parts["learner"]
@@ -300,7 +300,7 @@ def check_state_round_trip(case: Case) -> None:
     state = model.to_state()
     kept = copy.deepcopy(state)
     if needs_pickle(state):
-        from learners.registry import PickleRefused
+        from ocld.learners.registry import PickleRefused
 
         with pytest.raises(PickleRefused):
             learner_from_state(state)
@@ -318,7 +318,7 @@ def check_state_round_trip(case: Case) -> None:
 
 
 def check_snapshot_keeps_state_exact(case: Case) -> None:
-    """stream.snapshot encode/decode gives back every array with its shape and dtype, and the meta."""
+    """ocld.core.snapshot encode/decode gives back every array with its shape and dtype, and the meta."""
     X, y = make_stream(100, new_class_at=60)
     model = case.make()
     model.learn(X, y)
@@ -347,7 +347,7 @@ def check_restored_continues_identically(case: Case) -> None:
 
 def check_adapt_round_trip(case: Case) -> None:
     """adapt() works before and after learning, and what it changed is part of the state."""
-    from learners.base import DriftEvent
+    from ocld.learners.base import DriftEvent
 
     X, y = make_stream(160, new_class_at=100, seed=8)
     Xq, _ = make_stream(20, seed=7)

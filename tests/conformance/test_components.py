@@ -12,7 +12,7 @@ import importlib.util
 
 import pytest
 
-from learners.registry import COMPONENTS
+from ocld.learners.registry import COMPONENTS
 from tests.conformance import checks
 
 CASES = checks.discover()
@@ -82,7 +82,7 @@ def test_snapshot_format_keeps_0d_arrays() -> None:
     (a learner may hold scalars as 0-d arrays, e.g. torch optimizer step counters)."""
     import numpy as np
 
-    from learners.base import LearnerState
+    from ocld.learners.base import LearnerState
 
     state = LearnerState("KalmanHead", {}, {"scalar": np.array(3.5), "vector": np.arange(3.0)}, {})
     back = checks.through_snapshot(state)

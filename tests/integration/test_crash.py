@@ -22,7 +22,7 @@ from benchmarks.crash_equivalence import (
     FAULT_POINTS, final_state, make_stream, pipeline_config, reference_state, run_with_kills, state_max_diff,
     weights_max_diff,
 )
-from stream.client import StateClient
+from ocld.stream.client import StateClient
 from tests.conftest import ROOT
 from tests.helpers import produce
 
@@ -74,7 +74,7 @@ def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tm
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=1_000_000)).decode())
-    cmd = [sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
+    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
            "--until-idle", "1.0", "--max-seconds", "90"]
     client = StateClient(redis_url)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,10 +7,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.client import StateClient
-from stream.daemon import Daemon
-from stream.state import SnapshotStore, connect
-from stream.worker import RemoteCore
+from ocld.stream.client import StateClient
+from ocld.stream.daemon import Daemon
+from ocld.stream.store import SnapshotStore, connect
+from ocld.stream.worker import RemoteCore
 from tests.helpers import elec_records, encode_rows, produce, read_topic
 
 pytestmark = pytest.mark.integration

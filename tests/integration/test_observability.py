@@ -13,8 +13,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.daemon import Daemon
-from stream.embedded import EmbeddedRedis
+from ocld.stream.daemon import Daemon
+from ocld.stream.embedded import EmbeddedRedis
 from tests.helpers import elec_records, encode_rows, produce
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ import orjson
 import pytest
 
 from benchmarks.crash_equivalence import final_state, make_stream, pipeline_config, reference_state, state_max_diff
-from stream.client import StateClient
-from stream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from ocld.stream.client import StateClient
+from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from tests.conftest import ROOT
 from tests.helpers import produce
 
@@ -46,7 +46,7 @@ class DaemonProcess:
         self.cfg_path.write_text(orjson.dumps(cfg).decode())
         self.log_path = tmp / f"{cfg['name']}.log"
         self.log_fh = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "stream.cli", "run", str(self.cfg_path), "--bootstrap", bootstrap,
+        cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(self.cfg_path), "--bootstrap", bootstrap,
                "--redis", redis_url, "--max-seconds", "150"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log_fh, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
@@ -241,8 +241,8 @@ def test_broker_restarted_mid_run(redis_url, name, tmp_path):
 def test_corrupted_or_truncated_chunk_falls_back_to_the_previous_version(make_config, broker, redis_url, caplog):
     import logging
 
-    from stream.daemon import Daemon
-    from stream.state import SnapshotStore, connect
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.store import SnapshotStore, connect
     from tests.helpers import elec_records, encode_rows
 
     cfg = make_config(drift={"enabled": False}, snapshot={"every_samples": 500, "keep": 5, "chunk_bytes": 4096},

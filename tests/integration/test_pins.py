@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.base import LearnerState
-from stream.config import parse_config
-from stream.snapshot import Snapshot
-from stream.state import SnapshotStore, connect
+from ocld.learners.base import LearnerState
+from ocld.stream.config import parse_config
+from ocld.core.snapshot import Snapshot
+from ocld.stream.store import SnapshotStore, connect
 
 pytestmark = pytest.mark.integration
 

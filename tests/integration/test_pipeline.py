@@ -10,10 +10,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.client import StateClient
-from stream.daemon import Daemon
-from stream.offline import evaluate
-from stream.replay import replay
+from ocld.stream.client import StateClient
+from ocld.stream.daemon import Daemon
+from ocld.stream.offline import evaluate
+from ocld.stream.replay import replay
 from tests.conftest import ROOT
 from tests.helpers import elec_records, encode_rows, produce, read_topic
 
@@ -66,7 +66,7 @@ def test_replay_run_status_query_and_load_learner(make_config, broker, redis_url
     assert len(ev["drift_events"]) == summary["drift_count"]
 
     # The CLI reads the same state.
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "status", cfg.name, "--json", "--redis", redis_url],
+    out = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "status", cfg.name, "--json", "--redis", redis_url],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     assert orjson.loads(out.stdout)[cfg.name]["labelled_seen"] == 3000
 
@@ -97,7 +97,7 @@ def test_crash_between_snapshot_and_commit_learns_each_sample_once(make_config, 
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(orjson.dumps(cfg.model_dump(mode="json", exclude={"redis"})).decode())
     env = {**os.environ, "OCLD_FAULT": "daemon.before_commit:2"}
-    cmd = [sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--redis", redis_url, "--until-idle", "0.5",
+    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--redis", redis_url, "--until-idle", "0.5",
            "--max-seconds", "60"]
     crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert crashed.returncode == -9, crashed.stderr[-2000:]

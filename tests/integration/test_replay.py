@@ -10,9 +10,9 @@ import time
 import orjson
 import pytest
 
-from stream.config import KafkaConfig
-from stream.daemon import Daemon
-from stream.replay import record, replay
+from ocld.stream.config import KafkaConfig
+from ocld.stream.daemon import Daemon
+from ocld.stream.replay import record, replay
 from tests.conftest import ROOT
 from tests.helpers import read_topic
 
@@ -35,7 +35,7 @@ def test_replay_gzipped_csv_then_record_round_trips(broker, name, tmp_path):
 
     # The recorded JSON lines replay again unchanged (the CLI path, with a rate limit).
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "stream.cli", "replay", str(out), "--topic", f"{name}.again",
+    subprocess.run([sys.executable, "-m", "ocld.stream.cli", "replay", str(out), "--topic", f"{name}.again",
                     "--bootstrap", broker, "--rate", "2000", "--quiet"], check=True, cwd=ROOT, capture_output=True)
     assert time.monotonic() - t0 >= 250 / 2000 * 0.9
     again = [orjson.loads(r.value) for r in read_topic(broker, f"{name}.again")]

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.client import RollbackRefused, StateClient
-from stream.daemon import Daemon
-from stream.state import Keys
+from ocld.stream.client import RollbackRefused, StateClient
+from ocld.stream.daemon import Daemon
+from ocld.stream.store import Keys
 from tests.conftest import ROOT
 from tests.helpers import elec_records, encode_rows, produce
 
@@ -32,7 +32,7 @@ class _Out:
 @pytest.fixture
 def cli(capsys, redis_url):
     """Run ``ocld ARGS --redis URL`` in-process (the same main() as the console script)."""
-    from stream.cli import main
+    from ocld.stream.cli import main
 
     def _call(*args: str) -> _Out:
         capsys.readouterr()

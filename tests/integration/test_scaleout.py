@@ -23,8 +23,8 @@ import pytest
 from benchmarks.scaleout import (
     LEARNERS, Replica, covered, labelled_stream, pipeline_config, replica_states, wait_covered,
 )
-from learners.registry import build_learner
-from stream.client import StateClient
+from ocld.learners.registry import build_learner
+from ocld.stream.client import StateClient
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,8 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, redis_url, name, tmp_path):
-    from stream.broker import ensure_topics
-    from stream.config import KafkaConfig
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.config import KafkaConfig
 
     values, X, y = labelled_stream(N, seed=11)
     topic = f"{name}.in"
@@ -146,11 +146,11 @@ def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, r
     assert np.max(np.abs(merged.predict_proba(Xq)[:, cols] - ref.predict_proba(Xq))) <= 1e-8
 
     # The CLI shows every replica and the global model.
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "status", name, "--redis", redis_url],
+    out = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "status", name, "--redis", redis_url],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "3 replicas" in out.stdout and all(f"r{i} " in out.stdout for i in range(3)), out.stdout
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "query", name, "--global", "--redis", redis_url],
+    out = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "query", name, "--global", "--redis", redis_url],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     info = orjson.loads(out.stdout)
@@ -159,8 +159,8 @@ def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, r
 
 def test_fenced_switch_publishes_nothing(redis_url, name):
     """A replica whose claim on a partition was superseded cannot switch a snapshot that learned from it."""
-    from stream.snapshot import Snapshot
-    from stream.state import Fenced, SnapshotStore, connect
+    from ocld.core.snapshot import Snapshot
+    from ocld.stream.store import Fenced, SnapshotStore, connect
 
     r = connect(redis_url)
     a = SnapshotStore(r, name, replica="a")
@@ -168,7 +168,7 @@ def test_fenced_switch_publishes_nothing(redis_url, name):
     tok_a = a.claim([("t", 0), ("t", 1)])
     assert tok_a[("t", 0)] == ("a|1", None)
     learner = build_learner("AnalyticRidge", {"expansion_size": 8, "seed": 0}, [])
-    from stream.runtime import LearningCore  # noqa: F401  (state parts come from the learner alone here)
+    from ocld.core.runtime import LearningCore  # noqa: F401  (state parts come from the learner alone here)
 
     parts = {"learner": learner.to_state()}
     v1 = a.write(Snapshot(parts, {"t": {0: 10, 1: 5}}, {"samples_seen": 15}),
@@ -196,8 +196,8 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     """A daemon learns, then another replica claims its partition behind its back (as after a
     stall past the session timeout). Its next snapshot is refused; it reloads its last durable
     state, stops consuming the partition, and the registry still says where the new owner starts."""
-    from stream.daemon import Daemon
-    from stream.state import SnapshotStore, connect
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.store import SnapshotStore, connect
     from tests.helpers import elec_records, encode_rows, produce
 
     cfg = make_config(drift={"enabled": False}, scale={"replica": "a"},
@@ -241,8 +241,8 @@ def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redi
     a heartbeat left by a dead process of this host is stale and does not block."""
     import socket
 
-    from stream.daemon import Daemon
-    from stream.state import Keys, connect
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.store import Keys, connect
 
     cfg = make_config(scale={"replica": "twin"}, redis={"heartbeat_ttl_s": 2})
     r = connect(redis_url)
@@ -266,9 +266,9 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker,
     record exactly once."""
     from kafka import KafkaConsumer
 
-    from stream.config import parse_config
-    from stream.daemon import Daemon
-    from stream.embedded import EmbeddedRedis, free_port
+    from ocld.stream.config import parse_config
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.embedded import EmbeddedRedis, free_port
     from tests.helpers import elec_records, encode_rows, produce
 
     port = free_port()

@@ -26,12 +26,12 @@ import numpy as np
 import orjson
 import pytest
 
-from learners.base import LearnerState
-from learners.registry import PickleRefused
-from stream.client import StateClient
-from stream.embedded import EmbeddedRedis
-from stream.snapshot import CorruptSnapshot, Snapshot
-from stream.state import SnapshotStore, connect
+from ocld.learners.base import LearnerState
+from ocld.learners.registry import PickleRefused
+from ocld.stream.client import StateClient
+from ocld.stream.embedded import EmbeddedRedis
+from ocld.core.snapshot import CorruptSnapshot, Snapshot
+from ocld.stream.store import SnapshotStore, connect
 from tests.conftest import ROOT
 from tests.helpers import elec_records, encode_rows, produce, read_topic
 
@@ -57,7 +57,7 @@ def _crafted_snapshot(marker: Path, topic: str) -> Snapshot:
 
 
 def test_crafted_pickle_in_redis_is_refused(make_config, redis_url, tmp_path):
-    from stream.daemon import Daemon
+    from ocld.stream.daemon import Daemon
 
     cfg = make_config(drift={"enabled": False})
     marker = tmp_path / "pwned"
@@ -71,7 +71,7 @@ def test_crafted_pickle_in_redis_is_refused(make_config, redis_url, tmp_path):
         StateClient(redis_url).load_learner(cfg.name)
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(orjson.dumps(cfg.model_dump(mode="json", exclude={"redis"})).decode())
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "run", str(cfg_path), "--redis", redis_url,
+    out = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--redis", redis_url,
                           "--max-seconds", "20"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode != 0
     assert "allow_pickle" in out.stderr
@@ -113,7 +113,7 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
         cfg_path.write_text(orjson.dumps(cfg.model_dump(mode="json", exclude={"redis"}) | {
             "redis": {"url": rds.url, "username": "ocld"}}).decode())
         env = {**os.environ, "OCLD_REDIS_PASSWORD": SECRET}
-        cmd = [sys.executable, "-m", "stream.cli", "--log-level", "debug", "run", str(cfg_path), "--until-idle", "0.5",
+        cmd = [sys.executable, "-m", "ocld.stream.cli", "--log-level", "debug", "run", str(cfg_path), "--until-idle", "0.5",
                "--max-seconds", "60"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -145,7 +145,7 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
 
         # The password inside the URL is redacted wherever the URL is shown.
         url_with_pw = f"redis://ocld:{SECRET}@127.0.0.1:{rds.port}/0"
-        q = subprocess.run([sys.executable, "-m", "stream.cli", "status", cfg.name, "--redis", url_with_pw, "--json"],
+        q = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "status", cfg.name, "--redis", url_with_pw, "--json"],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert q.returncode == 0, q.stderr[-1000:]
         assert orjson.loads(q.stdout)[cfg.name]["labelled_seen"] == 300
@@ -155,8 +155,8 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
 
 
 def test_secrets_are_secret_strings_in_config_and_errors(monkeypatch):
-    from stream.broker import client_kwargs
-    from stream.config import ConfigError, apply_environment, parse_config
+    from ocld.stream.broker import client_kwargs
+    from ocld.stream.config import ConfigError, apply_environment, parse_config
 
     monkeypatch.setenv("OCLD_KAFKA_SASL_PASSWORD", SECRET)
     monkeypatch.setenv("OCLD_REDIS_PASSWORD", SECRET)
@@ -191,7 +191,7 @@ def test_rediss_url_uses_tls(redis_url):
 
 
 def test_ten_thousand_bad_records_end_to_end(make_config, broker, redis_url):
-    from stream.daemon import Daemon
+    from ocld.stream.daemon import Daemon
     from tests.unit.test_fuzz_codec import CORPUS
 
     cfg = make_config(drift={"enabled": False}, messages={"n_features": 6, "max_record_bytes": 4096},
@@ -222,7 +222,7 @@ def test_ten_thousand_bad_records_end_to_end(make_config, broker, redis_url):
 
 # -- bounded memory under abuse ---------------------------------------------------------
 def test_pending_table_is_capped_and_evictions_are_counted(make_config, broker, redis_url):
-    from stream.daemon import Daemon
+    from ocld.stream.daemon import Daemon
 
     cfg = make_config(drift={"enabled": False}, messages={"n_features": 6, "max_pending": 50})
     X, y = elec_records(400)
@@ -237,9 +237,9 @@ def test_pending_table_is_capped_and_evictions_are_counted(make_config, broker, 
 
 
 def test_output_queue_is_capped_when_the_broker_is_gone(tmp_path):
-    from stream.config import KafkaConfig
-    from stream.embedded import EmbeddedBroker
-    from stream.sink import Sink
+    from ocld.stream.config import KafkaConfig
+    from ocld.stream.embedded import EmbeddedBroker
+    from ocld.stream.sink import Sink
 
     with EmbeddedBroker(tmp_path / "broker") as b:
         produce(b.bootstrap, "q.dlq", [])

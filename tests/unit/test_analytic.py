@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from learners.analytic import AnalyticRidge
-from learners.base import DriftEvent, FeatureCountError
-from learners.features import RandomReLU, Standardizer
-from learners.pipeline import Pipeline
-from learners.registry import build_learner, learner_from_state
+from ocld.learners.analytic import AnalyticRidge
+from ocld.learners.base import DriftEvent, FeatureCountError
+from ocld.learners.features import RandomReLU, Standardizer
+from ocld.learners.pipeline import Pipeline
+from ocld.learners.registry import build_learner, learner_from_state
 
 D = 24  # expansion size in these tests: small, so batches of 7 and > D both occur
 TOL = 1e-8

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from buffers.reservoir import ClassBalancedReservoir, Reservoir
-from buffers.stats import ClassStats
-from learners.registry import component_from_state
+from ocld.buffers.reservoir import ClassBalancedReservoir, Reservoir
+from ocld.buffers.stats import ClassStats
+from ocld.learners.registry import component_from_state
 
 
 def _json_ok(state) -> None:

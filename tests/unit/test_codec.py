@@ -1,4 +1,4 @@
-"""stream.codec: every rejection reason, accepted forms, and that a record is judged alone (batch invariance)."""
+"""ocld.core.codec: every rejection reason, accepted forms, and that a record is judged alone (batch invariance)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.codec import MAX_ID_CHARS, MAX_LABEL_CHARS, Codec
+from ocld.core.codec import MAX_ID_CHARS, MAX_LABEL_CHARS, Codec
 
 GOOD = orjson.dumps({"x": [1.0, 2.0, 3.0], "y": 1})
 
@@ -160,7 +160,7 @@ def test_a_record_is_judged_alone() -> None:
 
 
 def test_numeric_strings_and_huge_integers_are_rejected_not_coerced():
-    from stream.codec import Codec
+    from ocld.core.codec import Codec
 
     codec = Codec(n_features=3)
     dec = codec.decode([b'{"x":[1,2,"6"],"y":1}', b'{"x":[1,2,3],"y":1}', b'{"x":[1,2,3],"y":1,"id":5}'])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from stream.config import ConfigError, load_config, parse_config, redact_url
+from ocld.stream.config import ConfigError, load_config, parse_config, redact_url
 from tests.conftest import ROOT
 
 
@@ -78,7 +78,7 @@ def test_secrets_are_not_echoed(tmp_path):
 
 
 def test_environment_replaces_embedded_only(monkeypatch):
-    from stream.config import apply_environment
+    from ocld.stream.config import apply_environment
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:2")

@@ -8,10 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.cli import main
-from stream.config import parse_config
-from stream.files import read_table
-from stream.offline import evaluate
+from ocld.stream.cli import main
+from ocld.stream.config import parse_config
+from ocld.stream.files import read_table
+from ocld.stream.offline import evaluate
 from tests.conftest import ROOT
 
 TRAIN = ROOT / "data" / "digits_train.csv"

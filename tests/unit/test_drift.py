@@ -20,13 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.base import DriftEvent
-from stream import snapshot as fmt
-from stream.codec import Decoded
-from stream.config import ConfigError, parse_config
-from stream.drift import DriftMonitor, InputDriftMonitor
-from stream.evaluation import PrequentialMetrics
-from stream.runtime import LearningCore, PendingTable
+from ocld.learners.base import DriftEvent
+from ocld.core import snapshot as fmt
+from ocld.core.codec import Decoded
+from ocld.stream.config import ConfigError, parse_config
+from ocld.core.drift import DriftMonitor, InputDriftMonitor
+from ocld.core.metrics import PrequentialMetrics
+from ocld.core.runtime import LearningCore, PendingTable
 
 DRIFTS = (5000, 10000, 15000)
 
@@ -293,7 +293,7 @@ def test_adaptation_switch_and_kinds():
 
 
 def test_cooldown_records_but_does_not_adapt_events_right_after_an_adaptation():
-    from stream.runtime import BatchResult
+    from ocld.core.runtime import BatchResult
 
     errors = np.tile(np.repeat([0.0, 1.0], 2000), 3)  # a detection at every switch
     for cooldown, expected in ((0, "adapt"), (3000, "cooldown")):
@@ -344,7 +344,7 @@ def test_core_state_with_both_monitors_round_trips():
 def test_detections_where_the_error_fell_are_recorded_but_not_adapted_to(detector, params):
     """ADWIN (and a two-sided Page-Hinkley) fire when the error rises and when it falls; only a
     rise calls for adaptation, unless drift.adapt_on_fall."""
-    from stream.runtime import BatchResult
+    from ocld.core.runtime import BatchResult
 
     rng = np.random.default_rng(3)
     rates = np.repeat([0.1, 0.6, 0.1, 0.6], 3000)
@@ -397,7 +397,7 @@ class _NoOp(_Recorder):
 
 
 def test_a_no_op_adaptation_does_not_start_the_cooldown():
-    from stream.runtime import BatchResult
+    from ocld.core.runtime import BatchResult
 
     errors = np.tile(np.repeat([0.0, 1.0], 2000), 3)  # a detection at every switch
     for acted, expected in ((False, "adapt"), (None, "cooldown"), (True, "cooldown")):
@@ -419,7 +419,7 @@ def test_a_no_op_adaptation_does_not_start_the_cooldown():
 
 
 def _shipped_kalman_monitor() -> DriftMonitor:
-    from stream.config import load_config
+    from ocld.stream.config import load_config
     from tests.conftest import ROOT
 
     d = load_config(ROOT / "config" / "kalman.yaml").drift
@@ -457,7 +457,7 @@ def _speculation_run(X: np.ndarray, y: list, cut: int, learner: str, monkeypatch
                                     "features": [{"name": "Standardizer"}]},
                         "drift": {"detector": "PageHinkley", "params": {"threshold": 5.0}, "adapt_grid": 50}})
     core = LearningCore.from_config(cfg)
-    from learners.pipeline import Pipeline
+    from ocld.learners.pipeline import Pipeline
 
     calls: list[int] = []
 
@@ -489,9 +489,9 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
     to a copy when an adaptation falls due inside them: the same errors, drift events, adaptations and state
     as learning one segment at a time. Classes appear mid-poll; delayed labels are mixed in. KalmanLogistic
     (off by default: it gains nothing) is forced on to check the mechanism with a second learner."""
-    import learners.kalman
-    import learners.logistic
-    from learners.pipeline import Pipeline
+    import ocld.learners.kalman
+    import ocld.learners.logistic
+    from ocld.learners.pipeline import Pipeline
 
     inner = Pipeline.learn_predict
     rng = np.random.default_rng(3)
@@ -502,7 +502,7 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
     for i in range(n):  # 2 classes, a third from sample 1,130 on; the concept flips at 2,000
         s = X[i] @ w[i >= 2000]
         y.append("c" if i >= 1130 and X[i, 3] > 1.0 else ("a" if s > 0 else "b"))
-    cls = {"KalmanHead": learners.kalman.KalmanHead, "KalmanLogistic": learners.logistic.KalmanLogistic}[learner]
+    cls = {"KalmanHead": ocld.learners.kalman.KalmanHead, "KalmanLogistic": ocld.learners.logistic.KalmanLogistic}[learner]
     monkeypatch.setattr(cls, "joint_segments", property(lambda self: True))
     fast, ev_fast, err_fast, calls_fast = _speculation_run(X, y, 500, learner, monkeypatch, inner)
     monkeypatch.setattr(cls, "joint_segments", property(lambda self: False))

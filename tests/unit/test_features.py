@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.features import RandomFourierFeatures
-from learners.registry import component_from_state
+from ocld.learners.features import RandomFourierFeatures
+from ocld.learners.registry import component_from_state
 
 
 def test_linear_part_appends_scaled_inputs_and_a_bias_column():

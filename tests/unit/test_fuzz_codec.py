@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.codec import Codec
-from stream.config import parse_config
-from stream.runtime import LearningCore
+from ocld.core.codec import Codec
+from ocld.stream.config import parse_config
+from ocld.core.runtime import LearningCore
 
 D = 6
 MAX_BYTES = 4096
@@ -222,7 +222,7 @@ def _poison_streams(rng: np.random.Generator):
 
 @pytest.mark.parametrize("learner", list(LEARNERS))
 def test_extreme_values_that_pass_validation_never_produce_nan(learner):
-    from learners.registry import build_learner
+    from ocld.learners.registry import build_learner
 
     name, params, features = LEARNERS[learner]
     codec = Codec(n_features=D)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learners.base import DriftEvent, FeatureCountError, pad_columns
-from learners.kalman import KalmanHead
-from learners.registry import build_learner, learner_from_state
+from ocld.learners.base import DriftEvent, FeatureCountError, pad_columns
+from ocld.learners.kalman import KalmanHead
+from ocld.learners.registry import build_learner, learner_from_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -341,7 +341,7 @@ def test_shipped_config_builds_a_pipeline():
 
 
 def test_adapt_reports_whether_it_changed_anything():
-    from learners.base import DriftEvent
+    from ocld.learners.base import DriftEvent
 
     rng = np.random.default_rng(0)
     head = KalmanHead(g=[1.0, 0.99], adapt_restart=True, adapt_samples=0, learn_g=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.base import ClassIndex, normalize_label
+from ocld.learners.base import ClassIndex, normalize_label
 
 
 def _slow(index: ClassIndex, labels: list) -> list[int]:

@@ -1,4 +1,4 @@
-"""The import rule of DESIGN.md: ``learners/`` and ``buffers/`` are pure numerical code.
+"""The import rule of DESIGN.md: ``learners/``, ``buffers/`` and ``core/`` are pure code.
 
 They never import ``stream``, Kafka, Redis, sockets or HTTP clients, and never open files.
 Checked on the syntax tree (imports at any level, including inside functions, and
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE_PACKAGES = ("learners", "buffers")
+PURE_PACKAGES = ("learners", "buffers", "core")
 FORBIDDEN_MODULES = {"stream", "kafka", "redis", "socket", "requests", "urllib", "http"}
 # Calls that read or write files: builtin/io/os open, pathlib-style read/write helpers,
 # numpy/pickle file I/O. (pickle.loads on bytes is not file I/O.)
@@ -36,7 +36,7 @@ def _module_name(path: Path) -> str:
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
-    return ".".join(parts)
+    return ".".join(["ocld", *parts])  # the folders install as ocld.learners, ocld.buffers, ocld.stream
 
 
 def _resolve_relative(module: str | None, level: int, current: str, is_package: bool) -> str:
@@ -48,13 +48,16 @@ def _resolve_relative(module: str | None, level: int, current: str, is_package: 
     return ".".join([*base, *([module] if module else [])])
 
 
-def violations(source: str, current: str = "learners.example", is_package: bool = False) -> list[str]:
+def violations(source: str, current: str = "ocld.learners.example", is_package: bool = False) -> list[str]:
     """Every forbidden import or file-opening call in ``source`` as 'line: what'."""
     found: list[str] = []
     tree = ast.parse(source)
 
     def forbidden(name: str) -> bool:
-        return name.split(".")[0] in FORBIDDEN_MODULES
+        parts = name.split(".")
+        if parts[0] == "ocld" and len(parts) > 1:
+            return parts[1] == "stream"
+        return parts[0] in FORBIDDEN_MODULES
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -68,7 +71,7 @@ def violations(source: str, current: str = "learners.example", is_package: bool 
                 # ``from .. import stream`` inside learners/ resolves to "" + "stream"
                 names = [n.lstrip(".") for n in names]
             else:
-                names = [node.module or ""]
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names if node.module]
             bad = [n for n in names if n and forbidden(n)]
             if bad:
                 found.append(f"{node.lineno}: from {'.' * node.level}{node.module or ''} import ... ({bad[0]})")
@@ -95,7 +98,7 @@ def violations(source: str, current: str = "learners.example", is_package: bool 
 
 def _pure_modules() -> list[Path]:
     files = sorted(p for pkg in PURE_PACKAGES for p in (ROOT / pkg).rglob("*.py"))
-    assert files, "found no modules under learners/ or buffers/"
+    assert files, "found no modules under learners/, buffers/ or core/"
     return files
 
 
@@ -111,6 +114,9 @@ def test_checker_catches_what_it_must() -> None:
     cases = {
         "import stream.snapshot": 1,
         "from stream import snapshot": 1,
+        "import ocld.stream.store": 1,
+        "from ocld.stream import snapshot": 1,
+        "from ocld import stream": 1,
         "import kafka, numpy": 1,
         "from redis.client import Redis": 1,
         "def f():\n    import socket\n    return socket": 1,
@@ -125,16 +131,16 @@ def test_checker_catches_what_it_must() -> None:
         "__import__('socket')": 1,
         "import numpy as np\nimport torch\nfrom scipy.linalg import blas\nx = np.frombuffer(b'', np.uint8)": 0,
         "import pickle\npickle.loads(b'')": 0,
-        "from learners.base import Learner\nfrom . import base": 0,
+        "from ocld.learners.base import Learner\nfrom . import base\nfrom ocld.buffers import ring": 0,
     }
     for source, expected in cases.items():
         assert len(violations(textwrap.dedent(source))) == expected, source
     # relative imports are resolved against the module's package
-    assert violations("from .. import stream", "learners.kalman")
-    assert violations("from ..stream.snapshot import encode", "learners.kalman")
-    assert violations("from ...stream import x", "learners.sub.mod")
-    assert not violations("from .base import Learner", "learners.kalman")
-    assert not violations("from ..buffers import reservoir", "learners.kalman")
+    assert violations("from .. import stream", "ocld.learners.kalman")
+    assert violations("from ..stream.snapshot import encode", "ocld.learners.kalman")
+    assert violations("from ...stream import x", "ocld.learners.sub.mod")
+    assert not violations("from .base import Learner", "ocld.learners.kalman")
+    assert not violations("from ..buffers import reservoir", "ocld.learners.kalman")
 
 
 def _modules_after(code: str) -> dict[str, bool]:
@@ -142,7 +148,7 @@ def _modules_after(code: str) -> dict[str, bool]:
         [
             "import json, sys",
             code,
-            "heavy = ('torch', 'river', 'kafka', 'redis', 'stream')",
+            "heavy = ('torch', 'river', 'kafka', 'redis', 'ocld.stream')",
             "print(json.dumps({h: any(m == h or m.startswith(h + '.') for m in sys.modules) for h in heavy}))",
         ]
     )
@@ -152,16 +158,59 @@ def _modules_after(code: str) -> dict[str, bool]:
 
 
 def test_registry_import_is_light() -> None:
-    loaded = _modules_after("import learners.registry")
-    assert not loaded["torch"], "import learners.registry imported torch"
-    assert not loaded["river"], "import learners.registry imported river"
-    assert not any(loaded[k] for k in ("kafka", "redis", "stream")), loaded
+    loaded = _modules_after("import ocld.learners.registry")
+    assert not loaded["torch"], "import ocld.learners.registry imported torch"
+    assert not loaded["river"], "import ocld.learners.registry imported river"
+    assert not any(loaded[k] for k in ("kafka", "redis", "ocld.stream")), loaded
 
 
 def test_resolving_every_component_is_light() -> None:
     """torch and river load only when a learner that needs them is built, not when its class is resolved."""
     loaded = _modules_after(
-        "from learners.registry import COMPONENTS, resolve\nfor name in COMPONENTS: resolve(name)"
+        "from ocld.learners.registry import COMPONENTS, resolve\nfor name in COMPONENTS: resolve(name)"
     )
     assert not loaded["torch"] and not loaded["river"], loaded
-    assert not any(loaded[k] for k in ("kafka", "redis", "stream")), loaded
+    assert not any(loaded[k] for k in ("kafka", "redis", "ocld.stream")), loaded
+
+
+GENERIC_NAMES = ("stream", "learners", "buffers", "core")
+
+
+def _all_python_files() -> list[Path]:
+    dirs = ("ocld", "core", "stream", "learners", "buffers", "tests", "benchmarks", "scripts")
+    return sorted(p for d in dirs if (ROOT / d).exists() for p in (ROOT / d).rglob("*.py"))
+
+
+def test_nothing_imports_the_generic_top_level_names() -> None:
+    """Code imports ``ocld.stream`` / ``ocld.learners`` / ``ocld.buffers``, never the bare folder names:
+    those are generic names other distributions use, and importing a module under two names would give
+    two copies of every class."""
+    bad = []
+    for path in _all_python_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in GENERIC_NAMES]
+    assert not bad, "import through the ocld namespace instead:\n" + "\n".join(bad)
+
+
+def test_public_api_resolves() -> None:
+    """Every name in ``ocld.__all__`` resolves, and ``import ocld`` itself loads neither Kafka nor Redis."""
+    loaded = _modules_after("import ocld")
+    assert not any(loaded[k] for k in ("kafka", "redis", "torch", "ocld.stream")), loaded
+    import ocld
+
+    for name in ocld.__all__:
+        if name == "MomentumKD" and not _has_torch():
+            continue
+        assert getattr(ocld, name) is not None, name
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from learners.base import DriftEvent
-from learners.logistic import KalmanLogistic
-from learners.registry import build_learner, component_from_state
+from ocld.learners.base import DriftEvent
+from ocld.learners.logistic import KalmanLogistic
+from ocld.learners.registry import build_learner, component_from_state
 
 
 def _reference(X: np.ndarray, y: np.ndarray, p0: float, q: float) -> tuple[dict, np.ndarray]:

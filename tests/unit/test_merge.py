@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.analytic import AnalyticRidge
-from learners.merge import MergeError, merge_global, summed_statistics
-from learners.registry import build_learner
+from ocld.learners.analytic import AnalyticRidge
+from ocld.learners.merge import MergeError, merge_global, summed_statistics
+from ocld.learners.registry import build_learner
 
 PARAMS = {"expansion_size": 40, "gamma": 0.5, "seed": 3}
 

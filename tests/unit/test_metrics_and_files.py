@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
-from stream.evaluation import PrequentialMetrics
-from stream.files import DataFileError, iter_records, read_table
+from ocld.core.metrics import PrequentialMetrics
+from ocld.stream.files import DataFileError, iter_records, read_table
 
 
 def test_metrics_match_hand_computation_and_round_trip():

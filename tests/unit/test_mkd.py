@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from learners.base import DriftEvent, FeatureCountError, LearnerState  # noqa: E402
-from learners.mkd import MomentumKD  # noqa: E402
-from learners.registry import build_learner, learner_from_state  # noqa: E402
+from ocld.learners.base import DriftEvent, FeatureCountError, LearnerState  # noqa: E402
+from ocld.learners.mkd import MomentumKD  # noqa: E402
+from ocld.learners.registry import build_learner, learner_from_state  # noqa: E402
 
 D = 5
 
@@ -273,7 +273,7 @@ def test_registry_import_does_not_import_torch() -> None:
 
 
 def test_model_factory_dotted_path() -> None:
-    m = small(model_factory="learners.mkd.identity_body")  # softmax regression
+    m = small(model_factory="ocld.learners.mkd.identity_body")  # softmax regression
     X, y = blobs(60, [0, 1, 2], seed=14)
     feed(m, X, y)
     assert m._student["head"].in_features == D

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("river")
 
-from learners.base import DriftEvent, FeatureCountError  # noqa: E402
-from learners.registry import PickleRefused, build_learner, learner_from_state  # noqa: E402
-from learners.river_adapter import RiverLearner  # noqa: E402
+from ocld.learners.base import DriftEvent, FeatureCountError  # noqa: E402
+from ocld.learners.registry import PickleRefused, build_learner, learner_from_state  # noqa: E402
+from ocld.learners.river_adapter import RiverLearner  # noqa: E402
 
 
 def stream(n: int, seed: int, labels: tuple = ("b", "a", "c")) -> tuple[np.ndarray, np.ndarray]:

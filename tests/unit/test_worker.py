@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from stream.codec import Decoded
-from stream.config import parse_config
-from stream.runtime import LearningCore
-from stream.worker import LearnerProcessError, RemoteCore
+from ocld.core.codec import Decoded
+from ocld.stream.config import parse_config
+from ocld.core.runtime import LearningCore
+from ocld.stream.worker import LearnerProcessError, RemoteCore
 from tests.conftest import ROOT
 
 CFG = {"learner": {"name": "KalmanHead", "params": {"g": [1.0, 0.99], "lr": 1e-4, "block_size": 64,

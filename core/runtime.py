@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from learners.base import DriftEvent, Learner, LearnerState, pad_columns
-from learners.registry import learner_from_state
-from stream.codec import Decoded
-from stream.drift import DriftMonitor, InputDriftMonitor
-from stream.evaluation import PrequentialMetrics
+from ocld.learners.base import DriftEvent, Learner, LearnerState, pad_columns
+from ocld.learners.registry import learner_from_state
+from ocld.core.codec import Decoded
+from ocld.core.drift import DriftMonitor, InputDriftMonitor
+from ocld.core.metrics import PrequentialMetrics
 
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from learners.base import LearnerState
+from ocld.learners.base import LearnerState
 
 FORMAT = "ocld-snapshot"
 FORMAT_VERSION = 1

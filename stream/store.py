@@ -7,7 +7,7 @@ keys of this first table under ``{ns}:{pipeline}:replica:{name}`` instead):
     alive             string  heartbeat, expires after heartbeat_ttl_s
     version           string  counter of snapshot versions (INCR)
     snap:{v}:chunk:{i} string one chunk of raw array bytes (<= 64 MiB)
-    snap:{v}:manifest string  JSON manifest (stream.snapshot)
+    snap:{v}:manifest string  JSON manifest (ocld.core.snapshot)
     latest            hash    version, offsets (JSON), checksum, created_at, samples_seen
     versions          zset    complete versions (score = version)
     pinned            set     versions kept for rollback (taken just before an adaptation)
@@ -43,9 +43,9 @@ from typing import Any
 import orjson
 import redis
 
-from stream import snapshot as fmt
-from stream.config import redact_url
-from stream.faults import fault_point
+from ocld.core import snapshot as fmt
+from ocld.stream.config import redact_url
+from ocld.stream.faults import fault_point
 
 log = logging.getLogger("ocld.state")
 

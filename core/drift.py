@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from buffers.ring import Ring
-from learners.base import DriftEvent, LearnerState
+from ocld.buffers.ring import Ring
+from ocld.learners.base import DriftEvent, LearnerState
 
 DETECTORS = {
     "ADWIN": "river.drift:ADWIN",

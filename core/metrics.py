@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from buffers.ring import Ring
-from learners.base import ClassIndex, LearnerState, labels_to_json
+from ocld.buffers.ring import Ring
+from ocld.learners.base import ClassIndex, LearnerState, labels_to_json
 
 EPS = 1e-15
 
