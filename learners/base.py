@@ -158,6 +158,13 @@ class Learner(Component):
         ``drift.cooldown`` from this event), True or None otherwise."""
         return None
 
+    def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
+        """Bytes of state this learner will hold for inputs of ``n_features`` columns and
+        ``n_classes`` classes, computed from its hyperparameters alone, before anything is
+        allocated (the daemon refuses a width whose state would pass ``learner.max_state_bytes``).
+        None: unknown (the check is skipped)."""
+        return None
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels (not column indices), shape [n]; ``None`` before any class is known."""
         proba = self.predict_proba(X)
@@ -213,6 +220,14 @@ class FeatureMap(Component):
 
     def learn_transform(self, X: np.ndarray) -> np.ndarray:
         return self.transform(X)
+
+    def output_width(self, n_features: int) -> int:
+        """Columns this map gives for inputs of ``n_features`` columns (from its hyperparameters)."""
+        return n_features
+
+    def estimate_state_bytes(self, n_features: int) -> int:
+        """Bytes of state for inputs of ``n_features`` columns (before anything is allocated)."""
+        return 0
 
 
 class ClassIndex:
