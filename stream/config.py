@@ -272,19 +272,53 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
+    """One line per mistake: the field, what is wrong and the fix; never a value that may be a secret.
+
+    The input value is echoed (``(got 5)``) only when it is a short scalar that cannot hold a
+    secret: never under a key that names a password, URL, SASL setting, token or secret; never
+    a string that looks like a URL with credentials; never where a mapping or a list was
+    expected (``redis: "redis://user:PASSWORD@host"`` is a URL written where the ``redis``
+    section belongs); never a dict or a list. Keys are shown through ``redact_url`` too, since a
+    URL written as a key (``redis: {redis://u:pw@h: ...}``) lands in the error's location.
+    """
+    secret_words = ("password", "passwd", "secret", "token", "sasl", "url", "credential", "auth")
+    container_types = {"model_type", "model_attributes_type", "dict_type", "mapping_type", "list_type",
+                       "tuple_type", "set_type", "frozen_set_type", "iterable_type", "dataclass_type"}
+
+    def looks_secret(text: str) -> bool:
+        return "@" in text or "://" in text or any(w in text.lower() for w in secret_words)
+
+    def shown_key(part: Any) -> str:
+        text = str(part)
+        return redact_url(text) if "@" in text else text
+
+    def kind(value: Any) -> str:
+        return {str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+            type(value), "null" if value is None else f"a {type(value).__name__}")
+
     lines = [f"invalid config {source}:"]
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        loc = tuple(err["loc"])
+        where = ".".join(shown_key(p) for p in loc) or "(top level)"
+        got = err.get("input")
         if err["type"] == "extra_forbidden":
             known = _known_fields(Config, loc)
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"valid fields here: {', '.join(known)}"
             lines.append(f"  {where}: unknown field; {fix}")
+        elif err["type"] in container_types:
+            fields = _known_fields(Config, loc + ("",))
+            expected = "a list" if err["type"] in {"list_type", "tuple_type", "set_type", "frozen_set_type",
+                                                   "iterable_type"} else "a mapping of fields"
+            fix = f"; fields here: {', '.join(fields)}" if fields else ""
+            if isinstance(got, str) and "url" in fields:
+                fix = f"; to give a URL, write it under {where}.url (indented on the next line)"
+            lines.append(f"  {where}: expected {expected}, got {kind(got)} (value not shown){fix}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) or "password" in where or "url" in where else f" (got {got!r})"
+            hidden = (isinstance(got, (dict, list, tuple, set)) or any(looks_secret(str(p)) for p in loc)
+                      or (isinstance(got, str) and (looks_secret(got) or len(got) > 80)))
+            shown = "" if hidden else f" (got {got!r})"
             lines.append(f"  {where}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -297,14 +331,32 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a YAML file, apply environment overrides, validate."""
+    """Read a YAML file, apply environment overrides, validate.
+
+    Every way the file can be unusable (missing, a directory, unreadable, not UTF-8, not YAML)
+    is a ``ConfigError`` naming the path and the fix. A YAML syntax error names the line and
+    column but never quotes the line, which may hold a password.
+    """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist; give the path of a YAML file such as config/kalman.yaml")
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a directory; give the path of a YAML file such as config/kalman.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is allowed
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML: {problem}{at}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping at the top level")
     return apply_environment(parse_config(data, str(path)))
@@ -339,10 +391,26 @@ def with_replica(cfg: Config, replica: str, source: str) -> Config:
 
 
 def redact_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host (for logs and errors)."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}"
+    """A URL with its password replaced by ``***``, for logs and errors.
+
+    Any scheme (``redis://``, ``rediss://``, ``redis+cluster://``, ``unix://``, ...). The
+    password is everything between the user's ``:`` and the *last* ``@``, so a password that
+    itself holds ``@``, ``/``, ``:`` or ``,`` is hidden whole; with several hosts
+    (``redis+cluster://u:pw@h1:1,h2:2``) the hosts stay visible. A user without a password is
+    not a secret and stays. Query parameters that name a password, secret or token
+    (``?password=...``) are hidden too.
+
+    >>> redact_url("redis://u:pw@h:6379/0"), redact_url("redis://:pw@h"), redact_url("redis://u@h")
+    ('redis://u:***@h:6379/0', 'redis://:***@h', 'redis://u@h')
+    """
+    import re
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        creds, hosts = rest.rsplit("@", 1)
+        if ":" in creds:
+            rest = f"{creds.split(':', 1)[0]}:***@{hosts}"
+    rest = re.sub(r"(?i)([?&;][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*", r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
