@@ -19,12 +19,13 @@ COMPONENTS: dict[str, str] = {
     "KalmanLogistic": "ocld.learners.logistic:KalmanLogistic",
     "MomentumKD": "ocld.learners.mkd:MomentumKD",
     "RiverLearner": "ocld.learners.river_adapter:RiverLearner",
+    "OnlineMixture": "ocld.learners.mixture:OnlineMixture",
     "Reservoir": "ocld.buffers.reservoir:Reservoir",
     "ClassBalancedReservoir": "ocld.buffers.reservoir:ClassBalancedReservoir",
     "ClassStats": "ocld.buffers.stats:ClassStats",
 }
 
-HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner")
+HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner", "OnlineMixture")
 FEATURE_MAPS = ("Standardizer", "RandomFourierFeatures", "RandomReLU")
 
 
