@@ -17,6 +17,12 @@ One batch (what one poll returned, in stream order) is processed as:
      with ``joint_segments`` (KalmanHead) learns all of a poll's segments in one call; the
      core keeps a ``copy.deepcopy`` from before it and, when an adaptation falls due inside
      the call, goes back to the copy and learns only up to that multiple (same results).
+A new class is not concept drift: the first sample of a class that arrives while other
+classes are known raises the error for a while (class-incremental learning: the model has
+never seen it), so error-drift events within ``new_class_guard`` labelled samples of such
+a first sample are recorded with action ``new_class`` and not adapted to, whatever the
+learner (forgetting on such an event would discount exactly the old classes the model must
+keep). The positions of recent first samples are part of the snapshot.
 Before step 3, every feature row (labelled or not) feeds the optional label-free input
 monitor (``drift.input``); its events (kind ``input``) go through the same hook at once and
 adapt the learner only when ``drift.input.adapt`` is true, due at the first grid multiple
@@ -36,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ocld.learners.base import DriftEvent, Learner, LearnerState, pad_columns
+from ocld.learners.base import DriftEvent, Learner, LearnerState, normalize_label, pad_columns
 from ocld.learners.registry import learner_from_state
 from ocld.core.codec import Decoded
 from ocld.core.drift import DriftMonitor, InputDriftMonitor
@@ -110,12 +116,26 @@ class PendingTable:
         return t
 
 
+# Labelled samples after a new class's first sample during which error-drift events are not adapted
+# to (``drift.new_class_guard`` where the config has it). Long enough for ADWIN or Page-Hinkley to
+# report the rise a new class causes (ADWIN did within 50 samples on class-incremental digits,
+# tests/unit/test_new_class.py), short enough that a real concept change soon after a class
+# arrived is still adapted to.
+DEFAULT_NEW_CLASS_GUARD = 500
+
+
 class LearningCore:
     def __init__(self, learner: Learner, metrics: PrequentialMetrics, monitor: DriftMonitor | None,
                  pending: PendingTable, adapt: bool = True, max_classes: int = 1000, adapt_grid: int = 100,
                  input_monitor: InputDriftMonitor | None = None, adapt_input: bool = False,
-                 cooldown: int = 0, adapt_on_fall: bool = False) -> None:
+                 cooldown: int = 0, adapt_on_fall: bool = False,
+                 new_class_guard: int = DEFAULT_NEW_CLASS_GUARD) -> None:
+        if new_class_guard < 0:
+            raise ValueError(f"new_class_guard must be >= 0 labelled samples, got {new_class_guard}")
         self.learner = learner
+        self.new_class_guard = new_class_guard
+        # labelled positions of recent first samples of a class that arrived while others were known
+        self.new_class_at: list[int] = []
         self.adapt_on_fall = adapt_on_fall
         self.metrics = metrics
         self.monitor = monitor
@@ -150,7 +170,8 @@ class LearningCore:
                                            inp.window) if inp.enabled else None)
         return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
                    PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
-                   d.adapt_grid, input_monitor, inp.adapt, d.cooldown, d.adapt_on_fall)
+                   d.adapt_grid, input_monitor, inp.adapt, d.cooldown, d.adapt_on_fall,
+                   getattr(d, "new_class_guard", DEFAULT_NEW_CLASS_GUARD))
 
     @property
     def pending_size(self) -> int:
@@ -171,16 +192,25 @@ class LearningCore:
         return self.metrics.summary()
 
     def learner_metrics(self) -> dict[str, Any]:
-        """Learner figures for the metrics stream: the effective forgetting factor where the head has one."""
+        """Learner figures for the status and the metrics stream: the effective forgetting factor where
+        the head has one, and a mixture's member weights (``mixture_weights``: member name -> weight)."""
         head = getattr(self.learner, "head", self.learner)
+        out: dict[str, Any] = {}
         g = getattr(head, "forgetting_", None)
-        return {"forgetting": float(g)} if isinstance(g, (int, float)) else {}
+        if isinstance(g, (int, float)):
+            out["forgetting"] = float(g)
+        weights = getattr(head, "weights_", None)
+        if isinstance(weights, dict) and weights:
+            out["mixture_weights"] = {str(k): round(float(v), 6) for k, v in weights.items()}
+        return out
 
     def action_for(self, event: DriftEvent) -> str:
         """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
         ``none`` (adaptation off for this kind: recorded only), ``cooldown`` (an error event within
-        ``drift.cooldown`` labelled samples of the last adapting one: recorded only) or ``improved``
-        (the error fell at the detection, unless ``drift.adapt_on_fall``: recorded only)."""
+        ``drift.cooldown`` labelled samples of the last adapting one: recorded only), ``improved``
+        (the error fell at the detection, unless ``drift.adapt_on_fall``: recorded only) or
+        ``new_class`` (an error event within ``new_class_guard`` labelled samples after a new class's
+        first sample: the error rose because a class arrived, not because a concept changed)."""
         decided = self._actions.get(event)
         if decided is not None:
             return decided
@@ -193,6 +223,8 @@ class LearningCore:
             return "none"
         if event.rising is False and not self.adapt_on_fall:
             return "improved"
+        if self._after_new_class(event.index):
+            return "new_class"
         if self.cooldown and self.last_adapt_index is not None and event.index < self.last_adapt_index + self.cooldown:
             return "cooldown"
         # The cooldown starts here; if the learner's adapt then changes nothing (returns False),
@@ -200,6 +232,27 @@ class LearningCore:
         self.cooldown_prev[event.index] = self.last_adapt_index
         self.last_adapt_index = event.index
         return "adapt"
+
+    def _after_new_class(self, index: int) -> bool:
+        """True when labelled sample ``index`` lies within ``new_class_guard`` samples from (and
+        including) the first sample of a class that arrived while other classes were known."""
+        return any(j <= index < j + self.new_class_guard for j in self.new_class_at)
+
+    def _note_new_classes(self, y: list[Any]) -> None:
+        """Record where classes first appear in the learn set ``y`` (stream order, about to be learned
+        from labelled count ``labelled_seen``) and forget first samples older than the guard."""
+        now = self.labelled_seen
+        self.new_class_at = [j for j in self.new_class_at if j + self.new_class_guard > now]
+        known = set(self.learner.classes_)
+        for r, label in enumerate(y):
+            if label in known:
+                continue
+            label = normalize_label(label)
+            if label in known:
+                continue
+            if known and self.new_class_guard:  # the very first class is no news
+                self.new_class_at.append(now + r)
+            known.add(label)
 
     def _drift(self, event: DriftEvent, res: BatchResult, labelled_at: int) -> None:
         """Record ``event``; when it calls for adaptation, schedule it for the first grid
@@ -297,6 +350,7 @@ class LearningCore:
             X = dec.X[idx] if len(idx) < len(dec.y) else dec.X
             y = [dec.y[j] for j in idx]
 
+        self._note_new_classes(y)
         t0 = time.perf_counter()
         y_arr = np.empty(len(y), dtype=object)
         y_arr[:] = y
@@ -390,7 +444,8 @@ class LearningCore:
                 "last_drift_at": self.last_drift_at,
                 "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt],
                 "last_adapt_index": self.last_adapt_index,
-                "cooldown_prev": [[i, p] for i, p in self.cooldown_prev.items()]}),
+                "cooldown_prev": [[i, p] for i, p in self.cooldown_prev.items()],
+                "new_class_at": list(self.new_class_at)}),
         }
         if self.monitor is not None:
             parts["monitor"] = self.monitor.to_state()
@@ -419,6 +474,7 @@ class LearningCore:
         self.last_adapt_index = c.get("last_adapt_index")
         self.cooldown_prev = {int(i): (None if p is None else int(p)) for i, p in c.get("cooldown_prev") or []}
         self.last_drift_at = c.get("last_drift_at")
+        self.new_class_at = [int(j) for j in c.get("new_class_at") or []]
 
     def status_fields(self) -> dict[str, Any]:
         s = self.metrics.summary()
