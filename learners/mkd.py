@@ -33,17 +33,24 @@ Design choices (see also the class docstring):
   a copy of the student after every step (a distilling teacher, even a fresh one, pins
   the student to the pre-drift concept: with ``kd_lambda`` 5.5 and ``tau`` 4 the KL term
   outweighs the cross-entropy); with ``adapt_clear_replay`` the replay buffer is emptied
-  (it holds samples labelled by the old concept; it refills from the new one). A drift
-  detected within ``adapt_samples`` labelled samples of a class's first appearance
-  (not counting the first class) is ignored when ``adapt_guard_new_class``: there the
-  error rose because new classes arrived (class-incremental learning), and the replay
-  buffer and distillation are exactly what keeps the old classes.
+  (it holds samples labelled by the old concept; it refills from the new one). Telling a
+  new class apart from drift is the learning core's job, for every learner
+  (``ocld.core.runtime.LearningCore``: error-drift adaptation is suspended for a while
+  after a new class's first sample); the former ``adapt_guard_new_class`` is deprecated.
   ``benchmarks/drift_adaptation.py`` measures it.
-- Defaults (Adam, lr 3e-3, replay batch 32, 3 gradient steps per incoming batch, buffer
-  200) were chosen on the class-incremental digits stream (``benchmarks/digits_cl.py``):
-  plain SGD (lr 0.05-0.1, one step) underfits a single pass badly (ER ~0.2-0.86), Adam with
-  3 steps gives the strongest ER baseline and the strongest ER+MKD among those tried.
-  ``optimizer="sgd"`` (with ``momentum``) is available.
+- Test-then-train, sample by sample: the stream is learned in groups of ``learn_every``
+  labelled samples, aligned to this learner's own count (not to how the stream was cut
+  into batches): after each group, ``iterations`` gradient steps on the group joined by a
+  replay draw. Each sample is predicted by the network that has learned every complete
+  group before it (with ``learn_every=1``: every sample before it), and a sample of an
+  unfinished group waits in the state. So the state and the prequential predictions do
+  not depend on the batch cut (``batch_invariant``, ``exact_prequential``); predictions run
+  in float64 so that rows predicted together or apart agree to rounding. A class's output
+  row is added right after its first sample was predicted.
+- Defaults (Adam, lr 3e-3, replay batch 32, buffer 200) were chosen on the
+  class-incremental digits stream (``benchmarks/digits_cl.py``): plain SGD (lr 0.05-0.1,
+  one step) underfits a single pass badly, Adam gives the strongest ER baseline and the
+  strongest ER+MKD among those tried. ``optimizer="sgd"`` (with ``momentum``) is available.
 - Never NaN: inputs are cleaned (NaN -> 0, +-Inf and large values clipped to
   ``input_clip``), gradients are clipped to norm ``clip_norm``, and a step whose loss
   is not finite is skipped.
@@ -176,21 +183,27 @@ class MomentumKD(Learner):
     buffer_size, replay_batch, buffer_kind:
         replay buffer capacity (samples; 0: no replay), replay rows joined to each incoming
         batch, and ``"reservoir"`` or ``"class_balanced"``.
-    iterations:
-        gradient steps per incoming batch (each with a fresh replay draw).
+    learn_every, iterations:
+        the network takes ``iterations`` gradient steps (each with a fresh replay draw) after
+        every ``learn_every`` labelled samples (aligned to its own count); each sample is
+        predicted by the network that has learned every complete group before it.
     clip_norm, input_clip:
         gradient-norm clip and absolute clip of the inputs (never NaN).
     seed:
         seeds the network initialisation, dropout and the buffer/replay sampling.
-    adapt_samples, adapt_clear_replay, adapt_guard_new_class:
+    adapt_samples, adapt_clear_replay:
         what ``adapt`` does (see the module docstring): distillation off for this many labelled
-        samples, empty the replay buffer, ignore drifts right after a new class.
+        samples, empty the replay buffer.
+    adapt_guard_new_class:
+        deprecated and ignored (the learning core now tells new classes apart from drift for
+        every learner: ``LearningCore(new_class_guard=...)``); leave it out.
 
     Shapes: X [n, d] float (any numeric), y [n] labels; ``predict_proba`` returns float64
     [n, len(classes_)].
     """
 
-    batch_invariant: ClassVar[bool] = False
+    batch_invariant: ClassVar[bool] = True
+    exact_prequential: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -210,13 +223,14 @@ class MomentumKD(Learner):
         buffer_size: int = 200,
         replay_batch: int = 32,
         buffer_kind: str = "reservoir",
-        iterations: int = 3,
+        iterations: int = 1,
+        learn_every: int = 1,
         clip_norm: float = 5.0,
         input_clip: float = 1e4,
         seed: int = 0,
         adapt_samples: int = 2000,
         adapt_clear_replay: bool = True,
-        adapt_guard_new_class: bool = True,
+        adapt_guard_new_class: bool | None = None,
     ) -> None:
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
@@ -230,6 +244,14 @@ class MomentumKD(Learner):
             raise ValueError(f"lr must be > 0, got {lr}")
         if buffer_kind not in ("reservoir", "class_balanced"):
             raise ValueError(f"buffer_kind must be 'reservoir' or 'class_balanced', got {buffer_kind!r}")
+        if int(learn_every) < 1:
+            raise ValueError(f"learn_every must be >= 1, got {learn_every}")
+        if adapt_guard_new_class is not None:
+            warnings.warn(
+                "MomentumKD(adapt_guard_new_class=...) is deprecated and ignored: the learning core now suspends "
+                "error-drift adaptation after a new class's first sample for every learner (LearningCore "
+                "new_class_guard); remove adapt_guard_new_class from the learner's params",
+                FutureWarning, stacklevel=2)
         if iterations < 1 or replay_batch < 0 or buffer_size < 0 or adapt_samples < 0:
             raise ValueError("iterations must be >= 1, replay_batch, buffer_size and adapt_samples >= 0")
         self.hidden = tuple(int(h) for h in hidden)
@@ -249,19 +271,24 @@ class MomentumKD(Learner):
         self.replay_batch = int(replay_batch)
         self.buffer_kind = buffer_kind
         self.iterations = int(iterations)
+        self.learn_every = int(learn_every)
         self.clip_norm = float(clip_norm)
         self.input_clip = float(input_clip)
         self.seed = int(seed)
         self.adapt_samples = int(adapt_samples)
         self.adapt_clear_replay = bool(adapt_clear_replay)
-        self.adapt_guard_new_class = bool(adapt_guard_new_class)
+        self.adapt_guard_new_class = adapt_guard_new_class
 
         self._index = ClassIndex()
         self.n_features: int | None = None
         self.n_learned = 0
         self.n_steps = 0
         self.kd_paused_until = 0  # distillation off (teacher = student) while n_learned < this
-        self.new_class_at: int | None = None  # labelled position of the latest first-seen class (not the first)
+        # the unfinished group: its first n_pending rows (cleaned inputs, class columns); fixed size,
+        # so the state does not grow or shrink with the position in the group
+        self._pend_X = np.zeros((0, 0), dtype=np.float32)
+        self._pend_y = np.zeros(self.learn_every, dtype=np.int64)
+        self.n_pending = 0
         self._torch_rng: Any = None  # torch ByteTensor (CPU generator state), set on build
         self._student: Any = None
         self._teacher: Any = None
@@ -285,56 +312,95 @@ class MomentumKD(Learner):
         n_classes = len(self._index)
         if self._student is None or n_classes == 0 or X.shape[0] == 0:
             return np.zeros((X.shape[0], n_classes), dtype=np.float64)
-        torch = _torch()
-        net = self._prediction_net()
-        with torch.no_grad():
-            logits = net(torch.from_numpy(self._clean(X)))
-            proba = torch.softmax(logits.double(), dim=1).numpy()
-        return np.array(proba, dtype=np.float64)
+        return self._predict64(self._clean(X))
 
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+        self._learn(X, y, want_proba=False)
+
+    def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Test-then-train: row i is predicted by the network that has learned every complete
+        group of ``learn_every`` samples before it (see the module docstring)."""
+        out = self._learn(X, y, want_proba=True)
+        assert out is not None
+        return out
+
+    def _learn(self, X: np.ndarray, y: np.ndarray, want_proba: bool) -> np.ndarray | None:
         X = check_X(X, self.n_features)
         y_arr = np.asarray(y, dtype=object).reshape(-1)
         if y_arr.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {y_arr.shape[0]} labels")
-        if X.shape[0] == 0:
-            return
+        n = X.shape[0]
+        if n == 0:
+            return np.zeros((0, len(self._index))) if want_proba else None
         torch = _torch()
         if self._student is None:
             self._build(X.shape[1])
         before = len(self._index)
         y_idx = self._index.encode(y_arr)
-        if len(self._index) > before:
-            self._grow(len(self._index))
-            later = np.flatnonzero(y_idx >= max(before, 1))  # first sample of a class other than the first
-            if later.size:
-                self.new_class_at = self.n_learned + int(later[0])
+        C = len(self._index)
+        first = {int(np.argmax(y_idx == c)): c for c in range(before, C)}  # batch row -> class first seen there
         Xc = self._clean(X)
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._torch_rng)
-            for _ in range(self.iterations):
-                Xb, yb = Xc, y_idx
-                if self._buffer is not None and self.replay_batch > 0 and len(self._buffer) > 0:
-                    Xr, yr = self._buffer.sample(self.replay_batch)
-                    Xb = np.concatenate([Xc, Xr.astype(np.float32)])
-                    yb = np.concatenate([y_idx, np.asarray(yr, dtype=np.int64)])
-                self._step(Xb, yb)
-            self._torch_rng = torch.get_rng_state()
+        out = np.zeros((n, C)) if want_proba else None
+        i = 0
+        while i < n:
+            # rows i..j-1 see the same network: up to the end of the current group, and never past a
+            # class's first row (its output row is added right after that row was predicted)
+            j = min(n, i + self.learn_every - self.n_pending)
+            new_rows = [r for r in first if i <= r < j]
+            if new_rows:
+                j = min(new_rows) + 1
+            if out is not None:
+                p = self._predict64(Xc[i:j])
+                out[i:j, : p.shape[1]] = p
+            if j - 1 in first:
+                self._grow(first[j - 1] + 1)
+            k = self.n_pending
+            self._pend_X[k:k + j - i] = Xc[i:j]
+            self._pend_y[k:k + j - i] = y_idx[i:j]
+            self.n_pending += j - i
+            self.n_learned += j - i
+            if self.n_pending == self.learn_every:
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(self._torch_rng)
+                    self._train_group()
+                    self._torch_rng = torch.get_rng_state()
+            i = j
+        return out
+
+    def _train_group(self) -> None:
+        """``iterations`` steps on the finished group (each joined by a fresh replay draw), then the
+        group goes into the replay buffer."""
+        Xg, yg = self._pend_X.copy(), self._pend_y.copy()
+        for _ in range(self.iterations):
+            Xb, yb = Xg, yg
+            if self._buffer is not None and self.replay_batch > 0 and len(self._buffer) > 0:
+                Xr, yr = self._buffer.sample(self.replay_batch)
+                Xb = np.concatenate([Xg, Xr.astype(np.float32)])
+                yb = np.concatenate([yg, np.asarray(yr, dtype=np.int64)])
+            self._step(Xb, yb)
         if self._buffer is not None:
-            self._buffer.add(Xc, y_idx)
-        self.n_learned += X.shape[0]
+            self._buffer.add(Xg, yg)
+        self._pend_X[:] = 0.0
+        self._pend_y[:] = 0
+        self.n_pending = 0
         self._predictor_stale = True
+
+    def _predict64(self, Xc: np.ndarray) -> np.ndarray:
+        """Probabilities [n, classes of the network] of cleaned rows, in float64."""
+        torch = _torch()
+        if self._student["head"].out_features == 0:
+            return np.zeros((Xc.shape[0], 0))
+        net = self._prediction_net()
+        with torch.no_grad():
+            logits = net(torch.from_numpy(Xc.astype(np.float64)))
+            return np.array(torch.softmax(logits, dim=1).numpy(), dtype=np.float64)
 
     def adapt(self, event: DriftEvent) -> None:
         """Concept drift: refresh the teacher to the student, reset the optimizer, pause
         distillation for ``adapt_samples`` labelled samples and (``adapt_clear_replay``) empty
-        the replay buffer. No-op before the first learn, and (``adapt_guard_new_class``) within
-        ``adapt_samples`` labelled samples of a new class's first appearance. The class index is kept.
+        the replay buffer. No-op before the first learn. The class index is kept.
         """
         if self._student is None:
-            return
-        if (self.adapt_guard_new_class and self.new_class_at is not None
-                and self.n_learned - self.new_class_at < self.adapt_samples):
             return
         if self._teacher is not None:
             self._teacher.load_state_dict(self._student.state_dict())
@@ -370,6 +436,7 @@ class MomentumKD(Learner):
         torch = _torch()
         nn = torch.nn
         self.n_features = n_features
+        self._pend_X = np.zeros((self.learn_every, n_features), dtype=np.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             body = self._make_body(n_features)
@@ -507,19 +574,19 @@ class MomentumKD(Learner):
                     t.copy_(s)  # num_batches_tracked
 
     def _prediction_net(self) -> Any:
-        if self._teacher is None:
-            self._student.eval()
-            return lambda x: self._forward(self._student, x)
-        if self._predictor is None or self._predictor_stale:
-            torch = _torch()
-            if self._predictor is None or self._predictor["head"].out_features != self._student["head"].out_features:
-                self._predictor = self._copy_net(self._student)
+        """A float64 copy of the network that predicts: the average of student and teacher weights
+        (the student's alone without a teacher), rebuilt after each training group."""
+        torch = _torch()
+        if self._predictor is None or self._predictor["head"].out_features != self._student["head"].out_features:
+            self._predictor = self._copy_net(self._student).double()
+            self._predictor_stale = True
+        if self._predictor_stale:
             with torch.no_grad():
                 s_state = self._student.state_dict()
-                t_state = self._teacher.state_dict()
+                t_state = self._teacher.state_dict() if self._teacher is not None else s_state
                 for name, p in self._predictor.state_dict().items():
                     if p.is_floating_point():
-                        p.copy_(0.5 * (s_state[name] + t_state[name]))
+                        p.copy_(0.5 * (s_state[name].double() + t_state[name].double()))
                     else:
                         p.copy_(s_state[name])
             self._predictor.eval()
@@ -542,7 +609,7 @@ class MomentumKD(Learner):
             "n_learned": self.n_learned,
             "n_steps": self.n_steps,
             "kd_paused_until": self.kd_paused_until,
-            "new_class_at": self.new_class_at,
+            "n_pending": self.n_pending,
             "built": self._student is not None,
         }
         if self._student is not None:
@@ -566,6 +633,8 @@ class MomentumKD(Learner):
                     opt_keys[str(i)] = keys
             meta["opt_keys"] = opt_keys
             arrays["torch_rng"] = self._torch_rng.numpy().copy()
+            arrays["pend_X"] = self._pend_X.copy()
+            arrays["pend_y"] = self._pend_y.copy()
         children = {} if self._buffer is None else {"buffer": self._buffer.to_state()}
         return LearnerState("MomentumKD", self._params_json(), arrays, meta, children)
 
@@ -577,8 +646,6 @@ class MomentumKD(Learner):
         obj.n_learned = int(meta.get("n_learned", 0))
         obj.n_steps = int(meta.get("n_steps", 0))
         obj.kd_paused_until = int(meta.get("kd_paused_until", 0))
-        nca = meta.get("new_class_at")
-        obj.new_class_at = None if nca is None else int(nca)
         if not meta.get("built", False):
             return obj
         torch = _torch()
@@ -604,6 +671,10 @@ class MomentumKD(Learner):
                 k: torch.from_numpy(np.array(state.arrays[f"opt.{i_str}.{k}"]).reshape(shape)) for k, shape in keys
             }
         obj._torch_rng = torch.from_numpy(np.array(state.arrays["torch_rng"], dtype=np.uint8))
+        if "pend_y" in state.arrays:  # snapshots written before groups had none pending
+            obj._pend_X = np.array(state.arrays["pend_X"], dtype=np.float32).reshape(obj.learn_every, -1)
+            obj._pend_y = np.array(state.arrays["pend_y"], dtype=np.int64)
+            obj.n_pending = int(meta.get("n_pending", 0))
         if "buffer" in state.children:
             obj._buffer = type(obj._buffer).from_state(state.children["buffer"])
         obj._predictor_stale = True

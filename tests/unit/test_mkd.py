@@ -195,7 +195,6 @@ def test_adapt_refreshes_teacher_pauses_distillation_and_clears_replay() -> None
     m = small(adapt_samples=21)
     X, y = blobs(120, [0, 1], seed=11)
     feed(m, X[:63], y[:63])
-    assert m.new_class_at is not None and m.new_class_at < 5  # the second class, early on
     assert len(m._buffer) == 50 and not _same_nets(m._student, m._teacher)
     m.adapt(DriftEvent(index=63, detector="ADWIN"))
     assert _same_nets(m._student, m._teacher)
@@ -216,26 +215,69 @@ def test_adapt_refreshes_teacher_pauses_distillation_and_clears_replay() -> None
     assert np.all(np.isfinite(m.predict_proba(X)))
 
 
-def test_adapt_is_ignored_right_after_a_new_class() -> None:
+def test_adapt_guard_new_class_is_deprecated() -> None:
+    """The new-class rule lives in the learning core now (tests/unit/test_new_class.py): the old
+    parameter is accepted with a warning that says what to do, and ignored."""
+    with pytest.warns(FutureWarning, match="remove adapt_guard_new_class"):
+        m = small(adapt_samples=50, adapt_guard_new_class=True)
     X, y = blobs(100, [0, 1], seed=12)
     X3, y3 = blobs(30, [2], seed=13)
-    for guard in (True, False):
-        m = small(adapt_samples=50, adapt_guard_new_class=guard)
-        feed(m, X[:70], y[:70])
-        feed(m, X3[:14], y3[:14])  # class 2 first seen at labelled position 70
-        assert m.new_class_at == 70
-        m.adapt(DriftEvent(index=84, detector="ADWIN"))  # 14 < 50 samples after it
-        # guarded: class-incremental, keep replay and distillation (they protect classes 0 and 1)
-        assert len(m._buffer) == (50 if guard else 0)
-        assert m.kd_paused is (not guard)
-        assert _same_nets(m._student, m._teacher) is (not guard)
-    m = small(adapt_samples=50)
     feed(m, X[:70], y[:70])
-    m.adapt(DriftEvent(index=70, detector="ADWIN"))  # 70 samples after class 1 appeared: adapts
-    assert m.kd_paused and len(m._buffer) == 0
+    feed(m, X3[:14], y3[:14])  # class 2 first seen at labelled position 70
+    m.adapt(DriftEvent(index=84, detector="ADWIN"))
+    assert m.kd_paused and len(m._buffer) == 0  # adapts: the core decides whether to call adapt
     m = small()
     m.adapt(DriftEvent(index=0, detector="ADWIN"))  # before the first learn: no-op
     assert m._student is None and not m.kd_paused
+
+
+def _preq_reference(m: MomentumKD, X: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """Predict one row, then learn it: the definition of test-then-train."""
+    out = []
+    for i in range(len(y)):
+        out.append(m.predict_proba(X[i : i + 1])[0])
+        m.learn(X[i : i + 1], y[i : i + 1])
+    return out
+
+
+@pytest.mark.parametrize("cut", [1, 9, 200])
+def test_learn_predict_is_sample_by_sample(cut: int) -> None:
+    """Each row is predicted by the network that has learned every row before it (learn_every=1),
+    whatever the batch cut: the same as predict-then-learn one row at a time."""
+    X, y = blobs(90, [0, 1, 2], seed=20)
+    y = y.astype(object)
+    y[50] = "new"
+    ref = _preq_reference(small(), X, y)
+    m = small()
+    rows = []
+    for a in range(0, len(y), cut):
+        P = m.learn_predict(X[a : a + cut], y[a : a + cut])
+        rows.extend(list(P))
+    C = len(m.classes_)
+    for i, (got, want) in enumerate(zip(rows, ref)):
+        np.testing.assert_allclose(np.pad(got, (0, C - len(got))), np.pad(want, (0, C - len(want))),
+                                   rtol=0, atol=1e-9, err_msg=f"row {i}")
+    assert rows[50][m.classes_.index("new")] == 0.0  # a class is unknown at its first row
+
+
+def test_learn_every_groups_wait_in_the_state() -> None:
+    """With learn_every=4 the network changes only after every 4th sample; the unfinished group is
+    part of the state, so a restored copy finishes it exactly as the original does."""
+    X, y = blobs(30, [0, 1], seed=21)
+    m = small(learn_every=4)
+    m.learn(X[:6], y[:6])
+    assert m.n_pending == 2 and m.n_steps == 2  # one group of 4 learned (2 iterations)
+    before = m.predict_proba(X[6:8])
+    P = m.learn_predict(X[6:8], y[6:8])  # rows 6 and 7 share the network (group 4..7 unfinished)
+    np.testing.assert_allclose(P, before, rtol=0, atol=1e-12)
+    assert m.n_steps == 4
+    twin = learner_from_state(json_roundtrip(m.to_state()))
+    assert twin.n_pending == 0 and m.n_pending == 0
+    m.learn(X[8:11], y[8:11])
+    twin = learner_from_state(json_roundtrip(m.to_state()))
+    m.learn(X[11:30], y[11:30])
+    twin.learn(X[11:30], y[11:30])
+    np.testing.assert_array_equal(m.predict_proba(X), twin.predict_proba(X))
 
 
 def test_mkd_beats_er_on_a_small_class_incremental_stream() -> None:
@@ -268,7 +310,7 @@ def test_registry_builds_in_a_pipeline() -> None:
 
 
 def test_registry_import_does_not_import_torch() -> None:
-    code = "import sys, learners.registry, learners.mkd; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ocld.learners.registry, ocld.learners.mkd; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
