@@ -105,7 +105,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(cfg, args.data, args.label_column, batch_size=args.batch_size, limit=args.limit,
                       test=args.test, eval_every=args.eval_every)
     rows: list[tuple[str, Any]] = [
-        ("data", result["data"]), ("learner", result["learner"]), ("samples", result["samples"]),
+        ("data", result["data"]), ("learner", result["learner"]), ("label column", result.get("label_column") or "y"),
+        ("rows", f"{result['rows']:,}"), ("samples learned", f"{result['samples']:,}"),
+        ("rows not learned", f"{result['not_learned']:,}"),
+    ]
+    for e in result["not_learned_by_reason"]:
+        first = f" (first on line {e['first_line']})" if e["first_line"] is not None else ""
+        rows.append((f"  {e['reason']}", f"{e['rows']:,}{first}"))
+    rows += [
         ("accuracy", f"{result['accuracy']:.4f}"), ("no-change baseline", f"{result['nochange_accuracy']:.4f}"),
         ("balanced accuracy", f"{result['balanced_accuracy']:.4f}"), ("log-loss", f"{result['log_loss']:.4f}"),
         ("samples/s", f"{result['samples_per_s']:,.0f}"),
@@ -118,14 +125,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        ("min_acc", "test: min-ACC"), ("wc_acc", "test: WC-ACC")):
         if result.get(key) is not None:
             rows.append((label, f"{result[key]:.4f}"))
+    if result.get("test_rows_not_scored"):
+        rows.append(("test: rows not scored", f"{result['test_rows_not_scored']:,}"))
     _print_table("ocld evaluate", rows)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        print(f"wrote {args.json}")
+    if not result["samples"]:
+        from ocld.stream.files import DataFileError
+
+        why = "; ".join(f"{e['reason']}: {e['rows']:,} rows (first on line {e['first_line']}); {e['fix']}"
+                        for e in result["not_learned_by_reason"][:2]) or "the file has no data rows"
+        raise DataFileError(f"no row of {result['data']} was learned: {why}")
     if args.plot:
         from ocld.stream.report import plot_run
 
         print(f"wrote {plot_run(result, args.plot)}")
-    if args.json:
-        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        print(f"wrote {args.json}")
     return 0
 
 

@@ -26,10 +26,18 @@ first appearance and E the evaluation points:
 
 Without ``task`` fields only ``final_accuracy`` is reported. Never writes files (the CLI
 does).
+
+Every row that is not learned is counted with its reason, never dropped silently:
+``not_learned_by_reason`` lists, largest first, each reason with its ``kind`` (``max_classes``,
+``missing_value``, ``non_numeric``, ``wrong_width``, ``not_finite``, ``above_max_abs_value``,
+``unlabelled``, ``invalid_json``, ``invalid_record``), the column at fault where one is, the
+number of rows, the first line and the fix. ``rows`` = ``samples`` + ``not_learned``.
+``warnings`` says when the label column looks continuous (``files.label_warning``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -38,10 +46,52 @@ import numpy as np
 
 from ocld.core.codec import Decoded
 from ocld.stream.config import Config
-from ocld.stream.files import Table, read_table
+from ocld.stream.files import RowProblem, Table, read_table
 from ocld.core.runtime import LearningCore, limit_threads
 
+log = logging.getLogger("ocld.evaluate")
+
 MAX_CURVE_POINTS = 2000
+
+FIXES = {
+    "max_classes": "raise messages.max_classes if these are real classes, or check the label column",
+    "missing_value": "fill the cells or drop those rows (a missing value is never guessed)",
+    "non_numeric": "every feature column must hold numbers: encode or remove column {column!r}, or give "
+                   "--label-column {column} if it is the class",
+    "wrong_width": "give every row as many cells as the header",
+    "not_finite": "replace the infinite values",
+    "above_max_abs_value": "rescale that column or raise messages.max_abs_value",
+    "unlabelled": "rows with an empty label are predicted, never learned (by design)",
+    "invalid_json": "fix or remove those lines",
+    "invalid_record": "fix or remove those rows",
+}
+
+
+class NotLearned:
+    """Counts the rows that were not learned by reason, keeping the first line of each."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, kind: str, reason: str, line: int | None, column: str | None = None, rows: int = 1,
+            example: str | None = None) -> None:
+        entry = self.by_reason.get((kind, reason))
+        if entry is None:
+            self.by_reason[(kind, reason)] = {"kind": kind, "reason": reason, "column": column, "rows": rows,
+                                              "first_line": line, "example": example,
+                                              "fix": FIXES.get(kind, "").format(column=column)}
+        else:
+            entry["rows"] += rows
+
+    def add_problem(self, problem: RowProblem) -> None:
+        self.add(problem.kind, problem.reason, problem.line, problem.column, example=problem.value)
+
+    @property
+    def total(self) -> int:
+        return sum(e["rows"] for e in self.by_reason.values())
+
+    def entries(self) -> list[dict[str, Any]]:
+        return sorted(self.by_reason.values(), key=lambda e: (-e["rows"], e["first_line"] or 0))
 
 
 def evaluate(cfg: Config, data: str | Path, label_column: str | None = None, batch_size: int | None = None,
@@ -54,6 +104,14 @@ def evaluate(cfg: Config, data: str | Path, label_column: str | None = None, bat
     result["data"] = str(data)
     if test is not None:
         result["test"] = str(test)
+        if test_table is not None and test_table.skipped:
+            result["test_rows_not_scored"] = len(test_table.skipped)
+    for warning in result["warnings"]:
+        log.warning("%s: %s", data, warning)
+    if result["skipped_invalid"]:
+        top = next(e for e in result["not_learned_by_reason"] if e["kind"] != "unlabelled")
+        log.warning("%s: %d of %d rows were not learned; most often: %s (%d rows, first on line %s)", data,
+                    result["not_learned"], result["rows"], top["reason"], top["rows"], top["first_line"])
     return result
 
 
@@ -65,12 +123,18 @@ def evaluate_arrays(cfg: Config, table: Table, batch_size: int | None = None, li
     X, y, task = table.X, table.y, table.task
     if limit is not None:
         X, y, task = X[:limit], y[:limit], task[:limit]
+    not_learned = NotLearned()
+    for before, problem in table.skipped:
+        if limit is None or before < limit:
+            not_learned.add_problem(problem)
+    lines = table.lines
     n_expected = cfg.messages.n_features or (len(cfg.messages.features) if cfg.messages.features else None)
     if n_expected is not None and X.shape[1] != n_expected:
         raise ValueError(f"the data has {X.shape[1]} features but the config expects {n_expected}")
     if eval_every is not None and eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1, got {eval_every}")
     finite = np.isfinite(X).all(axis=1) & (np.abs(np.nan_to_num(X)) <= cfg.messages.max_abs_value).all(axis=1)
+    _count_invalid(X, finite, table, cfg.messages.max_abs_value, not_learned)
     core = LearningCore.from_config(cfg)
     batch = batch_size or cfg.kafka.max_batch
     n = X.shape[0]
@@ -95,6 +159,15 @@ def evaluate_arrays(cfg: Config, table: Table, batch_size: int | None = None, li
         dec = Decoded(rows=idx, X=X[idx], y=[y[i] for i in idx], ids=[None] * len(idx), ts=[None] * len(idx),
                       task=[task[i] for i in idx])
         res = core.process(dec)
+        for rec, reason in res.bad:
+            kind = "max_classes" if "max_classes" in reason else "invalid_record"
+            shown = (f"label beyond messages.max_classes={cfg.messages.max_classes} (a new class after the first "
+                     f"{cfg.messages.max_classes})" if kind == "max_classes" else reason)
+            not_learned.add(kind, shown, lines[rec] if lines else None)
+        for i in idx.tolist():
+            if y[i] is None:
+                not_learned.add("unlabelled", "no label (predicted, not learned)", lines[i] if lines else None,
+                                table.label)
         if keep_errors and res.errors.size:
             errors.append(res.errors)
         for e in res.events:
@@ -112,9 +185,13 @@ def evaluate_arrays(cfg: Config, table: Table, batch_size: int | None = None, li
     elapsed = time.perf_counter() - t0
     s = core.metrics.summary()
     counts = core.drift_counts
+    by_reason = not_learned.entries()
     result: dict[str, Any] = {
         "data": "<arrays>", "learner": cfg.learner.name, "samples": core.labelled_seen,
-        "skipped_invalid": int((~finite[:n]).sum()), "batch_size": batch,
+        "rows": core.labelled_seen + not_learned.total, "not_learned": not_learned.total,
+        "not_learned_by_reason": by_reason,
+        "skipped_invalid": sum(e["rows"] for e in by_reason if e["kind"] != "unlabelled"),
+        "warnings": list(table.warnings), "label_column": table.label, "batch_size": batch,
         "accuracy": s["accuracy"], "balanced_accuracy": s["balanced_accuracy"], "log_loss": s["log_loss"],
         "nochange_accuracy": s["nochange_accuracy"], "samples_per_s": core.labelled_seen / elapsed if elapsed else 0.0,
         "elapsed_s": elapsed, "drift_events": events,
@@ -129,6 +206,21 @@ def evaluate_arrays(cfg: Config, table: Table, batch_size: int | None = None, li
     if keep_errors:
         result["errors"] = np.concatenate(errors) if errors else np.zeros(0, dtype=np.uint8)
     return result
+
+
+def _count_invalid(X: np.ndarray, ok: np.ndarray, table: Table, max_abs: float, not_learned: NotLearned) -> None:
+    """Count the rows with an infinite value or one above ``max_abs``, by their first such column."""
+    for i in np.flatnonzero(~ok).tolist():
+        row = X[i]
+        bad_finite = ~np.isfinite(row)
+        j = int(np.flatnonzero(bad_finite | (np.abs(np.nan_to_num(row)) > max_abs))[0])
+        column = table.features[j] if table.features and j < len(table.features) else f"x[{j}]"
+        line = table.lines[i] if table.lines else None
+        if bad_finite[j]:
+            not_learned.add("not_finite", f"value that is not finite in column {column!r}", line, column)
+        else:
+            not_learned.add("above_max_abs_value", f"value above messages.max_abs_value={max_abs:g} in column "
+                            f"{column!r}", line, column)
 
 
 def _thin(curve: dict[str, Any], window: int) -> dict[str, Any]:
