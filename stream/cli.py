@@ -2,8 +2,16 @@
 
 Every command that needs a broker or Redis takes ``--bootstrap`` / ``--redis`` (or the
 config's values, or ``KAFKA_BOOTSTRAP`` / ``REDIS_URL``); ``embedded`` starts local ones.
-Errors a user can cause (config, data file, unreachable server) print one clear message
-and exit with code 2, never a traceback.
+
+Expected failures never print a traceback. :func:`main` turns each of them, in one place
+(:func:`expected_failure`), into one line ``ocld: <what failed and what to check>`` on
+stderr and a non-zero exit: ``OcldError`` (with its ``exit_code``), a config or data file
+that cannot be used, a Redis that cannot be reached or refuses the credentials or the
+command (``redis.exceptions``), a Kafka broker that cannot be reached or refuses
+(``kafka.errors``), a corrupt snapshot, a pipeline that does not exist. Servers are named
+through ``redact_url`` and every known secret is scrubbed from the line, so no message
+shows a password. ``--log-level debug`` adds the traceback for those who want it. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -41,14 +49,39 @@ def _setup_logging(level: str, json_logs: bool = False) -> None:
 
 def _config(path: str | None, args: argparse.Namespace) -> Config:
     cfg = load_config(path) if path else parse_config({})
-    return cfg.with_services(getattr(args, "bootstrap", None), getattr(args, "redis", None))
+    cfg = cfg.with_services(getattr(args, "bootstrap", None), getattr(args, "redis", None))
+    args.config_secrets = [s.get_secret_value() for s in (cfg.redis.password, cfg.kafka.sasl_password) if s is not None]
+    args.config_urls = [cfg.redis.url.get_secret_value()]
+    return cfg
+
+
+def _name_targets(args: argparse.Namespace, cfg: Config) -> None:
+    """Remember the servers a command talks to, so that a failure can name them (redacted)."""
+    args.kafka_target = cfg.kafka.bootstrap
+    args.redis_target = cfg.redis.url.get_secret_value()
 
 
 def _redis_url(args: argparse.Namespace) -> str:
     url = args.redis or os.environ.get("REDIS_URL")
     if not url:
         raise ConfigError("give --redis URL (or set REDIS_URL) to say which Redis holds the state")
+    args.redis_target = url  # named (redacted) in the message if Redis fails
     return url
+
+
+def _state_client(args: argparse.Namespace) -> Any:
+    """A ``StateClient`` on ``--redis`` / ``REDIS_URL`` (Redis errors surface at the first command)."""
+    from ocld.stream.client import StateClient
+
+    return StateClient(_redis_url(args))
+
+
+def _kafka_config(args: argparse.Namespace, command: str) -> KafkaConfig:
+    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
+    if kafka.bootstrap == "embedded":
+        raise ConfigError(f"{command} needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
+    args.kafka_target = kafka.bootstrap
+    return kafka
 
 
 # -- commands ------------------------------------------------------------------------
@@ -57,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ocld.stream.embedded import services
 
     cfg = _config(args.config, args)
+    _name_targets(args, cfg)
     if args.replica is not None:
         from ocld.stream.config import with_replica
 
@@ -64,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.log_format == "json" and not args.json_logs:
         _setup_logging(args.log_level, json_logs=True)
     with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):
+        args.kafka_target, args.redis_target = bs, url
         if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
             log.info("embedded servers: broker %s, Redis %s", bs, redact_url(url))
         summary = Daemon(cfg.with_services(bs, url)).run(until_idle_s=args.until_idle, max_seconds=args.max_seconds)
@@ -72,23 +107,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ocld.stream.replay import replay
+    """Replay a file; skipped lines are counted in the summary, undelivered records are an error."""
+    from ocld.stream.errors import OcldError
+    from ocld.stream.replay import replay_file
 
-    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
-    if kafka.bootstrap == "embedded":
-        raise ConfigError("replay needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
-    n = replay(args.file, args.topic, kafka, rate=args.rate, speed=args.speed, limit=args.limit,
-               label_column=args.label_column, partitions=args.partitions, progress=not args.quiet)
-    print(f"replayed {n} records to {args.topic}")
+    kafka = _kafka_config(args, "replay")
+    summary = replay_file(args.file, args.topic, kafka, rate=args.rate, speed=args.speed, limit=args.limit,
+                          label_column=args.label_column, partitions=args.partitions, progress=not args.quiet)
+    print(summary.describe(args.topic))
+    if summary.failed:
+        raise OcldError(f"{summary.failed} of {summary.sent} records were not delivered to {args.topic} "
+                        f"({summary.first_failure}); check the broker's limits and logs, then replay again")
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     from ocld.stream.replay import record
 
-    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
-    if kafka.bootstrap == "embedded":
-        raise ConfigError("record needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
+    kafka = _kafka_config(args, "record")
     n = record(args.topic, args.out, kafka, limit=args.limit, progress=not args.quiet)
     print(f"recorded {n} records from {args.topic} to {args.out}")
     return 0
@@ -145,9 +181,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ocld.stream.client import StateClient
-
-    client = StateClient(_redis_url(args))
+    client = _state_client(args)
+    if args.pipeline:
+        client.require(args.pipeline)
     names = [args.pipeline] if args.pipeline else client.pipelines()
     replicas = {name: client.replica_names(name) for name in names}
     statuses: dict[str, Any] = {}
@@ -206,9 +242,8 @@ def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from ocld.stream.client import StateClient
-
-    client = StateClient(_redis_url(args))
+    client = _state_client(args)
+    client.require(args.pipeline, "" if args.global_model or args.partitions else args.replica)
     if args.metrics:
         out: Any = client.metrics(args.pipeline, count=args.count, replica=args.replica)
     elif args.drift:
@@ -225,14 +260,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Make an older snapshot the latest; the daemon resumes from it at its next start."""
-    from ocld.stream.client import RollbackRefused, StateClient
-
-    client = StateClient(_redis_url(args))
-    try:
-        out = client.rollback(args.pipeline, args.to, force=args.force, replica=args.replica)
-    except RollbackRefused as exc:
-        print(f"ocld: {exc}", file=sys.stderr)
-        return 2
+    client = _state_client(args)
+    client.require(args.pipeline, args.replica)
+    out = client.rollback(args.pipeline, args.to, force=args.force, replica=args.replica)  # RollbackRefused: main
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     print(f"latest is now version {out['version']} (was {out['previous']}): the next start of the daemon loads it "
           f"and re-learns every record after offsets {orjson.dumps(out['offsets']).decode()}", file=sys.stderr)
@@ -244,11 +274,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ocld.stream.report import plot_run, run_from_redis
 
     if args.from_json:
-        result = orjson.loads(Path(args.from_json).read_bytes())
+        try:
+            result = orjson.loads(Path(args.from_json).read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{args.from_json} is not JSON ({exc}); give a file written by ocld evaluate --json") from None
+        if not isinstance(result, dict) or "curve" not in result:
+            raise ConfigError(f"{args.from_json} is not an ocld evaluate --json result (it has no 'curve')")
     elif args.pipeline:
-        from ocld.stream.client import StateClient
-
-        result = run_from_redis(StateClient(_redis_url(args)), args.pipeline, count=args.count)
+        client = _state_client(args)
+        client.require(args.pipeline)
+        result = run_from_redis(client, args.pipeline, count=args.count)
         if not result["curve"]["n"]:
             raise LookupError(f"pipeline {args.pipeline!r} has no metric points in this Redis")
     else:
@@ -269,7 +304,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shutil.rmtree(data_dir, ignore_errors=True)  # the broker is memory-only: start Redis clean too
     data = Path(args.data or ROOT / "data" / "elec.csv")
     t0 = time.monotonic()
+    _name_targets(args, cfg)
     with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), data_dir) as (bs, url):
+        args.kafka_target, args.redis_target = bs, url
         cfg = cfg.with_services(bs, url)
         print(f"broker {bs}, Redis {redact_url(url)}")
         n = replay(data, cfg.kafka.topic, cfg.kafka, partitions=cfg.kafka.partitions, limit=args.limit, progress=True)
@@ -430,19 +467,159 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads()
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"ocld: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, LookupError, OSError) as exc:
-        from ocld.learners.merge import MergeError
-        from ocld.stream.files import DataFileError
-
-        if isinstance(exc, (DataFileError, LookupError, FileNotFoundError, MergeError)) or type(exc) is ValueError:
-            print(f"ocld: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        failure = expected_failure(exc, args)
+        if failure is None:
+            raise  # a bug: its traceback is what a report needs
+        message, code = failure
+        log.debug("the failure in full", exc_info=True)
+        print(f"ocld: {message}", file=sys.stderr)
+        return code
+
+
+# -- expected failures ---------------------------------------------------------------
+def expected_failure(exc: BaseException, args: argparse.Namespace | None = None) -> tuple[str, int] | None:
+    """(message, exit code) for a failure a user or an operator can cause; None for a bug.
+
+    The one place the CLI decides what is expected. The message is one line (a config file's
+    list of mistakes keeps its lines), names the server or file, says what to check, and has
+    every secret known to this process scrubbed (see :func:`scrub`).
+    """
+    from ocld.core.snapshot import CorruptSnapshot
+    from ocld.learners.merge import MergeError
+    from ocld.stream.embedded import EmbeddedError
+    from ocld.stream.errors import OcldError
+    from ocld.stream.files import DataFileError
+
+    redis_target = getattr(args, "redis_target", None)
+    kafka_target = getattr(args, "kafka_target", None)
+    message: str | None = None
+    code = 2
+    if isinstance(exc, OcldError):
+        message, code = str(exc), int(exc.exit_code)
+    elif isinstance(exc, ConfigError):
+        return scrub(str(exc), args, one_line=False), 2
+    elif _is_redis_error(exc):
+        message = redis_failure(exc, redis_target)
+    elif type(exc).__module__.startswith("kafka.") and _is_kafka_error(exc):
+        message = kafka_failure(exc, kafka_target)
+    elif isinstance(exc, CorruptSnapshot):
+        message = f"a snapshot is unusable: {exc}; `ocld query PIPELINE --snapshot` lists the versions stored"
+    elif isinstance(exc, (DataFileError, MergeError, EmbeddedError)) or type(exc) is ValueError or (
+            isinstance(exc, LookupError) and not isinstance(exc, (KeyError, IndexError))):  # those two are bugs
+        message = str(exc)
+    elif isinstance(exc, UnicodeDecodeError):
+        message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+    elif isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or type(exc).__name__}:{where}" if where else f"{type(exc).__name__}: {exc}"
+    if message is None:
+        return None
+    return scrub(message, args), code
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    rx = sys.modules.get("redis.exceptions")
+    return rx is not None and isinstance(exc, (rx.RedisError, rx.RedisClusterException))
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    ke = sys.modules.get("kafka.errors")
+    return ke is not None and isinstance(exc, ke.KafkaError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _redis_user(url: str | None) -> str:
+    from urllib.parse import unquote
+
+    if not url or "@" not in url:
+        return ""
+    creds = url.partition("://")[2].rsplit("@", 1)[0]
+    return unquote(creds.split(":", 1)[0]) if ":" in creds else unquote(creds)
+
+
+def redis_failure(exc: BaseException, url: str | None) -> str:
+    """What a Redis error means for the operator, naming the server (redacted) and what to check."""
+    from redis import exceptions as rx
+
+    where = f"Redis at {redact_url(url)}" if url else "Redis"
+    detail = _first_line(exc)
+    user = _redis_user(url) or "default"
+    if isinstance(exc, (rx.AuthenticationError, rx.AuthenticationWrongNumberOfArgsError)) or \
+            detail.upper().startswith(("WRONGPASS", "NOAUTH", "AUTH")):
+        return (f"{where} refused the credentials ({detail}); check the user and password: in the URL "
+                "(redis://USER:PASSWORD@HOST:PORT/DB), or redis.username / redis.password / OCLD_REDIS_PASSWORD")
+    if isinstance(exc, (rx.NoPermissionError, rx.AuthorizationError)) or detail.upper().startswith("NOPERM"):
+        return (f"{where} refused a command to user {user!r} (NOPERM {detail}); grant it, e.g. "
+                f"ACL SETUSER {user} ~ocld:* &ocld:* +@read +@write +@scripting +@pubsub (status, query and "
+                "report need only +@read)")
+    if isinstance(exc, rx.ReadOnlyError):
+        return f"{where} is a read-only replica ({detail}); give the primary's URL"
+    if isinstance(exc, rx.BusyLoadingError):
+        return f"{where} is still loading its data ({detail}); try again when it has started"
+    if isinstance(exc, rx.TimeoutError):
+        return f"{where} did not answer in time ({detail}); check that it runs and is not overloaded"
+    if isinstance(exc, (rx.ConnectionError, getattr(rx, "RedisClusterException", rx.ConnectionError))):
+        return (f"cannot reach {where} ({detail}); check that it runs and that --redis, REDIS_URL or redis.url "
+                "names it")
+    if isinstance(exc, rx.OutOfMemoryError):
+        return f"{where} is out of memory ({detail}); raise its maxmemory or free space"
+    return f"{where} answered an error ({type(exc).__name__}: {detail})"
+
+
+def kafka_failure(exc: BaseException, bootstrap: str | None) -> str:
+    """What a Kafka client error means for the operator, naming the broker and what to check."""
+    from kafka import errors as ke
+
+    where = f"the Kafka broker at {bootstrap}" if bootstrap else "the Kafka broker"
+    detail = _first_line(exc)
+    name = type(exc).__name__
+    no_brokers = getattr(ke, "NoBrokersAvailable", ())  # kafka-python 2.x; 3.x raises KafkaTimeoutError "Unable to bootstrap"
+    if isinstance(exc, no_brokers) or "bootstrap" in detail.lower():
+        return (f"no answer from {where} ({name}: {detail}); check that it runs and that --bootstrap, "
+                "KAFKA_BOOTSTRAP or kafka.bootstrap names it (HOST:PORT)")
+    if isinstance(exc, ke.SaslAuthenticationFailedError) or "authentication" in detail.lower():
+        return (f"{where} refused the credentials ({name}: {detail}); check kafka.sasl_mechanism, "
+                "kafka.sasl_username and kafka.sasl_password / OCLD_KAFKA_SASL_PASSWORD")
+    if isinstance(exc, (ke.TopicAuthorizationFailedError, ke.GroupAuthorizationFailedError,
+                        ke.ClusterAuthorizationFailedError)):
+        return f"{where} does not allow this ({name}: {detail}); grant the principal the ACLs it needs"
+    if isinstance(exc, ke.KafkaTimeoutError):
+        return f"{where} did not answer in time ({name}: {detail}); check that it runs and is reachable"
+    return f"{where} failed: {name}: {detail}"
+
+
+def _secrets(args: argparse.Namespace | None) -> list[str]:
+    """Every secret this process knows: passwords in the Redis URLs given, the config's secrets, the
+    password environment variables."""
+    from urllib.parse import unquote
+
+    found: list[str] = list(getattr(args, "config_secrets", None) or [])
+    urls = [getattr(args, "redis", None), getattr(args, "redis_target", None), os.environ.get("REDIS_URL"),
+            *(getattr(args, "config_urls", None) or [])]
+    for url in urls:
+        if isinstance(url, str) and "@" in url:
+            creds = url.partition("://")[2].rsplit("@", 1)[0] if "://" in url else url.rsplit("@", 1)[0]
+            if ":" in creds:
+                pw = creds.split(":", 1)[1]
+                found += [pw, unquote(pw)]
+    found += [os.environ.get(k, "") for k in ("OCLD_REDIS_PASSWORD", "OCLD_KAFKA_SASL_PASSWORD")]
+    return sorted({s for s in found if s and "://" not in s}, key=len, reverse=True)
+
+
+def scrub(message: str, args: argparse.Namespace | None, one_line: bool = True) -> str:
+    """``message`` with every known secret replaced by ``***`` (and on one line unless told)."""
+    for secret in _secrets(args):
+        message = message.replace(secret, "***")
+    if one_line:
+        message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    return message
 
 
 if __name__ == "__main__":

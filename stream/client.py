@@ -20,6 +20,7 @@ newer versions are kept (rolling forward is another rollback) until pruning remo
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import orjson
@@ -28,11 +29,21 @@ from ocld.learners.base import Learner
 from ocld.learners.merge import merge_global
 from ocld.learners.registry import learner_from_state
 from ocld.core.snapshot import CorruptSnapshot
+from ocld.stream.config import redact_url
+from ocld.stream.errors import OcldError
 from ocld.stream.store import Keys, SnapshotStore, connect, replica_names
 
 
-class RollbackRefused(LookupError):
+class RollbackRefused(OcldError, LookupError):
     """A rollback that cannot be done as asked; the message says what to do instead."""
+
+
+class PipelineNotFound(OcldError, LookupError):
+    """The pipeline (or replica) named has left nothing in this Redis; the message lists those that have."""
+
+
+class SnapshotUnreadable(OcldError, LookupError):
+    """A stored snapshot's manifest cannot be read; the message names the version and the way out."""
 
 
 def _decode(value: bytes) -> Any:
@@ -55,6 +66,34 @@ class StateClient:
                  username: str | None = None) -> None:
         self.r = connect(redis_url, password, username)
         self.namespace = namespace
+        self.server = redact_url(redis_url)  # for messages: never the password
+
+    def exists(self, pipeline: str, replica: str = "") -> bool:
+        """Whether the pipeline (or one of its replicas) has left any state here: a status, a
+        snapshot, metrics, a heartbeat or, for the pipeline, a replica or partition registry."""
+        k = Keys(pipeline, self.namespace, replica)
+        keys = [k.status, k.latest, k.versions, k.lease, k.alive, k.metrics, k.drift]
+        if not replica:
+            keys += [k.replicas, k.partition_offsets]
+        return any(self.r.exists(key) for key in keys)
+
+    def require(self, pipeline: str, replica: str = "") -> None:
+        """Raise ``PipelineNotFound`` unless :meth:`exists`; the message lists what this Redis holds."""
+        if self.exists(pipeline, replica):
+            return
+        if replica:
+            known = [n for n in self.replica_names(pipeline) if n]
+            what, choices = f"replica {replica!r} of pipeline {pipeline!r}", known
+            fix = f"replicas here: {', '.join(known)}" if known else "this pipeline has no named replicas here"
+        else:
+            known = self.pipelines()
+            what, choices = f"pipeline {pipeline!r}", known
+            fix = (f"pipelines here: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}" if known else
+                   "no pipeline has run against it: check --redis / REDIS_URL and the pipeline's name")
+        hint = difflib.get_close_matches(replica or pipeline, choices, n=1)
+        if hint:
+            fix = f"did you mean {hint[0]!r}? {fix}"
+        raise PipelineNotFound(f"{what} does not exist in Redis at {self.server} (namespace {self.namespace!r}); {fix}")
 
     def pipelines(self) -> list[str]:
         names = set()
@@ -105,7 +144,17 @@ class StateClient:
         if latest is None:
             return {"latest": None, "versions": []}
         pinned = sorted(int(v) for v in self.r.smembers(store.keys.pinned))
-        return {"latest": store.manifest_info(latest), "versions": store.versions(), "pinned": pinned}
+        try:
+            info = store.manifest_info(latest)
+        except (CorruptSnapshot, KeyError, TypeError, AttributeError) as exc:
+            detail = str(exc) if isinstance(exc, CorruptSnapshot) else f"{type(exc).__name__}: {exc}"
+            others = [v for v in store.versions() if v != latest]
+            way_out = (f"versions also stored: {others}; with the daemon stopped, `ocld rollback {pipeline} --to "
+                       f"{others[0]}` makes one of them the latest" if others else
+                       "no other version is stored, so a daemon started now finds no usable snapshot")
+            raise SnapshotUnreadable(f"the latest snapshot (version {latest}) of pipeline {pipeline!r} has an "
+                                     f"unreadable manifest ({detail[:160]}); {way_out}") from None
+        return {"latest": info, "versions": store.versions(), "pinned": pinned}
 
     def load_learner(self, pipeline: str, allow_pickle: bool = False, replica: str = "") -> Learner:
         snap = self.store(pipeline, replica).load_latest()
@@ -176,7 +225,7 @@ class StateClient:
         previous = store.latest_version()
         try:
             store.set_latest(version)
-        except CorruptSnapshot as exc:
+        except (CorruptSnapshot, KeyError, TypeError, AttributeError) as exc:
             raise RollbackRefused(f"snapshot version {version} of {pipeline!r} fails verification ({exc}); "
                                   "choose another version") from None
         info = store.manifest_info(version)
