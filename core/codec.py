@@ -49,12 +49,18 @@ class Codec:
         n_features: int | None = None,
         max_record_bytes: int = 1_048_576,
         max_abs_value: float = 1e9,
+        max_features: int = 10_000,
     ) -> None:
         self.format = format
         self.features = list(features) if features else None
         self.n_features = len(self.features) if self.features else n_features
+        # where the width came from, for dead-letter reasons and the status
+        self.width_source = ("declared by messages.features" if self.features else
+                             "declared by messages.n_features" if n_features else "")
         self.max_record_bytes = max_record_bytes
         self.max_abs_value = max_abs_value
+        self.max_features = max_features
+        self.refused_widths: dict[int, str] = {}  # width -> why no learner may take it (state memory cap)
         if format == "msgpack":
             import msgpack
 
@@ -71,6 +77,24 @@ class Codec:
         return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
     # -- decoding --------------------------------------------------------------------
+    def widths(self, values: list[bytes | None]) -> list[int]:
+        """The number of features of every record that carries a list of them (or an object, when
+        the config names the features), in order; for inferring the width (``core.schema``)."""
+        out = []
+        for value in values:
+            if not value or len(value) > self.max_record_bytes:
+                continue
+            try:
+                rec = self._loads(value)
+            except Exception:  # noqa: BLE001 (dead-lettered when decoded)
+                continue
+            x = rec.get("x") if type(rec) is dict else None
+            if type(x) is list:
+                out.append(len(x))
+            elif type(x) is dict and self.features:
+                out.append(len(self.features))
+        return out
+
     def decode(self, values: list[bytes | None]) -> Decoded:
         rows: list[int] = []
         xs: list[Any] = []
@@ -171,6 +195,8 @@ class Codec:
         d = self.n_features
         if not xs:
             return np.empty((0, d or 0)), [], []
+        if self.refused_widths or any(len(x) > self.max_features for x in xs):
+            return self._rows_one_by_one(xs)
         try:
             X = np.array(xs)
             # Strings (even numeric ones like "6"), nulls and nested lists leave the fast path.
@@ -183,6 +209,7 @@ class Codec:
             return self._rows_one_by_one(xs)
         if d is None:
             self.n_features = d = X.shape[1]
+            self.width_source = "taken from the first records"
             if d == 0:
                 self.n_features = None
                 return np.empty((0, 0)), [], [(j, "x is empty") for j in range(len(xs))]
@@ -208,6 +235,9 @@ class Codec:
         keep: list[int] = []
         reasons: list[tuple[int, str]] = []
         for j, x in enumerate(xs):
+            if len(x) > self.max_features:
+                reasons.append((j, f"x has {len(x)} features, over messages.max_features={self.max_features}"))
+                continue
             if not x or any(type(v) in (list, dict) for v in x):
                 reasons.append((j, "x must be a flat, non-empty list of numbers"))
                 continue
@@ -224,8 +254,13 @@ class Codec:
                 continue
             if self.n_features is None:
                 self.n_features = r.size
+                self.width_source = "taken from the first records"
+            if r.size in self.refused_widths:
+                reasons.append((j, self.refused_widths[r.size]))
+                continue
             if r.size != self.n_features:
-                reasons.append((j, f"expected {self.n_features} features, got {r.size}"))
+                where = f" ({self.width_source})" if self.width_source else ""
+                reasons.append((j, f"expected {self.n_features} features{where}, got {r.size}"))
                 continue
             if not np.isfinite(r).all() or (np.abs(r) > self.max_abs_value).any():
                 reasons.append((j, self._value_reason(r)))

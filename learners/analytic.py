@@ -209,6 +209,14 @@ class AnalyticRidge(Learner):
             "params": self._get_params(),
         }
 
+    def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
+        """The expansion, G and R [D, D], B and W [D, C]; twice G and R with the imbalance compensator
+        or external statistics folded in."""
+        d, C = int(n_features), max(int(n_classes), 1)
+        D = int(self.expansion_size) if self.expansion_size else d
+        square = 2 * D * D * (2 if self.compensate_imbalance else 1)
+        return 8 * ((d + 1) * D + square + 2 * D * C)
+
     # ------------------------------------------------------------------ set-up
     def _init_dims(self, d: int) -> None:
         self.n_features_in = d

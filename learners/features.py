@@ -34,6 +34,9 @@ class Standardizer(FeatureMap):
         self.mean = np.zeros(d)
         self.m2 = np.zeros(d)
 
+    def estimate_state_bytes(self, n_features: int) -> int:
+        return 2 * 8 * n_features  # mean and m2
+
     def _scale(self, centred: np.ndarray, m2: np.ndarray, n: np.ndarray | float, mean: np.ndarray) -> np.ndarray:
         if not self.with_std:
             out = centred
@@ -98,6 +101,12 @@ class Standardizer(FeatureMap):
 class _RandomMap(FeatureMap):
     """Fixed random projection X @ W + b, weights drawn from ``seed`` at first use."""
 
+    def output_width(self, n_features: int) -> int:
+        return int(self.n_components)
+
+    def estimate_state_bytes(self, n_features: int) -> int:
+        return 8 * (n_features + 1) * int(self.n_components)  # W [d, k] and b [k]
+
     def __init__(self, n_components: int = 128, scale: float = 1.0, seed: int = 0) -> None:
         if n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {n_components}")
@@ -143,6 +152,9 @@ class RandomFourierFeatures(_RandomMap):
     is about 1). Output width ``n_components + d + 1`` then; 0 (default) keeps
     ``n_components``.
     """
+
+    def output_width(self, n_features: int) -> int:
+        return int(self.n_components) + (n_features + 1 if float(self.linear) > 0.0 else 0)
 
     def __init__(self, n_components: int = 128, scale: float = 1.0, seed: int = 0, linear: float = 0.0) -> None:
         super().__init__(n_components, scale, seed)

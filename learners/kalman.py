@@ -312,6 +312,12 @@ class KalmanHead(Learner):
     def n_heads(self) -> int:
         return int(self._delta.shape[0])
 
+    def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
+        """H covariances [D, D] and means [D, C], twice (the copy the core keeps while learning a poll
+        in one call), plus the per-chunk temporaries of the block update."""
+        H, D, C = self.n_heads, int(n_features), max(int(n_classes), 1)
+        return 8 * H * D * (D + C) * 2 + 8 * H * 64 * D * 4
+
     def _delta_at(self, t: np.ndarray) -> np.ndarray:
         """delta used by each sub-head for the samples with counters t: [H, len(t)]."""
         if not t.shape[0] or self.adapt_until <= int(t[0]):

@@ -189,6 +189,13 @@ class KalmanLogistic(Learner):
             Phi = np.hstack([Phi, np.ones((Phi.shape[0], 1))])
         return Phi
 
+    def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
+        """Per class a covariance [D, D], a mean, drift variances and the q_lag ring of (m, diag P)."""
+        D = int(n_features) + (1 if self.fit_intercept else 0)
+        C = max(int(n_classes), 1)
+        K = max(1, self.q_lag // self.q_step)
+        return 8 * C * D * (D + 2 + 2 * K)
+
     def _grow(self, d_in: int, C: int) -> None:
         D = d_in + (1 if self.fit_intercept else 0)
         if self._M is None:

@@ -27,6 +27,14 @@ class Pipeline(Learner):
     def joint_segments(self) -> bool:  # type: ignore[override]
         return self.head.joint_segments  # the feature maps' states are a few vectors
 
+    def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
+        total, d = 0, n_features
+        for step in self.steps:
+            total += step.estimate_state_bytes(d)
+            d = step.output_width(d)
+        head = self.head.estimate_state_bytes(d, n_classes)
+        return None if head is None else total + head
+
     def _transform(self, X: np.ndarray) -> np.ndarray:
         for step in self.steps:
             X = step.transform(X)

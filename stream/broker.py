@@ -35,8 +35,12 @@ def client_kwargs(kafka: KafkaConfig, bootstrap: str | None = None) -> dict[str,
     return kw
 
 
-def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0):
-    """Call ``fn`` with exponential backoff on connection errors; log one clear line per retry."""
+def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0,
+          kafka: KafkaConfig | None = None):
+    """Call ``fn`` with exponential backoff on connection errors; log one clear line per retry.
+
+    Errors retrying cannot fix (authentication, a security-protocol mismatch) are raised at
+    once as :class:`~ocld.stream.errors.FatalConfigError` when ``kafka`` is given."""
     from kafka.errors import KafkaError
 
     delay = first_delay
@@ -44,11 +48,33 @@ def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay:
         try:
             return fn()
         except (KafkaError, OSError) as exc:
+            if kafka is not None and _auth_failure(exc):
+                raise kafka_failure(exc, kafka) from None
             if attempt == attempts:
                 raise
             log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return "Authentication" in name or "Sasl" in name or "SASL" in str(exc)
+
+
+def kafka_failure(exc: BaseException, kafka: KafkaConfig) -> Exception:
+    """A one-line error for a broker the daemon cannot work with (never shows a password)."""
+    from ocld.stream.errors import FatalConfigError
+
+    security = f"security_protocol={kafka.security_protocol}" + (
+        f", sasl_mechanism={kafka.sasl_mechanism}, sasl_username={kafka.sasl_username!r}" if kafka.sasl_mechanism else "")
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    if _auth_failure(exc):
+        return FatalConfigError(f"broker {kafka.bootstrap} refused the credentials ({type(exc).__name__}: {first}); "
+                                f"check kafka.sasl_username / sasl_password (or OCLD_KAFKA_SASL_PASSWORD) ({security})")
+    return FatalConfigError(
+        f"broker {kafka.bootstrap} accepts connections but the Kafka handshake fails ({type(exc).__name__}: {first}); "
+        f"check that kafka.security_protocol and the SASL/SSL settings match the broker's listener ({security})")
 
 
 def ensure_topics(kafka: KafkaConfig, topics: dict[str, int], bootstrap: str | None = None) -> None:
@@ -71,7 +97,7 @@ def ensure_topics(kafka: KafkaConfig, topics: dict[str, int], bootstrap: str | N
         finally:
             admin.close()
 
-    retry("creating topics", _create)
+    retry("creating topics", _create, attempts=3, kafka=kafka)
 
 
 def topic_partitions(kafka: KafkaConfig, topic: str, bootstrap: str | None = None) -> list[int]:

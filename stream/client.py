@@ -11,11 +11,13 @@ the exact model of all partitions (``learners.merge``).
 
 ``rollback`` makes an older complete snapshot the latest. Rule: it takes effect when the
 daemon next *starts* (it loads ``latest`` and seeks to that snapshot's offsets, so every
-record after them is learned again, once). A running daemon never re-reads ``latest``:
-it would overwrite it with its own next snapshot, so ``rollback`` refuses while the
-pipeline's heartbeat key ``alive`` exists (stop the daemon, roll back, start it again);
-``force=True`` switches anyway (for a heartbeat left by a daemon known to be dead). The
-newer versions are kept (rolling forward is another rollback) until pruning removes them.
+record after them is learned again, once). A running daemon would overwrite ``latest`` with
+its own next snapshot, so ``rollback`` takes the pipeline's lease (``stream.lease``) and is
+refused while a daemon holds it (stop the daemon, roll back, start it again); ``force=True``
+takes the lease anyway: the running daemon's next write is refused and it stops without
+writing more (a daemon that merely stalled finds the rollback when it resumes and reloads
+it). The newer versions are kept (rolling forward is another rollback) until pruning
+removes them.
 """
 
 from __future__ import annotations
@@ -115,13 +117,16 @@ class StateClient:
         return self.store(pipeline).registry()
 
     def status(self, pipeline: str, replica: str = "") -> dict[str, Any]:
+        """The status hash. ``alive``: a daemon holds the lease; ``state`` is shown as ``dead`` when the
+        hash says the daemon runs but nobody holds the lease (it died without saying so)."""
         k = Keys(pipeline, self.namespace, replica)
         raw = self.r.hgetall(k.status)
         out = {key.decode(): _decode(v) for key, v in raw.items()}
-        alive = self.r.get(k.alive)
-        out["alive"] = alive is not None
-        if out.get("state") == "running" and alive is None:
-            out["state"] = "dead (heartbeat expired)"
+        holder = self.r.get(k.lease)
+        out["alive"] = holder is not None
+        if out.get("state") in ("starting", "running", "degraded", "stopping") and holder is None:
+            out["state_reported"] = out["state"]
+            out["state"] = "dead"
         return out
 
     def metrics(self, pipeline: str, count: int = 100, replica: str = "") -> list[dict[str, Any]]:
@@ -216,18 +221,36 @@ class StateClient:
         if version not in versions:
             raise RollbackRefused(f"pipeline {pipeline!r} has no complete snapshot version {version}; "
                                   f"stored versions: {sorted(versions)} (pinned ones are kept for rollback)")
-        alive = self.r.get(k.alive)
-        if alive is not None and not force:
-            raise RollbackRefused(
-                f"pipeline {pipeline!r} has a running daemon ({alive.decode(errors='replace')}): it would overwrite "
-                "'latest' with its next snapshot. Stop it (SIGTERM), run the rollback, then start it again; "
-                "or pass --force if that daemon is known to be dead")
+        from ocld.stream.lease import Lease, describe
+        from ocld.stream.store import LeaseLost
+
+        # Rollback takes the pipeline's lease, like a daemon: refused while a daemon holds it, unless
+        # forced, in which case the daemon finds its lease taken at its next write and stops, writing
+        # nothing more (so nothing it learned after the rolled-back version can land on top of it).
+        lease = Lease(self.r, k.lease, 30.0, role="rollback")
+        holder = lease.holder()
+        if not lease.try_acquire():
+            if not force:
+                raise RollbackRefused(
+                    f"pipeline {pipeline!r} has a running daemon ({describe(holder)} holds its lease): it would overwrite "
+                    "'latest' with its next snapshot. Stop it (SIGTERM), run the rollback, then start it again; or "
+                    "pass --force to take the lease from it (it then stops without writing more)")
+            lease.value = lease._new_value()
+            self.r.set(k.lease, lease.value, px=lease.ttl_ms)
+            lease.state = "held"
         previous = store.latest_version()
         try:
+            store.guard.lease = lease
             store.set_latest(version)
         except (CorruptSnapshot, KeyError, TypeError, AttributeError) as exc:
             raise RollbackRefused(f"snapshot version {version} of {pipeline!r} fails verification ({exc}); "
                                   "choose another version") from None
+        except LeaseLost as exc:
+            raise RollbackRefused(f"pipeline {pipeline!r}: a daemon took the lease during the rollback ({exc}); "
+                                  "nothing was changed: stop it and run the rollback again") from None
+        finally:
+            lease.release()
+        alive = holder
         info = store.manifest_info(version)
         self.r.publish(k.events, f"rollback {version}")
         return {"pipeline": pipeline, "previous": previous, "version": version, "offsets": info["offsets"],

@@ -34,6 +34,9 @@ class LearnerSpec(_Model):
     name: str = "KalmanHead"
     params: dict[str, Any] = Field(default_factory=dict)
     features: list[FeatureMapSpec] = Field(default_factory=list)
+    max_state_bytes: int = Field(2 * 1024**3, ge=1024, description=(
+        "the learner's state for the stream's width may take at most this many bytes, checked before "
+        "anything is allocated (a wider record is dead-lettered; a declared width over it is a config error)"))
 
 
 class KafkaConfig(_Model):
@@ -75,9 +78,18 @@ class RedisConfig(_Model):
     password: SecretStr | None = None
     username: str | None = None
     namespace: str = "ocld"
-    heartbeat_ttl_s: int = Field(15, ge=2)
+    lease_ttl_s: float = Field(15.0, ge=2, description=(
+        "the writer's lease expires this long after its daemon stopped renewing it (crashed, stalled, or cut "
+        "off from Redis); another daemon, or a rollback, can take over after that"))
+    heartbeat_ttl_s: float | None = Field(None, ge=2, description="deprecated name of lease_ttl_s")
+    start_timeout_s: float = Field(30.0, gt=0, description=(
+        "at start-up, wait this long for Redis to answer, then exit non-zero with one line"))
     metrics_maxlen: int = Field(10_000, ge=10)
     drift_maxlen: int = Field(10_000, ge=10)
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.heartbeat_ttl_s if self.heartbeat_ttl_s is not None else self.lease_ttl_s
 
 
 class SnapshotConfig(_Model):
@@ -97,6 +109,14 @@ class MessagesConfig(_Model):
     max_abs_value: float = Field(1e9, gt=0, description="larger |x| is rejected as poison")
     max_classes: int = Field(1000, ge=2)
     max_pending: int = Field(100_000, ge=0, description="unlabelled samples kept for delayed labels")
+    max_features: int = Field(10_000, ge=1, description=(
+        "a record with more features is dead-lettered before anything is allocated for it"))
+    infer_width_samples: int = Field(100, ge=1, description=(
+        "with neither n_features nor features, the width is inferred from the first this many records that "
+        "carry x: the most common width wins (the first 20 agreeing settle it at once), the others are "
+        "dead-lettered; nothing is learned before it is settled"))
+    infer_width_wait_s: float = Field(10.0, gt=0, description=(
+        "settle an inferred width after this long even if fewer records came (a slow stream)"))
 
     @model_validator(mode="after")
     def _width_consistent(self) -> "MessagesConfig":

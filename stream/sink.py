@@ -33,22 +33,26 @@ log = logging.getLogger("ocld.sink")
 
 class Sink:
     def __init__(self, kafka: KafkaConfig, dlq_topic: str, predictions_topic: str | None = None,
-                 max_buffer_bytes: int = 32 * 1024 * 1024, max_block_ms: int = 60_000) -> None:
+                 max_buffer_bytes: int = 32 * 1024 * 1024, max_block_ms: int = 60_000,
+                 counts: dict[str, Any] | None = None) -> None:
+        """``counts``: the totals a restored snapshot holds (``dlq_count``, ``dlq_by_reason``,
+        ``dlq_dropped``, ``predictions_dropped``); this sink adds to them."""
         from kafka import KafkaProducer
 
         self.dlq_topic = dlq_topic
         self.predictions_topic = predictions_topic
-        self.producer = retry("connecting the output producer to the broker", lambda: KafkaProducer(
+        self.producer = retry("connecting the output producer to the broker", attempts=3, kafka=kafka, fn=lambda: KafkaProducer(
             **client_kwargs(kafka), linger_ms=20, max_block_ms=max_block_ms, client_id="ocld-sink"))
         self.max_buffer_bytes = max_buffer_bytes
         self.max_block_ms = max_block_ms
         self.queued_bytes = 0  # outputs sent to the producer and not yet acknowledged
         self._lock = threading.Lock()
         self._full_since: float | None = None
-        self.dlq_count = 0
-        self.dlq_by_reason: dict[str, int] = {}
-        self.dlq_dropped = 0
-        self.predictions_dropped = 0
+        counts = counts or {}
+        self.dlq_count = int(counts.get("dlq_count") or 0)
+        self.dlq_by_reason: dict[str, int] = {str(k): int(v) for k, v in (counts.get("dlq_by_reason") or {}).items()}
+        self.dlq_dropped = int(counts.get("dlq_dropped") or 0)
+        self.predictions_dropped = int(counts.get("predictions_dropped") or 0)
 
     def dead_letter(self, value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         headers = [("ocld.reason", reason.encode()), ("ocld.topic", topic.encode()),
@@ -108,6 +112,11 @@ class Sink:
     def _dropped(self, topic: str, why: str) -> None:
         if not (self.dlq_dropped + self.predictions_dropped) % 1000:
             log.warning("dropped an output record for %s (%s); dropped records are counted in the status", topic, why)
+
+    def counts(self) -> dict[str, Any]:
+        """The running totals, as a snapshot stores them."""
+        return {"dlq_count": self.dlq_count, "dlq_by_reason": dict(self.dlq_by_reason),
+                "dlq_dropped": self.dlq_dropped, "predictions_dropped": self.predictions_dropped}
 
     def flush(self, timeout: float | None = 30.0) -> None:
         self.producer.flush(timeout)

@@ -1,20 +1,40 @@
-"""Kafka input: a consumer-group member that polls micro-batches and owns the offsets.
+"""Kafka input: a consumer-group member that polls micro-batches and knows where each partition is.
 
-The next offset of every owned partition comes from the snapshot, not from the group's
-committed offsets: on every assignment the daemon claims the partitions in the shared
-registry (``claim``), which returns the offset the last durable snapshot of any replica
-covers; the consumer seeks there (or to this replica's own snapshot offset for a partition
-the registry has never seen, or to the beginning/end). A partition whose claim fails
-(Redis unreachable) stays paused and is claimed again by ``retry_claims``; one that the
-daemon found taken over by another replica (``fence``) stays paused until Kafka assigns it
-again. Offsets are committed
-to the group only after a snapshot switch, for monitoring tools. Lag is measured from
-the fetch high watermark (tansu misreports end_offsets; see stream.broker).
+Where a partition starts is decided by the claim (``stream.ownership``), never by the group's
+committed offsets: on every assignment the daemon claims the partitions in the shared registry,
+which answers with the offset to start from and the fingerprint of the record just before it
+(timestamp and CRC of key and value). The consumer seeks there, or to the log's start (or end,
+with ``kafka.start_from: latest``) when there is none. Offsets are committed to the group only
+after a snapshot switch, for monitoring tools.
+
+A log that went backwards is detected, never trusted: a topic deleted and recreated, or an
+embedded broker restarted (its log lives in memory), can hold new records at the offsets the
+daemon had reached. Three checks, each cheap:
+
+- **fingerprint**: after a claim with a known fingerprint the consumer seeks one record back and
+  compares the record there with the fingerprint; a different record (or none: the log is
+  shorter) means the log was replaced;
+- **high watermark**: a partition whose log end is below the position already fetched was
+  replaced (tansu answers a fetch past the end with nothing and the new, lower watermark);
+- **offsets**: a record at an offset below the position fetched means the client reset to a new
+  log's start (a Kafka broker answers OFFSET_OUT_OF_RANGE, and the client resets).
+
+Each finding is handed to the daemon in :attr:`Polled.resets` (the partition's records of that
+poll are withheld); the daemon records a ``topic_reset`` incident and calls
+:meth:`KafkaSource.reset_partition`, so the new log is learned from its start. A jump forward
+whose log start lies past the position (retention deleted records before they were learned) is
+handed over in :attr:`Polled.gaps` with the number of records lost.
+
+A partition whose claim fails (Redis unreachable) stays paused and is claimed again by
+``retry_claims``; one that the daemon found taken over by another replica (``fence``) stays
+paused until Kafka assigns it again. Lag is measured from the fetch high watermark (tansu
+misreports end_offsets; see stream.broker).
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +43,17 @@ from ocld.stream.config import Config
 
 log = logging.getLogger("ocld.source")
 
+TP = tuple[str, int]
+# (topic, partition) -> (offset to start at or None, fingerprint of the record before it or None)
+Positions = dict[TP, tuple[int | None, str | None]]
+
+
+def fingerprint(record: Any) -> str:
+    """A short identity of one record: its timestamp and the CRC-32 of its key and value."""
+    key = record.key or b""
+    value = record.value or b""
+    return f"{record.timestamp}:{zlib.crc32(key):08x}:{zlib.crc32(value):08x}"
+
 
 @dataclass
 class Polled:
@@ -30,7 +61,10 @@ class Polled:
 
     values: list[bytes | None]
     parts: list[tuple[str, int, list[Any]]]  # (topic, partition, ConsumerRecords) in the order of ``values``
-    next_offsets: dict[tuple[str, int], int]
+    next_offsets: dict[TP, int]
+    fingerprints: dict[TP, str] = field(default_factory=dict)  # of each partition's last record in this poll
+    resets: dict[TP, str] = field(default_factory=dict)  # partitions whose log was replaced: why
+    gaps: dict[TP, tuple[int, int]] = field(default_factory=dict)  # records lost: (expected offset, log start)
     _origin: list[tuple[str, int, int]] | None = field(default=None, repr=False)
 
     @property
@@ -43,24 +77,24 @@ class Polled:
 
 
 class KafkaSource:
-    def __init__(self, cfg: Config, offsets: dict[str, dict[int, int]],
-                 on_revoke: Callable[[list[Any]], None] | None = None,
-                 on_assign: Callable[[list[Any]], None] | None = None,
-                 claim: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int | None]] | None = None) -> None:
+    def __init__(self, cfg: Config, claim: Callable[[list[TP]], Positions],
+                 on_revoke: Callable[[list[Any]], None] | None = None) -> None:
         from kafka import KafkaConsumer
 
         self.cfg = cfg
         self.topic = cfg.kafka.topic
-        self.offsets = {(t, int(p)): int(o) for t, ps in offsets.items() for p, o in ps.items()}
-        self.on_revoke = on_revoke
-        self.on_assign = on_assign
         self.claim = claim
+        self.on_revoke = on_revoke
+        self.offsets: dict[TP, int] = {}  # next offset of each partition consumed (counted as learned)
+        self.fingerprints: dict[TP, str | None] = {}  # of the record before ``offsets`` (None: unknown)
+        self._fetched: dict[TP, int] = {}  # next offset the consumer will hand over (>= offsets)
+        self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
         self.unclaimed: set[Any] = set()  # assigned, claim failed: paused, retried
         self.fenced: set[Any] = set()  # assigned, but another replica holds the claim: paused until reassigned
         k = cfg.kafka
-        self.consumer = retry("connecting to the broker", lambda: KafkaConsumer(
+        self.consumer = retry("connecting to the broker", attempts=3, kafka=k, fn=lambda: KafkaConsumer(
             **client_kwargs(k), group_id=cfg.group_id, client_id=f"ocld-{cfg.name}", enable_auto_commit=False,
-            auto_offset_reset=k.start_from, max_poll_records=k.max_batch, fetch_max_wait_ms=max(k.max_wait_ms, 1),
+            auto_offset_reset="earliest", max_poll_records=k.max_batch, fetch_max_wait_ms=max(k.max_wait_ms, 1),
             session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms, fetch_max_bytes=k.fetch_max_bytes,
             max_partition_fetch_bytes=min(k.fetch_max_bytes, 10 * 1024 * 1024),
@@ -75,11 +109,11 @@ class KafkaSource:
                     source.on_revoke(list(revoked))
                 source.unclaimed -= set(revoked)
                 source.fenced -= set(revoked)
+                for tp in revoked:
+                    source._verify.pop((tp.topic, tp.partition), None)
 
             def on_partitions_assigned(self, assigned):  # type: ignore[override]
                 source._seek(list(assigned))
-                if source.on_assign is not None:
-                    source.on_assign(list(assigned))
 
         self.consumer.subscribe([self.topic], listener=_Listener())
         from kafka.record import util as record_util
@@ -88,37 +122,79 @@ class KafkaSource:
             log.info("kafka-python checks record CRCs in pure Python (about half of the consumer's CPU time on "
                      "small records); `pip install crc32c` makes that check nearly free")
 
+    # -- positions ---------------------------------------------------------------------
     def _seek(self, assigned: list[Any]) -> None:
-        registry: dict[tuple[str, int], int | None] = {}
         self.fenced -= set(assigned)
-        if self.claim is not None and assigned:
-            try:
-                registry = self.claim([(tp.topic, tp.partition) for tp in assigned])
-            except Exception as exc:  # Redis unreachable: do not consume what we could not claim
-                log.warning("could not claim partitions %s (%s: %s); they stay paused and the claim is retried",
-                            sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned), type(exc).__name__,
-                            str(exc).splitlines()[0][:200] if str(exc) else "")
-                self.consumer.pause(*assigned)
-                self.unclaimed |= set(assigned)
-                return
-        for tp in assigned:
-            key = (tp.topic, tp.partition)
-            stored = registry.get(key)
-            self._seek_one(tp, stored if stored is not None else self.offsets.get(key))
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}" for tp in assigned))
-
-    def _seek_one(self, tp: Any, offset: int | None) -> None:
-        """Position ``tp`` at ``offset``, or where ``kafka.start_from`` says when there is none."""
-        key = (tp.topic, tp.partition)
-        if offset is not None:
-            self.consumer.seek(tp, offset)
-            self.offsets[key] = offset
+        if not assigned:
             return
-        self.offsets.pop(key, None)
-        if self.cfg.kafka.start_from == "earliest":
-            self.consumer.seek_to_beginning(tp)
+        try:
+            positions = self.claim([(tp.topic, tp.partition) for tp in assigned])
+        except Exception as exc:  # Redis unreachable: do not consume what we could not claim
+            log.warning("could not claim partitions %s (%s: %s); they stay paused and the claim is retried",
+                        sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned), type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            self.consumer.pause(*assigned)
+            self.unclaimed |= set(assigned)
+            return
+        for tp in assigned:
+            offset, fp = positions.get((tp.topic, tp.partition), (None, None))
+            self._position(tp, offset, fp)
+        log.info("assigned %s", ", ".join(sorted(
+            f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}"
+            for tp in assigned)))
+
+    def _position(self, tp: Any, offset: int | None, fp: str | None) -> None:
+        """Start ``tp`` at ``offset`` (checking the record before it against ``fp``), or where
+        ``kafka.start_from`` says when there is no offset."""
+        key = (tp.topic, tp.partition)
+        self._verify.pop(key, None)
+        if offset is None:
+            self.offsets.pop(key, None)
+            self.fingerprints.pop(key, None)
+            self._fetched.pop(key, None)
+            if self.cfg.kafka.start_from == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
+            return
+        self.offsets[key] = offset
+        self.fingerprints[key] = fp
+        if fp and offset > 0:
+            self._verify[key] = (offset, fp)
+            self.consumer.seek(tp, offset - 1)
+            self._fetched[key] = offset - 1
         else:
-            self.consumer.seek_to_end(tp)
+            self.consumer.seek(tp, offset)
+            self._fetched[key] = offset
+
+    def reset_partition(self, key: TP) -> int:
+        """The partition's log was replaced: learn the new one from its start. Returns that offset."""
+        tp = self._tp(key)
+        self._verify.pop(key, None)
+        start = 0
+        try:
+            start = int(self.consumer.beginning_offsets([tp])[tp])
+        except Exception as exc:  # noqa: BLE001 (the seek below still goes to the start)
+            log.warning("could not read the log start of %s[%d] (%s); starting at offset 0", key[0], key[1], exc)
+        self.consumer.seek(tp, start)
+        self.offsets[key] = start
+        self.fingerprints[key] = None
+        self._fetched[key] = start
+        return start
+
+    def reverify(self) -> None:
+        """Check every owned partition's position against its fingerprint again (after the broker
+        came back: it may have come back with a new log)."""
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if tp in self.unclaimed or tp in self.fenced or key not in self.offsets:
+                continue
+            self._position(tp, self.offsets[key], self.fingerprints.get(key))
+
+    def _tp(self, key: TP) -> Any:
+        from kafka import TopicPartition
+
+        return TopicPartition(key[0], key[1])
 
     def retry_claims(self) -> None:
         """Claim (and resume) partitions whose claim failed at assignment."""
@@ -132,53 +208,124 @@ class KafkaSource:
             if claimed:
                 self.consumer.resume(*claimed)
 
-    def fence(self, keys: set[tuple[str, int]]) -> None:
+    def fence(self, keys: set[TP]) -> None:
         """Stop consuming partitions another replica has claimed (until Kafka assigns them again)."""
         lost = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in keys]
         if lost:
             self.consumer.pause(*lost)
             self.fenced |= set(lost)
 
-    def reseek(self, offsets: dict[tuple[str, int], int | None]) -> None:
-        """Move owned partitions back to the given offsets (after the daemon reloaded its snapshot)."""
+    def reseek(self, positions: Positions) -> None:
+        """Move owned partitions to the given positions (after the daemon reloaded its snapshot)."""
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
-            if key in offsets and tp not in self.fenced and tp not in self.unclaimed:
-                self._seek_one(tp, offsets[key])
+            if key in positions and tp not in self.fenced and tp not in self.unclaimed:
+                self._position(tp, *positions[key])
 
-    def forget(self, keep: set[tuple[str, int]]) -> None:
-        """Drop the offsets of partitions outside ``keep`` (no longer owned, and durable)."""
+    def forget(self, keep: set[TP]) -> None:
+        """Drop the positions of partitions outside ``keep`` (no longer owned, and durable)."""
         for key in [k for k in self.offsets if k not in keep]:
             del self.offsets[key]
+            self.fingerprints.pop(key, None)
+            self._fetched.pop(key, None)
 
-    def owned(self) -> set[tuple[str, int]]:
+    def owned(self) -> set[TP]:
         """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()
                 if tp not in self.unclaimed and tp not in self.fenced}
 
+    # -- reading -----------------------------------------------------------------------
     def poll(self, timeout_ms: int | None = None) -> Polled:
         """The next batch (at most ``kafka.max_batch`` records), waiting up to ``timeout_ms`` (default
-        ``kafka.max_wait_ms``) for one."""
+        ``kafka.max_wait_ms``) for one. Records of a partition found replaced are withheld."""
         k = self.cfg.kafka
         records = self.consumer.poll(timeout_ms=k.max_wait_ms if timeout_ms is None else timeout_ms,
                                      max_records=k.max_batch)
-        values: list[bytes | None] = []
-        parts: list[tuple[str, int, list[Any]]] = []
-        nxt: dict[tuple[str, int], int] = {}
+        out = Polled([], [], {})
         for tp, recs in records.items():
-            if recs:
-                values += [r.value for r in recs]
-                parts.append((tp.topic, tp.partition, recs))
-                nxt[(tp.topic, tp.partition)] = recs[-1].offset + 1
-        return Polled(values, parts, nxt)
+            key = (tp.topic, tp.partition)
+            if key in out.resets or not recs:
+                continue
+            expected = self._fetched.get(key)
+            if key in self._verify:
+                recs = self._check_fingerprint(key, recs, out)
+                if not recs:
+                    continue
+            elif expected is not None and recs[0].offset < expected:
+                out.resets[key] = (f"the log went back: offset {recs[0].offset} arrived after offset "
+                                   f"{expected - 1} (the topic was recreated or the broker lost its log)")
+                continue
+            elif expected is not None and recs[0].offset > expected:
+                self._check_gap(key, expected, out)
+            out.values += [r.value for r in recs]
+            out.parts.append((tp.topic, tp.partition, recs))
+            out.next_offsets[key] = self._fetched[key] = recs[-1].offset + 1
+            out.fingerprints[key] = fingerprint(recs[-1])
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            hw = self.consumer.highwater(tp)
+            # the position already read; while a claim is checked, the claimed position itself
+            reached = self._verify[key][0] if key in self._verify else self._fetched.get(key)
+            if hw is not None and reached is not None and hw < reached and key not in out.resets:
+                out.resets[key] = (f"the log ends at offset {hw}, below the position {reached} already learned "
+                                   "(the topic was recreated or the broker lost its log)")
+        if out.resets:
+            keep = [i for i, (t, p, _) in enumerate(out.parts) if (t, p) not in out.resets]
+            if len(keep) < len(out.parts):
+                out.parts = [out.parts[i] for i in keep]
+                out.values = [r.value for _, _, recs in out.parts for r in recs]
+                for key in out.resets:
+                    out.next_offsets.pop(key, None)
+                    out.fingerprints.pop(key, None)
+        return out
 
-    def advance(self, next_offsets: dict[tuple[str, int], int]) -> None:
+    def _check_fingerprint(self, key: TP, recs: list[Any], out: Polled) -> list[Any]:
+        """The first records after a claim: the one before the claimed position must be the record
+        the fingerprint names. Returns the records to learn (the checked one dropped)."""
+        position, fp = self._verify.pop(key)
+        first = recs[0]
+        if first.offset == position - 1:
+            if fingerprint(first) != fp:
+                out.resets[key] = (f"the record at offset {first.offset} is not the one learned there (the topic "
+                                   "was recreated or the broker lost its log)")
+                return []
+            return recs[1:]
+        if first.offset < position - 1:
+            out.resets[key] = (f"the log ends below offset {position - 1}, the last record learned (the topic "
+                               "was recreated or the broker lost its log)")
+            return []
+        # The record before the position is gone: retention deleted it, and maybe more.
+        if first.offset > position:
+            out.gaps[key] = (position, first.offset)
+        return recs
+
+    def _check_gap(self, key: TP, expected: int, out: Polled) -> None:
+        """Offsets jumped forward: records lost to retention if the log now starts past ``expected``
+        (gaps from transaction markers or compaction are not losses)."""
+        tp = self._tp(key)
+        try:
+            start = int(self.consumer.beginning_offsets([tp])[tp])
+        except Exception:  # noqa: BLE001 (cannot tell: not reported)
+            return
+        if start > expected:
+            out.gaps[key] = (expected, start)
+
+    def advance(self, next_offsets: dict[TP, int], fingerprints: dict[TP, str] | None = None) -> None:
         self.offsets.update(next_offsets)
+        if fingerprints:
+            self.fingerprints.update(fingerprints)
 
     def offsets_by_topic(self) -> dict[str, dict[int, int]]:
         out: dict[str, dict[int, int]] = {}
         for (t, p), o in self.offsets.items():
             out.setdefault(t, {})[p] = o
+        return out
+
+    def fingerprints_by_topic(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for (t, p), fp in self.fingerprints.items():
+            if fp and (t, p) in self.offsets:
+                out.setdefault(t, {})[str(p)] = fp
         return out
 
     def assignment(self) -> list[Any]:

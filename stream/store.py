@@ -1,32 +1,42 @@
-"""Redis: versioned snapshot store, live status, metric and drift streams, notifications.
+"""Redis: versioned snapshot store, live status, metric, drift and incident streams.
 
 Keys (namespace ``{ns}:{pipeline}``, ``ns`` = ``ocld`` by default; a named replica keeps the
 keys of this first table under ``{ns}:{pipeline}:replica:{name}`` instead):
 
+    lease             string  the writer's lease (stream.lease): token, host, pid; expires after lease_ttl_s
     status            hash    live status (state, host, pid, counters, accuracy, ...)
-    alive             string  heartbeat, expires after heartbeat_ttl_s
     version           string  counter of snapshot versions (INCR)
     snap:{v}:chunk:{i} string one chunk of raw array bytes (<= 64 MiB)
     snap:{v}:manifest string  JSON manifest (ocld.core.snapshot)
-    latest            hash    version, offsets (JSON), checksum, created_at, samples_seen
+    latest            hash    version, offsets (JSON), fingerprints (JSON), checksum, created_at,
+                              samples_seen, writer (the lease token of the daemon that wrote it)
     versions          zset    complete versions (score = version)
     pinned            set     versions kept for rollback (taken just before an adaptation)
     metrics           stream  periodic metric points (MAXLEN ~)
     drift             stream  drift events (MAXLEN ~)
-    events            pub/sub "snapshot {v}", "drift {n}"
+    incidents         stream  what the daemon found and repaired: topic_reset, records_lost,
+                              redis_data_loss, registry_mismatch, lease_gap, learner_restarted, ...
+    events            pub/sub "snapshot {v}", "drift {n}", "rollback {v}", "incident {kind}"
 
 Shared by every replica of a pipeline (always under ``{ns}:{pipeline}``):
 
-    partitions:offset hash    "topic:partition" -> next offset covered by a durable snapshot
-    partitions:owner  hash    "topic:partition" -> "replica|epoch" of its last claimant
-    replicas          set     replica names that have published a status
+    partitions:offset      hash "topic:partition" -> next offset covered by a durable snapshot
+    partitions:fingerprint hash "topic:partition" -> fingerprint of the record just before that offset
+    partitions:owner       hash "topic:partition" -> "replica|epoch" of its last claimant
+    replicas               set  replica names that have published a status
+
+Every write a daemon makes is a Lua script that first checks its lease (``stream.lease.GUARD``):
+a daemon that lost its lease writes nothing more. The exceptions are writes that cannot
+matter: INCR of the version counter and the chunks and manifest of a version that no switch
+has made complete (orphans, deleted later).
 
 Snapshot write order (a crash at any step leaves ``latest`` at a complete version):
     1. v = INCR version
     2. SET every chunk, then the manifest
-    3. one Lua script: if every partition learned from since the last snapshot is still
-       owned under this replica's claim (its epoch), HSET latest ..., ZADD versions v and
-       HSET partitions:offset for those partitions; else change nothing   <- the switch
+    3. one Lua script: if the lease is ours and every partition learned from since the last
+       snapshot is still owned under this replica's claim (its epoch), HSET latest ..., ZADD
+       versions v and HSET partitions:offset / :fingerprint for those partitions; else change
+       nothing                                                                   <- the switch
     4. delete versions beyond ``keep`` that are not pinned
     5. PUBLISH events "snapshot v"
 The daemon commits Kafka offsets only after step 3 returned.
@@ -34,11 +44,10 @@ The daemon commits Kafka offsets only after step 3 returned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 import redis
@@ -46,8 +55,9 @@ import redis
 from ocld.core import snapshot as fmt
 from ocld.stream.config import redact_url
 from ocld.stream.faults import fault_point
+from ocld.stream.lease import GUARD, Lease
 
-log = logging.getLogger("ocld.state")
+log = logging.getLogger("ocld.store")
 
 
 def connect(url: str, password: str | None = None, username: str | None = None, timeout: float = 5.0) -> redis.Redis:
@@ -73,7 +83,9 @@ class Keys:
         self.replica = replica
         self.base = f"{self.root}:replica:{replica}" if replica else self.root
 
-    def __getattr__(self, name: str) -> str:  # status, alive, latest, versions, ...
+    def __getattr__(self, name: str) -> str:  # status, lease, latest, versions, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
         return f"{self.base}:{name}"
 
     def chunk(self, version: int, i: int) -> str:
@@ -86,6 +98,11 @@ class Keys:
     def partition_offsets(self) -> str:
         """hash "topic:partition" -> next offset covered by the owner's latest durable snapshot."""
         return f"{self.root}:partitions:offset"
+
+    @property
+    def partition_fingerprints(self) -> str:
+        """hash "topic:partition" -> fingerprint of the last record before that offset (log-reset check)."""
+        return f"{self.root}:partitions:fingerprint"
 
     @property
     def partition_owners(self) -> str:
@@ -102,39 +119,27 @@ def tp_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-# Claim partitions for a replica: bump each partition's epoch, name the replica as owner,
-# and return [epoch, offset-or-""] per partition. Atomic (a Lua script runs alone).
-_CLAIM = """
-local out = {}
-for i = 2, #ARGV do
-  local tp = ARGV[i]
-  local old = redis.call('HGET', KEYS[1], tp)
-  local epoch = 0
-  if old then epoch = tonumber(string.match(old, '|(%d+)$')) or 0 end
-  epoch = epoch + 1
-  redis.call('HSET', KEYS[1], tp, ARGV[1] .. '|' .. epoch)
-  local off = redis.call('HGET', KEYS[2], tp)
-  table.insert(out, epoch)
-  table.insert(out, off or '')
-end
-return out
-"""
+def parse_tp(field: str) -> tuple[str, int]:
+    """"topic:partition" -> (topic, partition) (topics may contain ':')."""
+    topic, _, part = field.rpartition(":")
+    return topic, int(part)
 
-# The snapshot switch: if every fenced partition is still owned by the writer's claim, move
-# ``latest``, add the version and advance the registry offsets, all at once; else change
-# nothing and return the partitions that another replica has claimed since.
-_SWITCH = """
-local a = cjson.decode(ARGV[1])
-local lost = {}
-for tp, token in pairs(a.fence) do
-  if redis.call('HGET', KEYS[3], tp) ~= token then table.insert(lost, tp) end
-end
-if #lost > 0 then return lost end
-for k, v in pairs(a.latest) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('ZADD', KEYS[2], a.version, a.version_s)
-for tp, off in pairs(a.offsets) do redis.call('HSET', KEYS[4], tp, off) end
-return {}
-"""
+
+def parse_token(token: str) -> tuple[str, int]:
+    """A claim "replica|epoch" -> (replica, epoch)."""
+    replica, _, epoch = token.rpartition("|")
+    return replica, int(epoch or 0)
+
+
+class LeaseLost(RuntimeError):
+    """A guarded write was refused: the lease is ``gone`` (expired, or Redis lost it) or ``taken``."""
+
+    def __init__(self, state: str, holder: bytes | None = None) -> None:
+        from ocld.stream.lease import describe
+
+        super().__init__(f"the lease is {state}" + (f" (held by {describe(holder)})" if state == "taken" else ""))
+        self.state = state
+        self.holder = holder
 
 
 class Fenced(RuntimeError):
@@ -146,6 +151,110 @@ class Fenced(RuntimeError):
         self.lost = sorted(lost)
 
 
+class RegistryMissing(RuntimeError):
+    """The registry has no claim for partitions this replica learned from: Redis lost its data."""
+
+    def __init__(self, version: int, missing: list[str]) -> None:
+        super().__init__(f"snapshot {version} not switched: the registry has no claim for partitions "
+                         f"{sorted(missing)} (Redis lost data)")
+        self.version = version
+        self.missing = sorted(missing)
+
+
+# Every script below takes the lease key as KEYS[1] and the writer's lease value as ARGV[1].
+
+# Generic guarded commands. ARGV[2]: JSON [[command, key index or 0, arg, ...], ...]; every value
+# is a string (Lua would print large numbers in exponent form).
+_EXEC = GUARD + """
+local cmds = cjson.decode(ARGV[2])
+for _, c in ipairs(cmds) do
+  local args = {c[1]}
+  if c[2] > 0 then table.insert(args, KEYS[c[2]]) end
+  for i = 3, #c do table.insert(args, c[i]) end
+  redis.call(unpack(args))
+end
+return {'ok'}
+"""
+
+# Claim partitions. KEYS: lease, owners, offsets, fingerprints. ARGV[2]: replica; ARGV[3]: JSON
+# [[tp, offset or "", fingerprint or ""], ...] where the offsets are those of this replica's own
+# latest snapshot. A partition nobody owns, or that this replica owned last, starts where that
+# snapshot says (the registry is made to agree); one another replica owned last starts at the
+# registry's offset (where that replica's last durable snapshot ended). Each claim bumps the
+# epoch. Returns 'ok' then, per partition: tp, epoch, start, fingerprint, registry offset before,
+# owner before.
+_CLAIM = GUARD + """
+local items = cjson.decode(ARGV[3])
+local out = {'ok'}
+for _, it in ipairs(items) do
+  local tp, mine, myfp = it[1], it[2], it[3]
+  local old = redis.call('HGET', KEYS[2], tp)
+  local reg = redis.call('HGET', KEYS[3], tp)
+  local regfp = redis.call('HGET', KEYS[4], tp)
+  local owner, epoch = nil, 0
+  if old then
+    owner = string.match(old, '^(.*)|%d+$')
+    epoch = tonumber(string.match(old, '|(%d+)$')) or 0
+  end
+  local pos, fp
+  if (not old) or owner == ARGV[2] then
+    pos, fp = mine, myfp
+    if pos ~= '' then redis.call('HSET', KEYS[3], tp, pos) else redis.call('HDEL', KEYS[3], tp) end
+    if fp ~= '' then redis.call('HSET', KEYS[4], tp, fp) else redis.call('HDEL', KEYS[4], tp) end
+  else
+    pos, fp = reg or '', regfp or ''
+  end
+  epoch = epoch + 1
+  redis.call('HSET', KEYS[2], tp, ARGV[2] .. '|' .. epoch)
+  for _, v in ipairs({tp, tostring(epoch), pos, fp, reg or '', old or ''}) do table.insert(out, v) end
+end
+return out
+"""
+
+# The snapshot switch. KEYS: lease, latest, versions, owners, offsets, fingerprints. ARGV[2]: JSON
+# {version, fence: {tp: token}, offsets: {tp: offset}, fps: {tp: fingerprint or ""}, latest: {...}}.
+# If every fenced partition is still owned under its token, move ``latest``, add the version and
+# advance the registry, all at once; else change nothing and say why.
+_SWITCH = GUARD + """
+local a = cjson.decode(ARGV[2])
+local lost, missing = {'fenced'}, {'missing'}
+for tp, token in pairs(a.fence) do
+  local cur = redis.call('HGET', KEYS[4], tp)
+  if not cur then table.insert(missing, tp) elseif cur ~= token then table.insert(lost, tp) end
+end
+if #lost > 1 then return lost end
+if #missing > 1 then return missing end
+for k, v in pairs(a.latest) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('ZADD', KEYS[3], a.version, a.version)
+for tp, off in pairs(a.offsets) do redis.call('HSET', KEYS[5], tp, off) end
+for tp, fp in pairs(a.fps) do
+  if fp == '' then redis.call('HDEL', KEYS[6], tp) else redis.call('HSET', KEYS[6], tp, fp) end
+end
+return {'ok'}
+"""
+
+# Rollback: make a complete version the latest. KEYS: lease, latest, owners, offsets, fingerprints.
+# ARGV[2]: replica; ARGV[3]: JSON {latest: {...}, offsets: {tp: offset}, fps: {tp: fp}}. The
+# registry moves back for the partitions this replica owns, or nobody does; a partition another
+# replica has claimed since stays where that replica's snapshots put it.
+_SET_LATEST = GUARD + """
+local a = cjson.decode(ARGV[3])
+for k, v in pairs(a.latest) do redis.call('HSET', KEYS[2], k, v) end
+local out = {'ok'}
+for tp, off in pairs(a.offsets) do
+  local old = redis.call('HGET', KEYS[3], tp)
+  local owner = old and string.match(old, '^(.*)|%d+$')
+  if (not old) or owner == ARGV[2] then
+    redis.call('HSET', KEYS[4], tp, off)
+    local fp = a.fps[tp]
+    if fp and fp ~= '' then redis.call('HSET', KEYS[5], tp, fp) else redis.call('HDEL', KEYS[5], tp) end
+    table.insert(out, tp)
+  end
+end
+return out
+"""
+
+
 def replica_names(client: redis.Redis, pipeline: str, namespace: str = "ocld") -> list[str]:
     """Replicas that have published a status ("" is the single-daemon layout)."""
     keys = Keys(pipeline, namespace)
@@ -155,9 +264,59 @@ def replica_names(client: redis.Redis, pipeline: str, namespace: str = "ocld") -
     return sorted(names)
 
 
+class Guarded:
+    """Runs write scripts under a lease: every one checks that the lease still holds our value.
+
+    ``lease`` None: each write takes a short-lived lease of its own (role "tool": tests, admin
+    commands), and fails with :class:`LeaseLost` ("taken") while a daemon holds it.
+    """
+
+    def __init__(self, client: redis.Redis, lease_key: str, lease: Lease | None = None) -> None:
+        self.r = client
+        self.lease_key = lease_key
+        self.lease = lease
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[Lease]:
+        if self.lease is not None:
+            yield self.lease
+            return
+        tool = Lease(self.r, self.lease_key, 30.0, role="tool")
+        if not tool.try_acquire():
+            raise LeaseLost("taken", tool.holder())
+        try:
+            yield tool
+        finally:
+            tool.release()
+
+    def script(self, source: str, keys: list[str], args: list[Any]) -> list[Any]:
+        """Run ``source`` with the lease key in front of ``keys`` and our value in front of ``args``;
+        raise :class:`LeaseLost` when the lease is not ours. Returns the reply after its status."""
+        with self._held() as lease:
+            reply = self.r.eval(source, 1 + len(keys), self.lease_key, *keys, lease.value, *args)
+            state = lease.lost(reply)
+            if state is not None:
+                raise LeaseLost(state, lease.taken_by)
+        return [x.decode() if isinstance(x, bytes) else x for x in reply]
+
+    def execute(self, commands: list[list[Any]], keys: list[str]) -> None:
+        """Run ``commands`` ([name, key index (1-based into ``keys``, 0: none), args...]) atomically."""
+        body = [[str(c[0]), (int(c[1]) + 1 if c[1] else 0), *[_arg(a) for a in c[2:]]] for c in commands]
+        self.script(_EXEC, keys, [orjson.dumps(body)])
+
+
+def _arg(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
 class SnapshotStore:
     def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", keep: int = 3,
-                 chunk_bytes: int = 64 * 1024 * 1024, replica: str = "", max_pinned: int | None = None) -> None:
+                 chunk_bytes: int = 64 * 1024 * 1024, replica: str = "", max_pinned: int | None = None,
+                 lease: Lease | None = None) -> None:
         self.r = client
         self.pipeline = pipeline
         self.replica = replica
@@ -165,16 +324,21 @@ class SnapshotStore:
         self.keep = keep
         self.max_pinned = max_pinned
         self.chunk_bytes = chunk_bytes
+        self.guard = Guarded(client, self.keys.lease, lease)
 
     # -- write -----------------------------------------------------------------------
     def write(self, snap: fmt.Snapshot, fence: dict[str, str] | None = None,
-              registry_offsets: dict[str, int] | None = None) -> int:
+              registry_offsets: dict[str, int] | None = None,
+              fingerprints: dict[str, str | None] | None = None) -> int:
         """Write a new complete version and switch ``latest`` to it; return the version.
 
         ``fence``: "topic:partition" -> the "replica|epoch" token this writer claimed; the switch
         happens only if every one still holds, else the chunks are deleted and :class:`Fenced`
-        is raised. ``registry_offsets``: the partitions' next offsets to publish in the shared
-        registry with the switch (default: every offset in the snapshot).
+        (another replica claimed one) or :class:`RegistryMissing` (the claim is gone: Redis lost
+        data) is raised; :class:`LeaseLost` when the lease is no longer ours. ``registry_offsets``:
+        the partitions' next offsets to publish in the shared registry with the switch (default:
+        every offset in the snapshot), with ``fingerprints`` of the record before each (default:
+        the snapshot's ``info["fingerprints"]``).
         """
         snap.info.setdefault("created_at", time.time())
         manifest, chunks = fmt.encode(snap, self.chunk_bytes)
@@ -187,37 +351,80 @@ class SnapshotStore:
         fault_point("snapshot.before_switch")
         if registry_offsets is None:
             registry_offsets = {tp_field(t, int(p)): int(o) for t, ps in snap.offsets.items() for p, o in ps.items()}
-        args = orjson.dumps({
-            "version": version, "version_s": str(version), "fence": fence or {},
-            "offsets": {tp: str(o) for tp, o in registry_offsets.items()},
-            "latest": {
-                "version": str(version),
-                "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}).decode(),
-                "checksum": fmt.checksum(manifest),
-                "created_at": repr(float(snap.info["created_at"])),
-                "samples_seen": str(snap.info.get("samples_seen", 0)),
-            },
-        })
-        lost = self.r.eval(_SWITCH, 4, k.latest, k.versions, k.partition_owners, k.partition_offsets, args)
-        if lost:
-            self._delete(version)
-            raise Fenced(version, [x.decode() if isinstance(x, bytes) else str(x) for x in lost])
+        snap_fps = snap.info.get("fingerprints") or {}
+        if fingerprints is None:
+            fingerprints = {tp: (snap_fps.get(parse_tp(tp)[0]) or {}).get(str(parse_tp(tp)[1])) for tp in registry_offsets}
+        latest = {
+            "version": str(version),
+            "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}).decode(),
+            "fingerprints": orjson.dumps(snap_fps).decode(),
+            "checksum": fmt.checksum(manifest),
+            "created_at": repr(float(snap.info["created_at"])),
+            "samples_seen": str(snap.info.get("samples_seen", 0)),
+        }
+        try:
+            with self.guard._held() as lease:
+                latest["writer"] = _token(lease.value)
+                args = orjson.dumps({
+                    "version": str(version), "fence": fence or {}, "latest": latest,
+                    "offsets": {tp: str(o) for tp, o in registry_offsets.items()},
+                    "fps": {tp: fingerprints.get(tp) or "" for tp in registry_offsets},
+                })
+                reply = self.r.eval(_SWITCH, 6, k.lease, k.latest, k.versions, k.partition_owners,
+                                    k.partition_offsets, k.partition_fingerprints, lease.value, args)
+                state = lease.lost(reply)
+                if state is not None:
+                    raise LeaseLost(state, lease.taken_by)
+        except (LeaseLost, redis.RedisError):
+            self._delete_quietly(version)
+            raise
+        reply = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        if reply[0] == "fenced":
+            self._delete_quietly(version)
+            raise Fenced(version, reply[1:])
+        if reply[0] == "missing":
+            self._delete_quietly(version)
+            raise RegistryMissing(version, reply[1:])
         fault_point("snapshot.after_switch")
         self.prune()
         self.r.publish(k.events, f"snapshot {version}")
         return version
 
+    def _delete_quietly(self, version: int) -> None:
+        try:
+            self._delete(version)
+        except redis.RedisError:
+            pass  # orphans are cleaned at the next start (clean_orphans)
+
     # -- partition registry -------------------------------------------------------------
-    def claim(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, int | None]]:
-        """Claim partitions for this replica: (topic, partition) -> (fence token, registry offset or None)."""
+    def claim(self, tps: list[tuple[str, int]],
+              mine: dict[tuple[str, int], tuple[int | None, str | None]] | None = None
+              ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Claim partitions for this replica.
+
+        ``mine``: (topic, partition) -> (offset, fingerprint) from this replica's own latest
+        snapshot (absent: none). Returns (topic, partition) -> {"token": "replica|epoch",
+        "offset": where to start (None: the log's start or ``kafka.start_from``), "fingerprint":
+        of the record before it (None: unknown), "registry": the registry's offset before the
+        claim, "owner": the claim before this one ("" if none)}.
+        """
         if not tps:
             return {}
-        fields = [tp_field(t, p) for t, p in tps]
-        out = self.r.eval(_CLAIM, 2, self.keys.partition_owners, self.keys.partition_offsets, self.replica, *fields)
-        result: dict[tuple[str, int], tuple[str, int | None]] = {}
-        for i, tp in enumerate(tps):
-            epoch, off = int(out[2 * i]), out[2 * i + 1]
-            result[tp] = (f"{self.replica}|{epoch}", int(off) if off not in (b"", "", None) else None)
+        mine = mine or {}
+        items = []
+        for t, p in tps:
+            off, fp = mine.get((t, p), (None, None))
+            items.append([tp_field(t, p), "" if off is None else str(int(off)), fp or ""])
+        k = self.keys
+        out = self.guard.script(_CLAIM, [k.partition_owners, k.partition_offsets, k.partition_fingerprints],
+                                [self.replica, orjson.dumps(items)])
+        result: dict[tuple[str, int], dict[str, Any]] = {}
+        body = out[1:]
+        for i in range(0, len(body), 6):
+            tp, epoch, pos, fp, reg, old = body[i:i + 6]
+            result[parse_tp(tp)] = {"token": f"{self.replica}|{int(epoch)}", "offset": int(pos) if pos != "" else None,
+                                    "fingerprint": fp or None, "registry": int(reg) if reg != "" else None,
+                                    "owner": old}
         return result
 
     def registry(self) -> dict[str, dict[str, Any]]:
@@ -226,9 +433,13 @@ class SnapshotStore:
         owners = {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
         out: dict[str, dict[str, Any]] = {}
         for tp in sorted(set(offsets) | set(owners)):
-            owner, _, epoch = owners.get(tp, "|0").rpartition("|")
-            out[tp] = {"offset": offsets.get(tp), "owner": owner, "epoch": int(epoch or 0)}
+            owner, epoch = parse_token(owners.get(tp, "|0"))
+            out[tp] = {"offset": offsets.get(tp), "owner": owner, "epoch": epoch}
         return out
+
+    def owners(self) -> dict[str, str]:
+        """"topic:partition" -> "replica|epoch" claims."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
 
     def prune(self) -> None:
         k = self.keys
@@ -254,7 +465,10 @@ class SnapshotStore:
         orphans: set[int] = set()
         prefix = f"{k.base}:snap:"
         for key in self.r.scan_iter(match=f"{prefix}*", count=1000):
-            v = int(key.decode()[len(prefix):].split(":", 1)[0])
+            try:
+                v = int(key.decode()[len(prefix):].split(":", 1)[0])
+            except ValueError:
+                continue
             if v not in complete and v <= current and v != latest:
                 orphans.add(v)
         for v in orphans:
@@ -271,12 +485,16 @@ class SnapshotStore:
         pipe.execute()
 
     def pin(self, version: int) -> None:
-        self.r.sadd(self.keys.pinned, version)
+        self.guard.execute([["SADD", 1, version]], [self.keys.pinned])
 
     # -- read ------------------------------------------------------------------------
     def latest_version(self) -> int | None:
         v = self.r.hget(self.keys.latest, "version")
         return int(v) if v is not None else None
+
+    def latest_info(self) -> dict[str, str]:
+        """The ``latest`` hash (version, writer, offsets, ...), empty when there is none."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.latest).items()}
 
     def versions(self) -> list[int]:
         return [int(v) for v in self.r.zrevrange(self.keys.versions, 0, -1)]
@@ -315,7 +533,7 @@ class SnapshotStore:
                 log.warning("fell back from snapshot version %d to %d", latest, v)
                 snap.info["fell_back_from"] = latest
             return snap
-        log.error("no usable snapshot for pipeline %r; starting fresh", self.pipeline)
+        log.error("no usable snapshot for pipeline %r", self.pipeline)
         return None
 
     def manifest_info(self, version: int) -> dict[str, Any]:
@@ -327,59 +545,74 @@ class SnapshotStore:
                 "total_bytes": m["total_bytes"], "chunks": len(m["chunks"]),
                 "learner": m["tree"].get("learner", {}).get("kind")}
 
-    def set_latest(self, version: int) -> None:
-        """Make an existing complete version the latest (rollback)."""
+    def set_latest(self, version: int) -> list[str]:
+        """Make an existing complete version the latest (rollback) under the lease; the registry's
+        offsets move back for the partitions this replica owns (or nobody does). Returns those."""
         info = self.manifest_info(version)
         self.read(version)  # verify checksums before switching
-        owners = {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.keys.latest, mapping={
-            "version": version, "offsets": orjson.dumps(info["offsets"]), "created_at": info["created_at"],
-            "samples_seen": info["info"].get("samples_seen", 0),
-            "checksum": fmt.checksum(self.r.get(self.keys.manifest(version))),
-        })
-        # The registry's offsets move back too, for the partitions this replica owns (or nobody
-        # does): the daemon resumes there. A partition another replica has claimed since stays.
-        for t, ps in info["offsets"].items():
-            for p, o in ps.items():
-                tp = tp_field(t, int(p))
-                owner = owners.get(tp)
-                if owner is None or owner.rpartition("|")[0] == self.replica:
-                    pipe.hset(self.keys.partition_offsets, tp, int(o))
-        pipe.execute()
+        fps = info["info"].get("fingerprints") or {}
+        k = self.keys
+        with self.guard._held() as lease:
+            latest = {
+                "version": str(version), "offsets": orjson.dumps(info["offsets"]).decode(),
+                "fingerprints": orjson.dumps(fps).decode(), "created_at": repr(float(info["created_at"])),
+                "samples_seen": str(info["info"].get("samples_seen", 0)),
+                "checksum": fmt.checksum(self.r.get(k.manifest(version))), "writer": _token(lease.value),
+            }
+            offsets = {tp_field(t, int(p)): str(int(o)) for t, ps in info["offsets"].items() for p, o in ps.items()}
+            reply = self.r.eval(_SET_LATEST, 5, k.lease, k.latest, k.partition_owners, k.partition_offsets,
+                                k.partition_fingerprints, lease.value, self.replica, orjson.dumps({
+                                    "latest": latest, "offsets": offsets,
+                                    "fps": {tp: (fps.get(parse_tp(tp)[0]) or {}).get(str(parse_tp(tp)[1])) or ""
+                                            for tp in offsets}}))
+            state = lease.lost(reply)
+            if state is not None:
+                raise LeaseLost(state, lease.taken_by)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in reply[1:]]
 
 
 class StatusStore:
-    """Live status hash, heartbeat, metric and drift streams, event notifications."""
+    """Live status hash, metric, drift and incident streams, event notifications (all lease-guarded)."""
 
-    def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", heartbeat_ttl_s: int = 15,
-                 metrics_maxlen: int = 10_000, drift_maxlen: int = 10_000, replica: str = "") -> None:
+    def __init__(self, client: redis.Redis, pipeline: str, namespace: str = "ocld", metrics_maxlen: int = 10_000,
+                 drift_maxlen: int = 10_000, replica: str = "", lease: Lease | None = None) -> None:
         self.r = client
         self.keys = Keys(pipeline, namespace, replica)
         self.replica = replica
-        self.ttl = heartbeat_ttl_s
         self.metrics_maxlen = metrics_maxlen
         self.drift_maxlen = drift_maxlen
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.guard = Guarded(client, self.keys.lease, lease)
 
     def update(self, fields: dict[str, Any]) -> None:
-        k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(k.status, mapping={key: _scalar(v) for key, v in fields.items()})
-        pipe.sadd(k.replicas, self.replica)
-        pipe.set(k.alive, orjson.dumps({**self.identity, "at": time.time()}), ex=self.ttl)
-        pipe.execute()
+        flat: list[Any] = []
+        for key, v in fields.items():
+            flat += [key, _scalar(v)]
+        self.guard.execute([["HSET", 1, *flat], ["SADD", 2, self.replica]], [self.keys.status, self.keys.replicas])
+
+    def _xadd(self, key: str, maxlen: int, fields: dict[str, Any], publish: str | None = None) -> None:
+        flat: list[Any] = []
+        for k, v in fields.items():
+            flat += [k, _scalar(v)]
+        cmds: list[list[Any]] = [["XADD", 1, "MAXLEN", "~", maxlen, "*", *flat]]
+        if publish is not None:
+            cmds.append(["PUBLISH", 0, self.keys.events, publish])
+        self.guard.execute(cmds, [key])
 
     def add_metrics(self, point: dict[str, Any]) -> None:
-        self.r.xadd(self.keys.metrics, {k: _scalar(v) for k, v in point.items()}, maxlen=self.metrics_maxlen, approximate=True)
+        self._xadd(self.keys.metrics, self.metrics_maxlen, point)
 
     def add_drift(self, event: dict[str, Any], n: int) -> None:
-        self.r.xadd(self.keys.drift, {k: _scalar(v) for k, v in event.items()}, maxlen=self.drift_maxlen, approximate=True)
-        self.r.publish(self.keys.events, f"drift {n}")
+        self._xadd(self.keys.drift, self.drift_maxlen, event, publish=f"drift {n}")
 
-    def stopped(self, fields: dict[str, Any]) -> None:
-        self.update({**fields, "state": "stopped"})
-        self.r.delete(self.keys.alive)
+    def add_incident(self, incident: dict[str, Any]) -> None:
+        self._xadd(self.keys.incidents, self.drift_maxlen, incident, publish=f"incident {incident.get('kind', '')}")
+
+
+def _token(lease_value: str) -> str:
+    try:
+        return str(orjson.loads(lease_value)["token"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return lease_value
 
 
 def _scalar(v: Any) -> Any:

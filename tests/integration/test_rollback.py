@@ -59,14 +59,14 @@ def test_rollback_then_restart_relearns_after_the_old_offsets(make_config, broke
     v_offset = meta["offsets"][cfg.kafka.topic]["0"]
     assert 0 < v_count < 3000 and v_offset == v_count
 
-    # Refused while the heartbeat key says a daemon runs; --force overrides.
+    # Refused while a daemon holds the pipeline's lease; --force takes it.
     keys = Keys(cfg.name)
-    client.r.set(keys.alive, b'{"host": "h", "pid": 1}', ex=30)
+    client.r.set(keys.lease, b'{"token": "t", "host": "h", "pid": 1, "role": "daemon"}', ex=30)
     with pytest.raises(RollbackRefused, match="running daemon"):
         client.rollback(cfg.name, target)
     refused = cli("rollback", cfg.name, "--to", str(target))
     assert refused.returncode == 2 and "Stop it" in refused.stderr
-    client.r.delete(keys.alive)
+    client.r.delete(keys.lease)
     with pytest.raises(RollbackRefused, match="no complete snapshot version 999"):
         client.rollback(cfg.name, 999)
 

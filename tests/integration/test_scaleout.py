@@ -166,7 +166,7 @@ def test_fenced_switch_publishes_nothing(redis_url, name):
     a = SnapshotStore(r, name, replica="a")
     b = SnapshotStore(r, name, replica="b")
     tok_a = a.claim([("t", 0), ("t", 1)])
-    assert tok_a[("t", 0)] == ("a|1", None)
+    assert (tok_a[("t", 0)]["token"], tok_a[("t", 0)]["offset"]) == ("a|1", None)
     learner = build_learner("AnalyticRidge", {"expansion_size": 8, "seed": 0}, [])
     from ocld.core.runtime import LearningCore  # noqa: F401  (state parts come from the learner alone here)
 
@@ -176,7 +176,7 @@ def test_fenced_switch_publishes_nothing(redis_url, name):
     assert a.latest_version() == v1
     # b takes partition 0 over (a stalled); it resumes where a's durable snapshot ended.
     tok_b = b.claim([("t", 0)])
-    assert tok_b[("t", 0)] == ("b|2", 10)
+    assert (tok_b[("t", 0)]["token"], tok_b[("t", 0)]["offset"]) == ("b|2", 10)
     with pytest.raises(Fenced) as err:
         a.write(Snapshot(parts, {"t": {0: 20, 1: 9}}, {"samples_seen": 29}),
                 fence={"t:0": "a|1", "t:1": "a|1"}, registry_offsets={"t:0": 20, "t:1": 9})
@@ -218,7 +218,8 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     assert durable["info"]["labelled_seen"] == 1000
     # Replica "b" claims partition 0 (epoch 2): it would resume at offset 1000.
     other = SnapshotStore(connect(redis_url), cfg.name, replica="b")
-    assert other.claim([(cfg.kafka.topic, 0)])[(cfg.kafka.topic, 0)] == ("b|2", 1000)
+    claimed = other.claim([(cfg.kafka.topic, 0)])[(cfg.kafka.topic, 0)]
+    assert (claimed["token"], claimed["offset"]) == ("b|2", 1000)
     produce(broker, cfg.kafka.topic, encode_rows(X[1000:2500], y[1000:2500]))  # "a" learns 1,000 more: due
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline and daemon.fences == 0:
@@ -237,27 +238,31 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
 
 def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redis_url):
     """Two daemons under one replica name would overwrite each other's `latest`: the second one
-    waits one heartbeat TTL for a live heartbeat from elsewhere, then refuses with the fix;
-    a heartbeat left by a dead process of this host is stale and does not block."""
+    waits one lease TTL for the lease held elsewhere, then refuses with the fix; a lease left by a
+    dead process of this host is stale and is taken over."""
     import socket
 
     from ocld.stream.daemon import Daemon
+    from ocld.stream.errors import FatalConfigError
+    from ocld.stream.lease import Lease
     from ocld.stream.store import Keys, connect
 
-    cfg = make_config(scale={"replica": "twin"}, redis={"heartbeat_ttl_s": 2})
+    cfg = make_config(scale={"replica": "twin"}, redis={"lease_ttl_s": 2})
     r = connect(redis_url)
-    alive = Keys(cfg.name, replica="twin").alive
-    r.set(alive, orjson.dumps({"host": "another-host", "pid": 4242, "at": time.time()}), ex=60)
+    key = Keys(cfg.name, replica="twin").lease
+    r.set(key, orjson.dumps({"token": "x", "host": "another-host", "pid": 4242}), ex=60)
     daemon = Daemon(cfg)
     t0 = time.monotonic()
-    with pytest.raises(ValueError, match="already run by another daemon.*own scale.replica"):
+    with pytest.raises(FatalConfigError, match="already run by another writer.*own scale.replica"):
         daemon.run(max_seconds=5, install_signals=False)
     assert 2.0 <= time.monotonic() - t0 < 10
-    # A heartbeat of a process of this host that has exited is stale: start-up goes ahead.
+    # A lease of a process of this host that has exited is stale: it is taken over.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    r.set(alive, orjson.dumps({"host": socket.gethostname(), "pid": dead.pid, "at": time.time()}), ex=60)
-    Daemon(cfg)._check_unique()
+    r.set(key, orjson.dumps({"token": "y", "host": socket.gethostname(), "pid": dead.pid}), ex=60)
+    lease = Lease(r, key, 2.0)
+    assert lease.acquire_or_replace_stale()
+    assert orjson.loads(r.get(key))["pid"] == lease.pid
 
 
 def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker, name, tmp_path):

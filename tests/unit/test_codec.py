@@ -52,7 +52,7 @@ def _reason(value: bytes | None, codec: Codec | None = None) -> str:
     (_j({"x": [1, "a", 3], "y": 1}), "x contains a value that is not a number"),
     (_j({"x": [[1, 2, 3]], "y": 1}), "x must be a flat, non-empty list of numbers"),
     (_j({"x": [], "y": 1}), "x must be a flat, non-empty list of numbers"),
-    (_j({"x": [1, 2], "y": 1}), "expected 3 features, got 2"),
+    (_j({"x": [1, 2], "y": 1}), "expected 3 features (declared by messages.n_features), got 2"),
     (_j({"x": [1, None, 3], "y": 1}), "x[1] is NaN, Inf or null"),
     (_j({"x": [1, 2, 1e300], "y": 1}), "x[2]=1e+300 exceeds max_abs_value=1e+09"),
 ])
@@ -114,7 +114,20 @@ def test_normalizations_and_delayed_label() -> None:
 def test_width_learned_from_first_batch() -> None:
     codec = Codec()
     assert codec.decode([_j({"x": [1, 2], "y": 0})]).X.shape == (1, 2) and codec.n_features == 2
-    assert codec.decode([_j({"x": [1, 2, 3], "y": 0})]).bad == [(0, "expected 2 features, got 3")]
+    assert codec.decode([_j({"x": [1, 2, 3], "y": 0})]).bad == [
+        (0, "expected 2 features (taken from the first records), got 3")]
+
+
+def test_widths_and_caps() -> None:
+    """``widths`` reads the width of every record with features (for inferring it); a record over
+    ``max_features``, or of a width refused for its state size, is dead-lettered with the reason."""
+    codec = Codec(max_features=4)
+    values = [_j({"x": [1, 2, 3], "y": 0}), b"not json", _j({"id": "a", "y": 1}), _j({"x": list(range(9)), "y": 1})]
+    assert codec.widths(values) == [3, 9]
+    codec.n_features = 3
+    assert codec.decode(values[3:]).bad == [(0, "x has 9 features, over messages.max_features=4")]
+    codec.refused_widths[2] = "too big"
+    assert codec.decode([_j({"x": [1, 2], "y": 0})]).bad == [(0, "too big")]
 
 
 def test_empty_batch() -> None:
