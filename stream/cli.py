@@ -277,7 +277,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             result = orjson.loads(Path(args.from_json).read_bytes())
         except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{args.from_json} is not JSON ({exc}); give a file written by ocld evaluate --json") from None
+            raise ConfigError(f"{args.from_json} is not JSON ({exc}); give a file written by "
+                              "ocld evaluate --json") from None
         if not isinstance(result, dict) or "curve" not in result:
             raise ConfigError(f"{args.from_json} is not an ocld evaluate --json result (it has no 'curve')")
     elif args.pipeline:
@@ -580,7 +581,8 @@ def kafka_failure(exc: BaseException, bootstrap: str | None) -> str:
     where = f"the Kafka broker at {bootstrap}" if bootstrap else "the Kafka broker"
     detail = _first_line(exc)
     name = type(exc).__name__
-    no_brokers = getattr(ke, "NoBrokersAvailable", ())  # kafka-python 2.x; 3.x raises KafkaTimeoutError "Unable to bootstrap"
+    # kafka-python 2.x raises NoBrokersAvailable; 3.x raises KafkaTimeoutError "Unable to bootstrap from [...]".
+    no_brokers = getattr(ke, "NoBrokersAvailable", ())
     if isinstance(exc, no_brokers) or "bootstrap" in detail.lower():
         return (f"no answer from {where} ({name}: {detail}); check that it runs and that --bootstrap, "
                 "KAFKA_BOOTSTRAP or kafka.bootstrap names it (HOST:PORT)")

@@ -198,7 +198,8 @@ def _csv_rows(path: Path, fh: Any, label_column: str | None,
         total = sum(x)
         if total != total and any(v != v for v in x):  # a nan cell (the sum is nan then: one cheap test per row)
             j = next(k for k, v in enumerate(x) if v != v)
-            yield line, RowProblem(line, "missing_value", f"missing value in column {header[fidx[j]]!r}", header[fidx[j]])
+            column = header[fidx[j]]
+            yield line, RowProblem(line, "missing_value", f"missing value in column {column!r}", column)
             continue
         rec: dict[str, Any] = {"x": x}
         if lay.label_idx is not None:

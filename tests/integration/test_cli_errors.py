@@ -40,7 +40,8 @@ REDIS_COMMANDS = [
 
 
 def ocld(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP") and not k.startswith("OCLD_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP") and not k.startswith("OCLD_")}
     return subprocess.run([sys.executable, "-m", "ocld.stream.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

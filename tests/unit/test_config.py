@@ -86,3 +86,16 @@ def test_environment_replaces_embedded_only(monkeypatch):
     assert cfg.kafka.bootstrap == "127.0.0.1:2" and cfg.redis.url.get_secret_value() == "redis://127.0.0.1:1/0"
     explicit = apply_environment(parse_config({"kafka": {"bootstrap": "k:9092"}, "redis": {"url": "redis://r/0"}}))
     assert explicit.kafka.bootstrap == "k:9092" and explicit.redis.url.get_secret_value() == "redis://r/0"
+
+
+def test_unusable_config_paths_are_one_clear_error(tmp_path):
+    """A directory, a non-UTF-8 file: one line naming the path and the fix; a byte-order mark is fine."""
+    with pytest.raises(ConfigError, match="is a directory; give the path of a YAML file"):
+        load_config(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: demo\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_config(latin1)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbfname: with-bom\n")
+    assert load_config(bom).name == "with-bom"

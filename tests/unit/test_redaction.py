@@ -106,3 +106,29 @@ def test_loaded_file_error_hides_the_password(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "Hunter2-pw" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_cli_failures_scrub_every_known_secret():
+    """Whatever a server library puts in its message, the CLI's line has no secret it knows of."""
+    import argparse
+
+    from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
+    from redis.exceptions import AuthenticationError
+
+    from ocld.stream.cli import expected_failure
+
+    args = argparse.Namespace(redis="redis://u:Url-Pw-1@h:6379/0", redis_target="redis://u:Url-Pw-1@h:6379/0",
+                              config_secrets=["Sasl-Pw-2"], config_urls=["redis://v:Cfg%2FPw@h"],
+                              kafka_target="broker:9092")
+    cases = [
+        (AuthenticationError("WRONGPASS for Url-Pw-1"), "refused the credentials"),
+        (SaslAuthenticationFailedError("bad secret Sasl-Pw-2"), "refused the credentials"),
+        (KafkaTimeoutError("Unable to bootstrap from ['broker:9092']"), "no answer from the Kafka broker at broker:9092"),
+        (ValueError("echoed Cfg/Pw and Cfg%2FPw"), "echoed *** and ***"),
+    ]
+    for exc, expected in cases:
+        message, code = expected_failure(exc, args)
+        assert code == 2 and expected in message and "\n" not in message
+        for secret in ("Url-Pw-1", "Sasl-Pw-2", "Cfg/Pw", "Cfg%2FPw"):
+            assert secret not in message
+    assert expected_failure(KeyError("a bug"), args) is None  # bugs keep their traceback
