@@ -1,26 +1,41 @@
-"""An online mixture of learners weighted by their prequential log-loss (fixed share).
+"""An online mixture of learners weighted by their prequential log-loss.
 
 Every member (a head behind its own feature maps, built as a config builds it) learns
 every labelled sample; the mixture predicts with a weighted average of the members'
 probabilities. Pure numpy; this module never does I/O and never imports ``stream``.
 
-Calibration first: member k's probabilities p are replaced by q = softmax(beta_k log p)
-over the known classes, beta_k a learned inverse temperature (see ``calibration_block``),
-and q is what is scored and mixed below.
+Calibration first: member k's probabilities p are replaced by
 
-Weights (Herbster & Warmuth, "Tracking the best expert", 1998: the fixed-share update).
-With K members, member k's calibrated probability q_k,i(y_i) of sample i's true label, its
-log-loss l_k,i = -log max(q_k,i(y_i), ``min_proba``) and weights w_i (w_0 uniform)::
+    q = (1 - eps_k) softmax(beta_k log p) + eps_k / (number of known classes)
 
-    prediction for sample i:   p_i = sum_k w_k,i q_k,i                (weights from losses up to i-1)
-    loss update:               v_k = w_k,i exp(-eta l_k,i) / sum_j w_j,i exp(-eta l_j,i)
-    share update:              w_k,i+1 = (1 - share) v_k + share / K
+over the known classes: beta_k a learned inverse temperature, eps_k a learned share of
+label noise (a sharp member is not punished without bound for the noise it cannot
+predict); see ``calibration_block``. q is what is scored and mixed below.
 
-``eta = 1`` with ``share = 0`` is the Bayesian mixture (the posterior over "which member
-generated the labels"); ``share > 0`` keeps every member's weight at least share / K, so
-after a drift the mixture follows a new leader within about log(K / share) / eta nats of
-loss difference instead of the whole history's. A sample whose label none of the members
-knew yet (a new class) costs every member the same and leaves the weights alone.
+Weights. With K members, member k's calibrated probability q_k,i(y_i) of sample i's true
+label and its log-loss l_k,i = -log max(q_k,i(y_i), ``min_proba``), the prediction for
+sample i is p_i = sum_k w_k,i q_k,i, with weights from the losses of samples before i,
+in one of two ways of following a change of leader after a drift:
+
+- discounted losses (``horizon`` H, the default)::
+
+      w_k,i ∝ exp(-eta L_k,i-1),    L_k,i = gamma L_k,i-1 + l_k,i,    gamma = 1 - 1/H
+
+  the exponential weights of a window of about H samples: a member that has been better
+  over the last few hundred samples takes over whatever happened before. ``horizon: null``
+  (and ``share: 0``) is the Bayesian mixture (eta = 1: the posterior over "which member
+  generated the labels").
+- fixed share (``share`` > 0, ``horizon: null``; Herbster & Warmuth, "Tracking the best
+  expert", 1998)::
+
+      v_k = w_k,i exp(-eta l_k,i) / sum_j w_j,i exp(-eta l_j,i),    w_k,i+1 = (1 - share) v_k + share / K
+
+  every member keeps at least share / K of the weight, so a new leader needs about
+  log(K / share) / eta nats of advantage.
+
+A detected drift (``adapt``) can also move ``adapt_share`` of the weight back to uniform. A
+sample whose label no member knew yet (a new class) costs every member the same and leaves
+the weights alone.
 
 Test-then-train inside a block: the members' ``learn_predict`` give each row's
 probabilities from a model that has learned every row before it (all shipped heads are
@@ -49,13 +64,13 @@ from ocld.learners.base import (
     pad_columns,
 )
 
-# What a config builds by default: the three shipped heads behind their shipped feature maps.
+# The members of config/default.yaml (what OnlineMixture() builds): the three heads, each behind its own feature maps.
 DEFAULT_MEMBERS: list[dict[str, Any]] = [
     {
         "name": "KalmanHead",
         "params": {
-            "g": [1.0, 0.9995, 0.998],
-            "delta_bounds": [[0.0, 0.0002], [0.0002, 0.002], [0.002, 0.01]],
+            "g": [1.0, 0.999],
+            "delta_bounds": [[0.0, 0.0005], [0.0005, 0.01]],
             "lr": 1.0e-8,
             "adapt_restart": True,
             "recent_window": 100,
@@ -64,16 +79,28 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
         },
         "features": [
             {"name": "Standardizer"},
-            {"name": "RandomFourierFeatures", "params": {"n_components": 128, "scale": 0.5, "seed": 0, "linear": 0.1}},
+            {"name": "RandomFourierFeatures", "params": {"n_components": 256, "scale": 0.3, "seed": 0, "linear": 0.1}},
         ],
     },
-    {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]},
+    {"name": "KalmanLogistic", "params": {"adapt_inflation": 0.1}, "features": [{"name": "Standardizer"}]},
     {
         "name": "AnalyticRidge",
-        "params": {"expansion_size": 256, "adapt_discount": 0.01, "seed": 0},
+        "params": {"expansion_size": 256, "expansion_scale": 0.5, "adapt_discount": 0.01, "seed": 0},
         "features": [{"name": "Standardizer"}],
     },
 ]
+
+
+# The uniform part of each member's calibrated probabilities (label noise, overconfidence): starts
+# at _EPS_START (EM cannot leave 0), stays within [_EPS_MIN, _EPS_MAX].
+_EPS_START = 0.01
+_EPS_MIN = 1e-4
+_EPS_MAX = 0.5
+
+
+def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _spec(member: Any, i: int) -> dict[str, Any]:
@@ -95,7 +122,7 @@ def _spec(member: Any, i: int) -> dict[str, Any]:
 
 
 class OnlineMixture(Learner):
-    """Fixed-share mixture of online learners, weighted by prequential log-loss.
+    """Mixture of online learners weighted by calibrated prequential log-loss (discounted or fixed share).
 
     Parameters
     ----------
@@ -106,20 +133,27 @@ class OnlineMixture(Learner):
         feature maps (``DEFAULT_MEMBERS``).
     eta
         Learning rate of the exponential weights on log-loss (1: Bayesian mixture).
+    horizon
+        Discounted exponential weights: losses older than about ``horizon`` labelled samples
+        fade (gamma = 1 - 1/horizon), so that a member that was poor before a drift can lead
+        after it. null: no discount (with ``share`` 0: the Bayesian mixture).
     share
-        Fixed-share rate per sample: the share of weight spread evenly over the members
-        after each update, so that a member that was poor before a drift can lead after it.
+        Fixed-share rate per sample (instead of ``horizon``, which must then be null): the
+        share of weight spread evenly over the members after each update.
+    adapt_share
+        On a drift event passed to ``adapt``, this share of the weight goes back to uniform.
     min_proba
         Probabilities below this count as this in the log-loss (a sure-but-wrong member
         loses a bounded amount per sample).
     calibration_block, calibration_memory, beta_bounds
-        Each member's probabilities are recalibrated as q = softmax(beta log p) before they are
-        weighted and mixed (a learned inverse temperature: a ridge head's softmax is far too
-        flat, a Kalman head's probit can be too sharp, and log-loss weights would otherwise
-        rank calibration, not accuracy). beta changes only at aligned blocks of
-        ``calibration_block`` labelled samples, by a damped Newton step on the log-loss, whose
-        derivatives are summed over past blocks with forgetting ``calibration_memory``;
-        beta stays within ``beta_bounds``.
+        Each member's probabilities are recalibrated as q = (1 - eps) softmax(beta log p) + eps / C
+        before they are weighted and mixed (a ridge head's softmax is far too flat, a logistic
+        head is too sharp under label noise, and log-loss weights would otherwise rank
+        calibration, not accuracy). beta and eps change only at aligned blocks of
+        ``calibration_block`` labelled samples: beta by a damped Newton step on the log-loss,
+        eps by an EM step (the recent share of the uniform part in the true label's
+        probability), both from sums over past blocks forgotten by ``calibration_memory`` per
+        block; beta stays within ``beta_bounds``, eps within [1e-4, 0.5].
     names
         Display names of the members (for the weights in the status); default: the head
         names, numbered when one appears twice.
@@ -154,9 +188,11 @@ class OnlineMixture(Learner):
         self,
         members: list[dict[str, Any]] | None = None,
         eta: float = 1.0,
-        share: float = 0.002,
+        share: float = 0.0,
+        horizon: float | None = 2000.0,
+        adapt_share: float = 0.0,
         min_proba: float = 1e-4,
-        calibration_block: int = 32,
+        calibration_block: int = 64,
         calibration_memory: float = 0.98,
         beta_bounds: tuple[float, float] | list[float] = (0.05, 20.0),
         names: list[str] | None = None,
@@ -170,6 +206,13 @@ class OnlineMixture(Learner):
             raise ValueError(f"eta must be > 0, got {eta}")
         if not 0.0 <= share < 1.0:
             raise ValueError(f"share must be in [0, 1), got {share}")
+        if horizon is not None and not horizon >= 1.0:
+            raise ValueError(f"horizon must be >= 1 sample or null, got {horizon}")
+        if share > 0 and horizon is not None:
+            raise ValueError("choose one way to follow a new leader: share > 0 (fixed share) with horizon: null, "
+                             "or a horizon (discounted losses) with share: 0")
+        if not 0.0 <= adapt_share <= 1.0:
+            raise ValueError(f"adapt_share must be in [0, 1], got {adapt_share}")
         if not 0.0 < min_proba < 1.0:
             raise ValueError(f"min_proba must be in (0, 1), got {min_proba}")
         if int(calibration_block) < 1:
@@ -184,6 +227,8 @@ class OnlineMixture(Learner):
         self.members = specs
         self.eta = float(eta)
         self.share = float(share)
+        self.horizon = None if horizon is None else float(horizon)
+        self.adapt_share = float(adapt_share)
         self.min_proba = float(min_proba)
         self.calibration_block = int(calibration_block)
         self.calibration_memory = float(calibration_memory)
@@ -197,13 +242,18 @@ class OnlineMixture(Learner):
                 raise ValueError(f"members[{i}]: {exc}") from None
         self._members: list[Learner] = built
         K = len(built)
-        self._log_w = np.full(K, -math.log(K))
+        self._score = np.zeros(K)  # log-weights up to a constant
         self._loss = np.zeros(K)  # cumulative log-loss of each member (for the status)
         self._beta = np.ones(K)  # calibration: q = softmax(beta log p) per member
         self._grad = np.zeros(K)  # d loss / d beta summed over the current calibration block
         self._hess = np.zeros(K)
         self._g_run = np.zeros(K)  # forgotten sums over past blocks (the Newton step's model)
         self._h_run = np.zeros(K)
+        self._eps = np.full(K, _EPS_START)  # calibration: weight of the uniform part (label noise)
+        self._r_sum = np.zeros(K)  # its EM statistics over the current block, and forgotten over past ones
+        self._r_cnt = 0.0
+        self._r_run = np.zeros(K)
+        self._n_run = 0.0
         self.n_seen = 0
         self.n_features_in: int | None = None
 
@@ -220,7 +270,8 @@ class OnlineMixture(Learner):
                  "features": [{"name": "Standardizer"}]},
                 {"name": "AnalyticRidge", "params": {"expansion_size": 24, "refresh_every": 50, "adapt_discount": 0.5}},
             ],
-            "share": 0.01,
+            "horizon": 50.0,
+            "adapt_share": 0.5,
         }
 
     # ------------------------------------------------------------------ views
@@ -238,9 +289,7 @@ class OnlineMixture(Learner):
     @property
     def weights_(self) -> dict[str, float]:
         """Current weight of each member by display name (they sum to 1)."""
-        w = np.exp(self._log_w - self._log_w.max())
-        w /= w.sum()
-        return {name: float(v) for name, v in zip(self.member_names, w)}
+        return {name: float(v) for name, v in zip(self.member_names, self._weights())}
 
     @property
     def losses_(self) -> dict[str, float]:
@@ -254,24 +303,30 @@ class OnlineMixture(Learner):
 
     # ------------------------------------------------------------------ protocol
     def _weights(self) -> np.ndarray:
-        w = np.exp(self._log_w - self._log_w.max())
-        return w / w.sum()
+        return _softmax_rows(self._score[None, :])[0]
 
-    def _calibrate(self, P: np.ndarray, beta: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Members' probabilities P [K, n, C] -> (calibrated q [K, n, C], log-probabilities z [K, n, C]).
+    def _calibrate(self, P: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Members' probabilities P [K, n, C] -> (calibrated q, tempered s, log-probabilities z), all [K, n, C].
 
-        q = softmax(beta_k log max(p, min_proba)) over the known columns (``known`` [n, C],
-        None: all); unknown columns get 0."""
+        s = softmax(beta_k log max(p, min_proba)) and q = (1 - eps_k) s + eps_k / (known classes),
+        over the known columns (``known`` [n, C], None: all); unknown columns get 0."""
         z = np.log(np.maximum(P, self.min_proba))
-        a = beta[:, None, None] * z
+        a = self._beta[:, None, None] * z
         if known is not None:
             a = np.where(known[None], a, -np.inf)
         top = np.max(a, axis=2, keepdims=True) if a.shape[2] else a
         top = np.where(np.isfinite(top), top, 0.0)
         e = np.exp(a - top)
         tot = e.sum(axis=2, keepdims=True)
-        q = np.divide(e, tot, out=np.zeros_like(e), where=tot > 0)
-        return q, z
+        s = np.divide(e, tot, out=np.zeros_like(e), where=tot > 0)
+        if known is None:
+            uniform = np.full(P.shape[1:], 1.0 / max(P.shape[2], 1))
+        else:
+            n_known = known.sum(axis=1, keepdims=True)
+            uniform = np.where(known, 1.0 / np.maximum(n_known, 1), 0.0)
+        eps = self._eps[:, None, None]
+        q = (1.0 - eps) * s + eps * uniform[None]
+        return q, s, z
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
@@ -281,7 +336,7 @@ class OnlineMixture(Learner):
                 m.predict_proba(X)
             return np.zeros((X.shape[0], C))
         P = np.stack([pad_columns(m.predict_proba(X), C) for m in self._members])
-        q, _ = self._calibrate(P, self._beta, None)
+        q, _, _ = self._calibrate(P, None)
         return np.einsum("k,knc->nc", self._weights(), q)
 
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
@@ -291,8 +346,14 @@ class OnlineMixture(Learner):
         return self._learn(X, y)
 
     def adapt(self, event: DriftEvent) -> bool:
-        """Pass the event to every member; False only when none of them changed anything."""
+        """Pass the event to every member, and move ``adapt_share`` of the weight back to uniform;
+        False only when nothing changed."""
         acted = [m.adapt(event) for m in self._members]
+        if self.adapt_share > 0:
+            K = len(self._members)
+            w = (1.0 - self.adapt_share) * self._weights() + self.adapt_share / K
+            self._score = np.log(w)
+            return True
         return any(a is not False for a in acted)
 
     def estimate_state_bytes(self, n_features: int, n_classes: int = 2) -> int | None:
@@ -339,21 +400,26 @@ class OnlineMixture(Learner):
         """Rows inside one calibration block: calibrated member probabilities, weights per row, the
         mixture's prediction; then the calibration statistics (and, at a block end, the Newton step)."""
         K, b, C = P.shape
-        q, z = self._calibrate(P, self._beta, known)
+        q, soft, z = self._calibrate(P, known)
         rows = np.arange(b)
         q_true = q[:, rows, idx]  # [K, b]
         loss = -np.log(np.maximum(q_true, self.min_proba))
         W = self._weight_path(loss)  # [b, K]: weights used for each row
         self._loss += loss.sum(axis=1)
-        # d loss / d beta = E_q[z] - z_y and d2 / d beta2 = Var_q[z] (over the known columns); a row
-        # with fewer than two known columns, or whose label is new, carries no information about it
-        zk = np.where(known[None], z, 0.0)
-        mean = np.einsum("kbc,kbc->kb", q, zk)
-        var = np.einsum("kbc,kbc->kb", q, zk * zk) - mean**2
+        # Calibration statistics. r: the posterior share of the uniform part in q_y (EM for eps);
+        # d loss / d beta = (1 - r) (E_s[z] - z_y), curvature (1 - r) Var_s[z] (over the known
+        # columns). A row with fewer than two known columns, or whose label is new, says nothing.
         informative = (known.sum(axis=1) >= 2) & known[rows, idx]
-        grad = (mean - z[:, rows, idx]) * informative[None]
-        self._grad += grad.sum(axis=1)
-        self._hess += (np.maximum(var, 0.0) * informative[None]).sum(axis=1)
+        n_known = np.maximum(known.sum(axis=1), 1)[None, :]
+        r = np.where(informative[None], (self._eps[:, None] / n_known) / np.maximum(q_true, 1e-300), 0.0)
+        zk = np.where(known[None], z, 0.0)
+        mean = np.einsum("kbc,kbc->kb", soft, zk)
+        var = np.einsum("kbc,kbc->kb", soft, zk * zk) - mean**2
+        fit = (1.0 - r) * informative[None]
+        self._grad += (fit * (mean - z[:, rows, idx])).sum(axis=1)
+        self._hess += (fit * np.maximum(var, 0.0)).sum(axis=1)
+        self._r_sum += r.sum(axis=1)
+        self._r_cnt += float(informative.sum())
         self.n_seen += b
         if self.n_seen % self.calibration_block == 0:
             self._calibration_step()
@@ -371,6 +437,13 @@ class OnlineMixture(Learner):
         self._beta = new
         self._grad = np.zeros_like(self._grad)
         self._hess = np.zeros_like(self._hess)
+        # eps: the recent mean of r (an EM step for the weight of the uniform part)
+        self._r_run = rho * self._r_run + self._r_sum
+        self._n_run = rho * self._n_run + self._r_cnt
+        if self._n_run > 0:
+            self._eps = np.clip(self._r_run / self._n_run, _EPS_MIN, _EPS_MAX)
+        self._r_sum = np.zeros_like(self._r_sum)
+        self._r_cnt = 0.0
 
     def _label_columns(self, y: np.ndarray) -> np.ndarray:
         """Column of each label in ``classes_`` (every label is known after learning)."""
@@ -384,37 +457,51 @@ class OnlineMixture(Learner):
         return out
 
     def _weight_path(self, loss: np.ndarray) -> np.ndarray:
-        """Weights for each row (from losses of the rows before it), and the log-weights after the
-        last row; the fixed-share recursion is sequential, run on python floats (K is small)."""
+        """Weights [n, K] for each row (from the losses of the rows before it); updates the scores
+        (log-weights up to a constant) past the last row."""
         K, n = loss.shape
-        eta, share = self.eta, self.share
-        floor = share / K
-        keep = 1.0 - share
-        lw = self._log_w.tolist()
+        if self.share > 0:
+            return self._fixed_share_path(loss)
+        # discounted exponential weights: score_i = gamma score_i-1 - eta l_i, closed form per chunk
+        gamma = 1.0 if self.horizon is None else 1.0 - 1.0 / self.horizon
         out = np.empty((n, K))
-        scaled = (-eta * loss).T.tolist()  # [n][K]
-        exp = math.exp
-        log = math.log
+        for a in range(0, n, 256):  # gamma^-j stays small within a chunk
+            lc = loss[:, a:a + 256]
+            b = lc.shape[1]
+            j = np.arange(b)
+            g_neg = gamma ** -j.astype(np.float64)
+            run = np.cumsum(lc * g_neg[None, :], axis=1)  # sum_{m<=j} gamma^-m l_m
+            after = (gamma ** (j + 1))[None, :] * self._score[:, None] - self.eta * (gamma**j)[None, :] * run  # [K, b]
+            before = np.concatenate([self._score[:, None], after[:, :-1]], axis=1)
+            out[a:a + b] = _softmax_rows(before.T)
+            self._score = after[:, -1] - after[:, -1].max()
+        return out
+
+    def _fixed_share_path(self, loss: np.ndarray) -> np.ndarray:
+        """The fixed-share recursion, sequential by nature, on python floats (K is small)."""
+        K, n = loss.shape
+        floor = self.share / K
+        keep = 1.0 - self.share
+        e = np.exp(-self.eta * (loss - loss.min(axis=0, keepdims=True))).T.tolist()  # [n][K], each row's best 1
+        w = _softmax_rows(self._score[None, :])[0].tolist()
+        out = np.empty((n, K))
+        rng = range(K)
         for i in range(n):
-            top = max(lw)
-            w = [exp(v - top) for v in lw]
-            s = sum(w)
-            w = [v / s for v in w]
             out[i] = w
-            li = scaled[i]
-            lt = max(li)
-            v = [w[k] * exp(li[k] - lt) for k in range(K)]
+            ei = e[i]
+            v = [w[k] * ei[k] for k in rng]
             s = sum(v)
-            lw = [log(keep * v[k] / s + floor) if share > 0 else log(max(v[k] / s, 1e-300)) for k in range(K)]
-        self._log_w = np.array(lw)
+            w = [keep * v[k] / s + floor for k in rng]
+        self._score = np.log(np.asarray(w))
         return out
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> LearnerState:
         children = {f"member{i}": m.to_state() for i, m in enumerate(self._members)}
-        arrays = {"log_w": self._log_w.copy(), "loss": self._loss.copy(), "beta": self._beta.copy(),
+        arrays = {"score": self._score.copy(), "loss": self._loss.copy(), "beta": self._beta.copy(),
                   "grad": self._grad.copy(), "hess": self._hess.copy(), "g_run": self._g_run.copy(),
-                  "h_run": self._h_run.copy()}
+                  "h_run": self._h_run.copy(), "eps": self._eps.copy(), "r_sum": self._r_sum.copy(),
+                  "r_run": self._r_run.copy(), "r_cnt": np.array([self._r_cnt, self._n_run])}
         meta = {"n_seen": self.n_seen, "n_features_in": self.n_features_in, "n_members": len(self._members)}
         return LearnerState("OnlineMixture", self._get_params(), arrays, meta, children)
 
@@ -427,10 +514,11 @@ class OnlineMixture(Learner):
         if n != len(obj._members):
             raise ValueError(f"OnlineMixture state has {n} members but its params list {len(obj._members)}")
         obj._members = [component_from_state(state.children[f"member{i}"]) for i in range(n)]  # type: ignore[misc]
-        obj._log_w = np.array(state.arrays["log_w"], dtype=np.float64)
+        obj._score = np.array(state.arrays["score"], dtype=np.float64)
         obj._loss = np.array(state.arrays["loss"], dtype=np.float64)
-        for name in ("beta", "grad", "hess", "g_run", "h_run"):
+        for name in ("beta", "grad", "hess", "g_run", "h_run", "eps", "r_sum", "r_run"):
             setattr(obj, "_" + name, np.array(state.arrays[name], dtype=np.float64))
+        obj._r_cnt, obj._n_run = (float(v) for v in state.arrays["r_cnt"])
         obj.n_seen = int(state.meta["n_seen"])
         d = state.meta.get("n_features_in")
         obj.n_features_in = None if d is None else int(d)

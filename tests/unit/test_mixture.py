@@ -36,16 +36,19 @@ def stream(n: int, seed: int = 0, classes: int = 3) -> tuple[np.ndarray, np.ndar
     return X, y
 
 
-def reference(X: np.ndarray, y: np.ndarray, eta: float, share: float, min_proba: float, block: int,
-              memory: float, bounds: tuple[float, float]) -> np.ndarray:
+def reference(X: np.ndarray, y: np.ndarray, eta: float, share: float, horizon: float | None, min_proba: float,
+              block: int, memory: float, bounds: tuple[float, float]) -> np.ndarray:
     """The mixture's predictions computed sample by sample from separately built members: each
     member predicts row i (learn_predict on that row alone), the calibration and the weights
     follow the formulas of the module docstring, written out plainly."""
     members = [build_learner(m["name"], m["params"], m.get("features")) for m in MEMBERS]
     K = len(members)
     w = np.full(K, 1.0 / K)
+    L = np.zeros(K)  # discounted losses (horizon mode)
     beta = np.ones(K)
-    grad, hess, g_run, h_run = (np.zeros(K) for _ in range(4))
+    eps = np.full(K, 0.01)
+    grad, hess, g_run, h_run, r_sum, r_run = (np.zeros(K) for _ in range(6))
+    r_cnt = n_run = 0.0
     out = []
     for i in range(len(y)):
         known_before = list(members[0].classes_)
@@ -55,19 +58,30 @@ def reference(X: np.ndarray, y: np.ndarray, eta: float, share: float, min_proba:
         c = classes.index(y[i])
         known = [j < len(known_before) for j in range(C)]
         q = np.zeros((K, C))
+        n_known = sum(known)
+        informative = n_known >= 2 and known[c]
+        r_cnt += informative
         for k in range(K):
             z = np.log(np.maximum(np.pad(P[k], (0, C - len(P[k]))), min_proba))
             e = np.array([math.exp(beta[k] * z[j]) if known[j] else 0.0 for j in range(C)])
-            q[k] = e / e.sum() if e.sum() > 0 else e
-            if sum(known) >= 2 and known[c]:
-                mean = sum(q[k, j] * z[j] for j in range(C) if known[j])
-                grad[k] += mean - z[c]
-                hess[k] += sum(q[k, j] * z[j] ** 2 for j in range(C) if known[j]) - mean**2
+            soft = e / e.sum() if e.sum() > 0 else e
+            q[k] = [(1 - eps[k]) * soft[j] + eps[k] / max(n_known, 1) if known[j] else 0.0 for j in range(C)]
+            if informative:
+                r = (eps[k] / n_known) / q[k, c]  # share of the uniform part in q_y
+                mean = sum(soft[j] * z[j] for j in range(C) if known[j])
+                grad[k] += (1 - r) * (mean - z[c])
+                hess[k] += (1 - r) * (sum(soft[j] * z[j] ** 2 for j in range(C) if known[j]) - mean**2)
+                r_sum[k] += r
         out.append(w @ q)
         loss = -np.log(np.maximum(q[:, c], min_proba))
-        v = w * np.exp(-eta * loss)
-        v /= v.sum()
-        w = (1 - share) * v + share / K
+        if share > 0:
+            v = w * np.exp(-eta * loss)
+            v /= v.sum()
+            w = (1 - share) * v + share / K
+        else:
+            L = (1.0 if horizon is None else 1.0 - 1.0 / horizon) * L + loss
+            w = np.exp(-eta * (L - L.min()))
+            w /= w.sum()
         if (i + 1) % block == 0:
             g_run = memory * g_run + grad
             h_run = memory * h_run + hess
@@ -75,17 +89,25 @@ def reference(X: np.ndarray, y: np.ndarray, eta: float, share: float, min_proba:
             g_run = g_run + h_run * (new - beta)
             beta = new
             grad, hess = np.zeros(K), np.zeros(K)
+            r_run = memory * r_run + r_sum
+            n_run = memory * n_run + r_cnt
+            if n_run > 0:
+                eps = np.clip(r_run / n_run, 1e-4, 0.5)
+            r_sum, r_cnt = np.zeros(K), 0.0
     C = len(members[0].classes_)
     return np.vstack([np.pad(p, (0, C - len(p))) for p in out])
 
 
-@pytest.mark.parametrize("cut", [1, 13, 120])
-def test_matches_per_sample_reference(cut: int) -> None:
-    """Row i's prediction uses the weights and calibration from rows < i only (to 1e-9), whatever the cut."""
-    X, y = stream(120, seed=1)
+@pytest.mark.parametrize("cut", [1, 13, 300])
+@pytest.mark.parametrize("share, horizon", [(0.01, None), (0.0, 40.0), (0.0, None)])
+def test_matches_per_sample_reference(cut: int, share: float, horizon: float | None) -> None:
+    """Row i's prediction uses the weights and calibration from rows < i only (to 1e-9), whatever the
+    cut, for fixed share, discounted losses and the Bayesian mixture."""
+    X, y = stream(300, seed=1)
     y[70] = "new"  # a class first seen mid-stream
-    params = {"eta": 0.7, "share": 0.01, "min_proba": 1e-3, "calibration_block": 8, "calibration_memory": 0.9}
-    ref = reference(X, y, 0.7, 0.01, 1e-3, 8, 0.9, (0.05, 20.0))
+    params = {"eta": 0.7, "share": share, "horizon": horizon, "min_proba": 1e-3, "calibration_block": 8,
+              "calibration_memory": 0.9}
+    ref = reference(X, y, 0.7, share, horizon, 1e-3, 8, 0.9, (0.05, 20.0))
     model = OnlineMixture(members=MEMBERS, **params)
     got = [model.learn_predict(X[a:a + cut], y[a:a + cut]) for a in range(0, len(y), cut)]
     C = len(model.classes_)
@@ -106,7 +128,7 @@ def test_weights_follow_the_better_member_and_switch_after_a_change() -> None:
         {"name": "KalmanLogistic", "params": {"learn_q": False, "q0": 0.0}},  # never forgets: slow after the flip
         {"name": "KalmanLogistic", "params": {"learn_q": False, "q0": 1e-2}},  # forgets fast
     ]
-    model = OnlineMixture(members=members, share=0.01, names=["slow", "fast"])
+    model = OnlineMixture(members=members, horizon=200, names=["slow", "fast"])
     model.learn_predict(X[:1500], y[:1500])
     model.learn_predict(X[1500:1700], y[1500:1700])
     assert model.weights_["fast"] > 0.9, model.weights_
@@ -133,12 +155,12 @@ def test_adapt_reaches_every_member() -> None:
 
 def test_state_holds_members_and_weights() -> None:
     X, y = stream(300, seed=2)
-    model = OnlineMixture(members=MEMBERS, share=0.05)
+    model = OnlineMixture(members=MEMBERS, share=0.05, horizon=None)
     model.learn(X[:250], y[:250])
     state = model.to_state()
     assert sorted(state.children) == ["member0", "member1", "member2"]
     assert [c.kind for c in state.children.values()] == ["Pipeline", "Pipeline", "AnalyticRidge"]
-    assert {"log_w", "beta"} <= set(state.arrays)
+    assert {"score", "beta"} <= set(state.arrays)
     twin = learner_from_state(state)
     assert twin.weights_ == model.weights_  # type: ignore[attr-defined]
     np.testing.assert_array_equal(twin.learn_predict(X[250:], y[250:]), model.learn_predict(X[250:], y[250:]))
@@ -162,7 +184,9 @@ def test_bad_members_are_refused_with_the_index() -> None:
     with pytest.raises(ValueError, match="must be heads"):
         OnlineMixture(members=[{"name": "OnlineMixture"}])
     with pytest.raises(ValueError, match="share"):
-        OnlineMixture(members=[{"name": "KalmanLogistic"}], share=1.0)
+        OnlineMixture(members=[{"name": "KalmanLogistic"}], share=1.0, horizon=None)
+    with pytest.raises(ValueError, match="choose one"):
+        OnlineMixture(members=[{"name": "KalmanLogistic"}], share=0.01, horizon=100)
 
 
 def test_default_config_builds_the_mixture() -> None:
@@ -172,3 +196,9 @@ def test_default_config_builds_the_mixture() -> None:
     learner = cfg.build_learner()
     assert isinstance(learner, OnlineMixture)
     assert learner.member_names == ["KalmanHead", "KalmanLogistic", "AnalyticRidge"]
+    from ocld.learners.mixture import DEFAULT_MEMBERS, _spec
+
+    # one definition of the shipped members: the class default is the shipped config
+    assert learner.members == [_spec(m, i) for i, m in enumerate(DEFAULT_MEMBERS)]
+    assert learner._get_params() == {**OnlineMixture()._get_params(), **cfg.learner.params,
+                                     "members": learner.members}
