@@ -1,10 +1,10 @@
-"""Drift monitors: river.drift detectors fed in stream order, producing DriftEvents.
+"""Drift monitors: detectors fed in stream order, producing DriftEvents, with an exact state.
 
 Two monitors, distinguished by ``DriftEvent.kind``:
 
-``DriftMonitor`` (kind ``error``): one detector fed with the 0/1 error of every labelled
-sample, in labelled-sample order. ``index`` = 0-based labelled-sample position at which
-the detector fired.
+``DriftMonitor`` (kind ``error``): one detector (plus optional ``also`` detectors, each with its
+own state) fed with the 0/1 error of every labelled sample, in labelled-sample order. ``index`` =
+0-based labelled-sample position at which a detector fired.
 
 ``InputDriftMonitor`` (kind ``input``): label-free, for streams whose labels are rare or
 late. The feature rows (labelled or not) are cut into blocks of ``block`` samples aligned
@@ -17,16 +17,18 @@ so only the scale matters: under a stationary stream z_j has unit variance, and 
 of the feature's mean by s standard deviations moves z_j by s * sqrt(block). At most one
 event per block; ``detector`` names the features that fired (``ADWIN[x0,x3]``),
 ``statistic`` is the largest |z - mean of recent z| among them, ``index`` is the 0-based
-sample position of the block's last sample. Cost: vectorized block sums plus
-``len(features) / block`` detector updates per sample (at most ``max_features`` features,
-evenly spaced, are monitored): never a per-sample-per-feature Python loop.
+sample position of the block's last sample. Cost: vectorized block sums plus one batch
+update per monitored feature and poll (at most ``max_features`` features, evenly spaced):
+never a per-sample-per-feature Python loop.
 
-Detectors are river's own (ADWIN by default; PageHinkley, KSWIN, DDM selectable), never
-re-implemented here. Their internals are Cython objects that can only be pickled, so a
-monitor's state is a bounded window of the values it was fed plus counters: on restore,
-fresh detectors are fed that window again (documented approximation: the rebuilt
-detector has seen the recent past, not the whole history; detections during the replay
-are not raised again). Never does I/O.
+Detectors come from ``ocld.core.detectors``: ADWIN (default; river's algorithm on plain
+arrays), PageHinkley and DDM (river's arithmetic), KSWIN (river's own object), each giving the
+same detections as river's detector of that name with the same parameters. A monitor's state
+(``to_state``) holds every detector's exact state as arrays, so ``from_state`` continues
+bit-identically: detections, adaptations and hence the learner are those of an uninterrupted
+run. Snapshots from before this format hold only a window of recent values; those still load by
+feeding that window to fresh detectors (an approximation: the rebuilt detector has seen the
+recent past, not the whole history). Never does I/O, never pickles.
 
 Choosing a detector: ADWIN (default) and PageHinkley suit the 0/1 error; DDM only sees
 error *increases* (a drift that lowers the error is not detected) and gives about one
@@ -37,36 +39,57 @@ not for the error.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
-
 from ocld.buffers.ring import Ring
+from ocld.core.detectors import DETECTOR_CLASSES, Detection, Detector
 from ocld.learners.base import DriftEvent, LearnerState
 
-DETECTORS = {
-    "ADWIN": "river.drift:ADWIN",
-    "PageHinkley": "river.drift:PageHinkley",
-    "KSWIN": "river.drift:KSWIN",
-    "DDM": "river.drift.binary:DDM",
-}
+DETECTORS = {name: f"ocld.core.detectors:{name}" for name in DETECTOR_CLASSES}
 
 
-def make_detector(name: str, params: dict[str, Any]) -> Any:
-    """A fresh river detector; errors name the field to change."""
+def make_detector(name: str, params: dict[str, Any]) -> Detector:
+    """A fresh detector (``ocld.core.detectors``); errors name the field to change."""
     try:
-        module, _, cls = DETECTORS[name].partition(":")
+        cls = DETECTOR_CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown drift detector {name!r}; choose one of {sorted(DETECTORS)}") from None
     try:
-        return getattr(importlib.import_module(module), cls)(**params)
+        return cls(**params)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad drift params for {name}: {exc}") from None
 
 
+def _restore_detector(name: str, state: LearnerState) -> Detector:
+    if state.kind != name:
+        raise ValueError(f"drift monitor state: detector {state.kind!r} where {name!r} was configured")
+    return DETECTOR_CLASSES[name].from_state(state)
+
+
 class DriftMonitor:
-    """Error monitor: feed 0/1 errors in labelled-sample order; returns a DriftEvent per detection."""
+    """Error monitor: feed 0/1 errors in labelled-sample order; returns a DriftEvent per detection.
+
+    Parameters
+    ----------
+    detector, params: the detector (``DETECTORS``) and its constructor arguments.
+    window: recent values kept: the reference of ``rising`` for detectors without a mean
+        estimate, and what an old-format snapshot is restored from.
+    kind: ``DriftEvent.kind`` of the events.
+    also: more detectors on the same values, ``[{"detector": name, "params": {...}}, ...]``; a
+        value where several fire raises one event, named after the first (main, then ``also``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> errors = np.concatenate([np.zeros(3000), np.ones(300)])
+    >>> monitor = DriftMonitor("ADWIN")
+    >>> [(e.index, e.detector, e.rising) for e in monitor.update(errors[:3100])]
+    [(3039, 'ADWIN', True)]
+    >>> again = DriftMonitor.from_state(monitor.to_state())
+    >>> again.update(errors[3100:]) == monitor.update(errors[3100:])
+    True
+    """
 
     def __init__(self, detector: str = "ADWIN", params: dict[str, Any] | None = None, window: int = 2000,
                  kind: str = "error", also: list[dict[str, Any]] | None = None) -> None:
@@ -75,50 +98,65 @@ class DriftMonitor:
         self.window = window
         self.kind = kind
         # More detectors on the same values (``drift.also``), each with its own state.
-        self.also = [{"detector": str(a["detector"]), "params": dict(a.get("params") or {})} for a in also or []]
+        self.also: list[dict[str, Any]] = [{"detector": str(a["detector"]), "params": dict(a.get("params") or {})}
+                                           for a in also or []]
         self.detector = make_detector(detector, self.params)
         self.others = [make_detector(a["detector"], a["params"]) for a in self.also]
         self._ring = Ring(window, 1)
         self.n_seen = 0
         self.n_events = 0
 
-    def _feed_all(self, values: np.ndarray) -> list[tuple[int, str, float | None, bool | None]]:
-        """Every detector over ``values``; one (position, detector, statistic, rising) per position
-        where any fired, from the first detector in order (main, then ``also``)."""
-        fired: dict[int, tuple[int, str, float | None, bool | None]] = {}
-        names = [self.detector_name] + [a["detector"] for a in self.also]
-        for name, det in zip(names, [self.detector, *self.others]):
-            for j, stat, rose in _feed(det, values):
-                fired.setdefault(j, (j, name, stat, rose))
+    def _names(self) -> list[str]:
+        return [self.detector_name] + [a["detector"] for a in self.also]
+
+    def _feed_all(self, values: np.ndarray) -> list[tuple[int, str, Detection]]:
+        """Every detector over ``values``; one (position, detector, detection) per position where
+        any fired, from the first detector in order (main, then ``also``)."""
+        fired: dict[int, tuple[int, str, Detection]] = {}
+        for name, det in zip(self._names(), [self.detector, *self.others]):
+            for d in det.update_many(values):
+                fired.setdefault(d.index, (d.index, name, d))
         return [fired[j] for j in sorted(fired)]
 
     def update(self, values: np.ndarray) -> list[DriftEvent]:
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         events = []
-        for j, name, stat, rose in self._feed_all(values):
+        for j, name, d in self._feed_all(values):
+            rose = d.rising
             if rose is None:  # detectors without a mean estimate: compare recent errors with older ones
-                history = np.concatenate([self.recent_values(), values])
-                rose = _rose(history, history.size - values.size + j)
+                # the last ``window`` values up to the detection, whatever the batch cut
+                history = np.concatenate([self.recent_values(), values[:j + 1]])[-self.window:]
+                rose = _rose(history, history.size - 1)
             events.append(DriftEvent(index=self.n_seen + j, detector=name, kind=self.kind,
-                                     statistic=stat, rising=rose))
+                                     statistic=d.statistic, rising=rose))
         self.n_seen += len(values)
         self.n_events += len(events)
-        self._ring.push(np.asarray(values, dtype=np.float64).reshape(-1, 1))
+        self._ring.push(values.reshape(-1, 1))
         return events
 
     def recent_values(self) -> np.ndarray:
         return self._ring.values()[:, 0]
 
     def to_state(self) -> LearnerState:
+        children = {"detector": self.detector.to_state()}
+        children.update({f"also{i}": det.to_state() for i, det in enumerate(self.others)})
         return LearnerState("DriftMonitor", {"detector": self.detector_name, "params": self.params,
                                              "window": self.window, "kind": self.kind, "also": self.also},
-                            {"recent": self.recent_values()}, {"n_seen": self.n_seen, "n_events": self.n_events})
+                            {"recent": self.recent_values()}, {"n_seen": self.n_seen, "n_events": self.n_events},
+                            children)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "DriftMonitor":
+    def from_state(cls, state: LearnerState) -> DriftMonitor:
+        """The monitor ``to_state`` described: each detector's exact state when the snapshot has it
+        (one child per detector); from an old snapshot (no children), fresh detectors fed the
+        recent window again (detections in that replay are not raised)."""
         m = cls(**state.params)
         recent = np.asarray(state.arrays["recent"], dtype=np.float64)
-        m._feed_all(recent)  # rebuild the detectors; detections in the replay are not re-raised
+        if state.children:
+            m.detector = _restore_detector(m.detector_name, state.children["detector"])
+            m.others = [_restore_detector(a["detector"], state.children[f"also{i}"]) for i, a in enumerate(m.also)]
+        else:
+            m._feed_all(recent)
         m._ring.push(recent.reshape(-1, 1))
         m.n_seen = int(state.meta["n_seen"])
         m.n_events = int(state.meta["n_events"])
@@ -130,11 +168,12 @@ class InputDriftMonitor:
 
     Parameters
     ----------
-    detector, params: the river detector run on each monitored feature's standardized block means.
+    detector, params: the detector run on each monitored feature's standardized block means.
     block: samples per block (blocks aligned to the monitor's sample counter).
     warmup: blocks used to fix each feature's scale; no detection before they are complete.
     max_features: at most this many features are monitored (evenly spaced indices).
-    window: block values kept to rebuild the detectors after a restart.
+    window: recent block values kept: the reference of an event's ``statistic``, and what an
+        old-format snapshot is restored from.
     """
 
     def __init__(self, detector: str = "ADWIN", params: dict[str, Any] | None = None, block: int = 100,
@@ -149,7 +188,7 @@ class InputDriftMonitor:
         self.window = int(window)
         make_detector(detector, self.params)  # fail early on bad params
         self.features: np.ndarray | None = None  # monitored column indices
-        self.detectors: list[Any] = []
+        self.detectors: list[Detector] = []
         self._ring: Ring | None = None
         self._sum = np.zeros(0)  # partial block: sums of the monitored columns
         self._count = 0
@@ -183,7 +222,7 @@ class InputDriftMonitor:
         # cut points: where the global counter reaches a multiple of ``block``
         first = self.block - self._count
         ends = list(range(first, n + 1, self.block))
-        events: list[DriftEvent] = []
+        blocks: list[tuple[np.ndarray, int]] = []  # (z, index of the block's last sample) of warm blocks
         start = 0
         for end in ends:
             part = Xm[start:end]
@@ -193,16 +232,16 @@ class InputDriftMonitor:
             self._count = 0
             self.n_seen += end - start
             start = end
-            event = self._close_block(total / self.block)
-            if event is not None:
-                events.append(event)
+            z = self._close_block(total / self.block)
+            if z is not None:
+                blocks.append((z, self.n_seen - 1))
         if start < n:
             part = Xm[start:]
             self._sum = self._sum + part.sum(axis=0)
             self._count += n - start
             self._warm(part)
             self.n_seen += n - start
-        return events
+        return self._detect(blocks) if blocks else []
 
     def _warm(self, part: np.ndarray) -> None:
         if self.scale is None:
@@ -210,7 +249,8 @@ class InputDriftMonitor:
             self._ref_sq += np.square(part).sum(axis=0)
             self._ref_n += part.shape[0]
 
-    def _close_block(self, means: np.ndarray) -> DriftEvent | None:
+    def _close_block(self, means: np.ndarray) -> np.ndarray | None:
+        """Count a completed block; its standardized means once the scale is fixed (else None)."""
         self.n_blocks += 1
         if self.scale is None:
             if self.n_blocks < self.warmup:
@@ -222,19 +262,30 @@ class InputDriftMonitor:
             self.scale = sd / np.sqrt(self.block)
             self.detectors = [make_detector(self.detector_name, self.params) for _ in range(self.features.size)]  # type: ignore[union-attr]
             return None
-        z = means / self.scale
+        return means / self.scale
+
+    def _detect(self, blocks: list[tuple[np.ndarray, int]]) -> list[DriftEvent]:
+        """Feed each feature's detector its column of the blocks' z values (one batch each), then
+        one event per block where any fired."""
+        Z = np.vstack([z for z, _ in blocks])
+        fired: dict[int, list[int]] = {}
+        for j, det in enumerate(self.detectors):
+            for d in det.update_many(Z[:, j]):
+                fired.setdefault(d.index, []).append(j)
         assert self._ring is not None
-        fired = [j for j, det in enumerate(self.detectors) if _update_one(det, float(z[j]))]
-        recent = self._ring.values()
-        self._ring.push(z.reshape(1, -1))
-        if not fired:
-            return None
-        self.n_events += 1
-        ref = recent.mean(axis=0) if recent.shape[0] else np.zeros_like(z)
-        stat = max(abs(float(z[j] - ref[j])) for j in fired)
-        names = ",".join(f"x{int(self.features[j])}" for j in fired)  # type: ignore[index]
-        return DriftEvent(index=self.n_seen - 1, detector=f"{self.detector_name}[{names}]", kind="input",
-                          statistic=stat)
+        events = []
+        for b, (z, index) in enumerate(blocks):
+            recent = self._ring.values()
+            self._ring.push(z.reshape(1, -1))
+            if b not in fired:
+                continue
+            self.n_events += 1
+            ref = recent.mean(axis=0) if recent.shape[0] else np.zeros_like(z)
+            stat = max(abs(float(z[j] - ref[j])) for j in fired[b])
+            names = ",".join(f"x{int(self.features[j])}" for j in fired[b])  # type: ignore[index]
+            events.append(DriftEvent(index=index, detector=f"{self.detector_name}[{names}]", kind="input",
+                                     statistic=stat))
+        return events
 
     # -- state -------------------------------------------------------------------------
     def to_state(self) -> LearnerState:
@@ -249,10 +300,14 @@ class InputDriftMonitor:
             "detector": self.detector_name, "params": self.params, "block": self.block, "warmup": self.warmup,
             "max_features": self.max_features, "window": self.window,
         }, arrays, {"k": k, "count": self._count, "ref_n": self._ref_n, "n_seen": self.n_seen,
-                    "n_blocks": self.n_blocks, "n_events": self.n_events, "warm": self.scale is not None})
+                    "n_blocks": self.n_blocks, "n_events": self.n_events, "warm": self.scale is not None,
+                    "exact": True},
+            {f"d{j}": det.to_state() for j, det in enumerate(self.detectors)})
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "InputDriftMonitor":
+    def from_state(cls, state: LearnerState) -> InputDriftMonitor:
+        """The monitor ``to_state`` described: each feature's detector exactly when the snapshot has
+        their states; from an old snapshot, fresh detectors fed the recent block values again."""
         m = cls(**state.params)
         a, meta = state.arrays, state.meta
         if int(meta["k"]):
@@ -263,11 +318,14 @@ class InputDriftMonitor:
             m._ref_sq = np.asarray(a["ref_sq"], dtype=np.float64).copy()
             if meta["warm"]:
                 m.scale = np.asarray(a["scale"], dtype=np.float64).copy()
-                m.detectors = [make_detector(m.detector_name, m.params) for _ in range(m.features.size)]
                 recent = np.asarray(a["recent"], dtype=np.float64).reshape(-1, m.features.size)
-                for j, det in enumerate(m.detectors):
-                    for v in recent[:, j].tolist():
-                        det.update(v)
+                if meta.get("exact"):
+                    m.detectors = [_restore_detector(m.detector_name, state.children[f"d{j}"])
+                                   for j in range(m.features.size)]
+                else:
+                    m.detectors = [make_detector(m.detector_name, m.params) for _ in range(m.features.size)]
+                    for j, det in enumerate(m.detectors):
+                        det.update_many(recent[:, j])
                 m._ring.push(recent)
         m._count = int(meta["count"])
         m._ref_n = int(meta["ref_n"])
@@ -277,30 +335,6 @@ class InputDriftMonitor:
         return m
 
 
-def _feed(det: Any, values: np.ndarray) -> list[tuple[int, float | None, bool | None]]:
-    """Update ``det`` with every value in order; (position, statistic, rising) of each detection.
-
-    ``rising``: for a one-sided Page-Hinkley test, its side; for detectors with an ``estimation``
-    of the mean (ADWIN), whether the mean of the window kept after the detection is above the
-    mean before it; otherwise None.
-    """
-    out = []
-    has_mean = isinstance(getattr(det, "estimation", None), (int, float))
-    # A one-sided Page-Hinkley test only fires on a rise (mode "up") or only on a fall ("down").
-    mode = getattr(det, "mode", None)
-    one_sided = {"up": True, "down": False}.get(mode) if isinstance(mode, str) else None
-    for j, v in enumerate(np.asarray(values, dtype=np.float64).tolist()):
-        before = det.estimation if has_mean else None
-        det.update(v)
-        if det.drift_detected:
-            if one_sided is not None:
-                rising: bool | None = one_sided
-            else:
-                rising = bool(det.estimation > before) if has_mean and before is not None else None
-            out.append((j, _statistic(det), rising))
-    return out
-
-
 def _rose(history: np.ndarray, at: int, recent: int = 200, older: int = 1000) -> bool | None:
     """Whether the mean of the ``recent`` values up to ``at`` is above that of the ``older`` ones before them."""
     new = history[max(0, at + 1 - recent):at + 1]
@@ -308,16 +342,3 @@ def _rose(history: np.ndarray, at: int, recent: int = 200, older: int = 1000) ->
     if new.size == 0 or old.size == 0:
         return None
     return bool(new.mean() > old.mean())
-
-
-def _update_one(det: Any, value: float) -> bool:
-    det.update(value)
-    return bool(det.drift_detected)
-
-
-def _statistic(det: Any) -> float | None:
-    for name in ("estimation", "_mean", "p_value"):
-        value = getattr(det, name, None)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None

@@ -1,5 +1,6 @@
-"""Drift monitors: golden detections on seeded streams, false alarms, cut invariance, state
-without pickle, and the core's adaptation switch.
+"""Drift monitors: golden detections on seeded streams, false alarms, cut invariance, an exact state
+without pickle (restored anywhere, the run continues bit for bit, up to the learning core on the
+shipped configs), the old snapshot format, and the core's adaptation switch.
 
 Stated delays (measured on these seeds with river 0.26, asserted with margin):
 - error monitor, ADWIN (default): Bernoulli error rate 0.10 -> 0.35 / 0.10 -> 0.30 at
@@ -16,17 +17,18 @@ Stated delays (measured on these seeds with river 0.26, asserted with margin):
 
 from __future__ import annotations
 
+import itertools
 
 import numpy as np
+import orjson
 import pytest
-
-from ocld.learners.base import DriftEvent
 from ocld.core import snapshot as fmt
 from ocld.core.codec import Decoded
-from ocld.stream.config import ConfigError, parse_config
 from ocld.core.drift import DriftMonitor, InputDriftMonitor
 from ocld.core.metrics import PrequentialMetrics
 from ocld.core.runtime import LearningCore, PendingTable
+from ocld.learners.base import DriftEvent, LearnerState
+from ocld.stream.config import ConfigError, parse_config
 
 DRIFTS = (5000, 10000, 15000)
 
@@ -81,27 +83,61 @@ def test_error_monitor_is_cut_invariant_and_indexes_in_stream_order():
     assert a == b and a
 
 
-def test_error_monitor_state_round_trips_through_the_snapshot_format_without_pickle():
-    errors = _errors(4)
-    full = DriftMonitor(window=100_000)
-    expected = _feed(full, errors)
-    first = DriftMonitor(window=100_000)
-    got = _feed(first, errors[:7000])
-    manifest, chunks = fmt.encode(fmt.Snapshot({"monitor": first.to_state()}, {}, {}))
+def _bits(state: LearnerState) -> tuple:
+    """A state tree as comparable bits: kind, params, meta, every array's dtype, shape and bytes."""
+    return (state.kind, orjson.dumps(state.params, option=orjson.OPT_SERIALIZE_NUMPY),
+            orjson.dumps(state.meta, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+            {k: (np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes()) for k, a in state.arrays.items()},
+            {k: _bits(c) for k, c in state.children.items()})
+
+
+def _through_snapshot(state: LearnerState) -> LearnerState:
+    manifest, chunks = fmt.encode(fmt.Snapshot({"monitor": state}, {}, {}))
     assert b"pickle" not in manifest.lower()
-    restored = DriftMonitor.from_state(fmt.decode(manifest, chunks).parts["monitor"])
-    assert restored.n_seen == 7000 and restored.n_events == first.n_events
-    got += _feed(restored, errors[7000:])
-    # window covers the whole history: the rebuilt detector is the same detector
-    assert [(e.index, e.statistic) for e in got] == [(e.index, e.statistic) for e in expected]
+    return fmt.decode(manifest, chunks).parts["monitor"]
 
 
-def test_bounded_window_restore_still_detects_the_next_drift():
+@pytest.mark.parametrize("detector, params, also", [
+    ("ADWIN", {}, []),
+    ("ADWIN", {}, [{"detector": "PageHinkley", "params": {"threshold": 20.0, "mode": "up", "delta": 0.02}}]),
+    ("PageHinkley", {}, []), ("DDM", {"warm_start": 1000}, []),
+])
+def test_error_monitor_restored_anywhere_continues_bit_for_bit(detector, params, also):
+    """Each detector's whole state is in the snapshot (no replay of recent errors): restored at random
+    points, with other batch cuts, and with a window far shorter than the history, the monitor gives the
+    uninterrupted run's events and ends in its exact state."""
+    errors = _errors(4)
+    full = DriftMonitor(detector, params, window=50, also=also)
+    expected = _feed(full, errors)
+    assert len(expected) >= 2
+    rng = np.random.default_rng(5)
+    stops = sorted(rng.choice(np.arange(1, errors.size), size=7, replace=False).tolist()) + [errors.size]
+    m = DriftMonitor(detector, params, window=50, also=also)
+    got, pos = [], 0
+    for stop in stops:
+        got += _feed(m, errors[pos:stop], cut=int(rng.integers(1, 400)))
+        pos = stop
+        m = DriftMonitor.from_state(_through_snapshot(m.to_state()))
+        assert m.n_seen == pos
+    assert got == expected
+    assert _bits(m.to_state()) == _bits(full.to_state())
+
+
+def _old_format(state: LearnerState) -> LearnerState:
+    """A monitor state as snapshots wrote it before detectors had an exact state: no children."""
+    meta = {k: v for k, v in state.meta.items() if k != "exact"}
+    return LearnerState(state.kind, state.params, state.arrays, meta, {})
+
+
+def test_old_snapshot_without_detector_state_loads_by_replaying_its_window():
+    """Snapshots written before the exact format hold only the recent errors: they still load, through
+    the old approximate path (fresh detectors fed that window), and the next drift is still detected."""
     errors = _errors(5)
     m = DriftMonitor(window=2000)
     _feed(m, errors[:12_000])
-    restored = DriftMonitor.from_state(m.to_state())
-    assert restored.recent_values().size == 2000
+    restored = DriftMonitor.from_state(_through_snapshot(_old_format(m.to_state())))
+    assert restored.recent_values().size == 2000 and restored.n_seen == 12_000
+    assert restored.detector.width == 2000  # the fresh detector saw the window (no detection inside it)
     late = _feed(restored, errors[12_000:])
     assert _delays(late, (15000,))[0] is not None and _delays(late, (15000,))[0] <= 300
     assert not [e for e in late if e.index < 15000]
@@ -184,17 +220,27 @@ def test_input_monitor_kswin_and_pagehinkley_selectable():
         assert all(e.detector.startswith(det) for e in events)
 
 
-def test_input_monitor_cut_invariant_and_restart_exact_when_window_covers_history():
+def test_input_monitor_cut_invariant_and_restart_exact():
+    """Restored anywhere (a window of 5 blocks, far shorter than the history), the input monitor gives the
+    uninterrupted run's events and state; an old snapshot (no detector states) still loads."""
     X = _inputs(2)
-    ref = [(e.index, e.detector) for e in _feed(InputDriftMonitor("ADWIN", INPUT_PARAMS, window=1000), X, 1)]
-    alt = [(e.index, e.detector) for e in _feed(InputDriftMonitor("ADWIN", INPUT_PARAMS, window=1000), X, 777)]
-    assert ref == alt and ref  # (block sums differ in the last bits between cuts; the events do not)
-    first = InputDriftMonitor("ADWIN", INPUT_PARAMS, window=1000)
-    got = _feed(first, X[:8123], 500)
-    manifest, chunks = fmt.encode(fmt.Snapshot({"m": first.to_state()}, {}, {}))
-    restored = InputDriftMonitor.from_state(fmt.decode(manifest, chunks).parts["m"])
-    got += _feed(restored, X[8123:], 500)
-    assert [(e.index, e.detector) for e in got] == ref
+    ref = [(e.index, e.detector) for e in _feed(InputDriftMonitor("ADWIN", INPUT_PARAMS, window=5), X, 1)]
+    alt = [(e.index, e.detector) for e in _feed(InputDriftMonitor("ADWIN", INPUT_PARAMS, window=5), X, 777)]
+    # Block sums differ in the last bits between cuts (the events do not), so the restored run below is
+    # cut like the uninterrupted one.
+    assert ref == alt and ref
+    full = InputDriftMonitor("ADWIN", INPUT_PARAMS, window=5)
+    expected = _feed(full, X, 500)
+    m = InputDriftMonitor("ADWIN", INPUT_PARAMS, window=5)
+    got, pos = [], 0
+    for stop in (1000, 4500, 8000, 15_000, X.shape[0]):  # batch ends of the uninterrupted run (see above)
+        got += _feed(m, X[pos:stop], 500)
+        pos = stop
+        m = InputDriftMonitor.from_state(_through_snapshot(m.to_state()))
+    assert got == expected and [(e.index, e.detector) for e in got] == ref
+    assert _bits(m.to_state()) == _bits(full.to_state())
+    old = InputDriftMonitor.from_state(_old_format(full.to_state()))
+    assert old.n_seen == full.n_seen and len(old.detectors) == len(full.detectors)
 
 
 def test_input_monitor_caps_monitored_features():
@@ -371,7 +417,7 @@ def test_also_detectors_raise_one_event_per_sample_from_either_and_restore_exact
     alone_a = [e.index for e in _feed(DriftMonitor("ADWIN"), errors)]
     alone_p = _feed(DriftMonitor("PageHinkley", ph["params"]), errors)
     assert alone_p and all(e.rising is True for e in alone_p)  # one-sided "up": every detection is a rise
-    both = DriftMonitor("ADWIN", window=20_000, also=[ph])
+    both = DriftMonitor("ADWIN", window=100, also=[ph])
     events = _feed(both, errors[:11_000])
     manifest, chunks = fmt.encode(fmt.Snapshot({"monitor": both.to_state()}, {}, {}))
     restored = DriftMonitor.from_state(fmt.decode(manifest, chunks).parts["monitor"])
@@ -420,6 +466,7 @@ def test_a_no_op_adaptation_does_not_start_the_cooldown():
 
 def _shipped_kalman_monitor() -> DriftMonitor:
     from ocld.stream.config import load_config
+
     from tests.conftest import ROOT
 
     d = load_config(ROOT / "config" / "kalman.yaml").drift
@@ -528,3 +575,76 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
         assert a["metrics"].meta[key] == value, key
     for key, arr in b["learner"].children["head"].arrays.items():
         np.testing.assert_allclose(a["learner"].children["head"].arrays[key], arr, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+# -- the learning core restored anywhere, on the shipped configs ----------------------------------------
+def _elec() -> tuple[np.ndarray, list]:
+    from ocld.stream.files import read_table
+
+    from tests.conftest import ROOT
+
+    table = read_table(ROOT / "data" / "elec.csv")
+    return table.X, table.y
+
+
+def _run_elec(cfg, X: np.ndarray, y: list, bounds: list[int], snapshot_at: set[int],
+              restore: bool) -> tuple[LearningCore, list]:
+    """Drive ``LearningCore.from_config(cfg)`` over the batches ``bounds``, taking a snapshot (to_parts,
+    encode) before each batch that starts at a position in ``snapshot_at``; with ``restore``, continue
+    from it (decode, restore) in a fresh core.
+
+    Both runs take the snapshots, as the daemon does: AnalyticRidge.to_state adds its pending Gram rows
+    to G, which moves the last bits of its later sums, so a run that never took one would differ from
+    both by ~1e-12 (the daemon's crash tests compare to 1e-9). What ``restore`` changes is the restore."""
+    core = LearningCore.from_config(cfg)
+    core.clock = lambda: 0.0  # last_drift_at is wall-clock time
+    events = []
+    for a, b in itertools.pairwise(bounds):
+        if a in snapshot_at:
+            manifest, chunks = fmt.encode(fmt.Snapshot(core.to_parts(), {}, {}))
+            if restore:
+                core = LearningCore.from_config(cfg)
+                core.clock = lambda: 0.0
+                core.restore(fmt.decode(manifest, chunks).parts)
+        idx = np.arange(a, b)
+        res = core.process(Decoded(rows=idx, X=X[a:b], y=y[a:b], ids=[None] * (b - a), ts=[None] * (b - a),
+                                   task=[None] * (b - a)))
+        events += [(e.index, e.detector, e.kind, e.statistic, e.rising, core.action_for(e)) for e in res.events]
+    return core, events
+
+
+# (config, elec rows): AnalyticRidge is the slowest learner here, so it sees the first 16,000 rows
+# (3 adaptations); the others the whole file.
+SHIPPED_ADAPTING = [("kalman", 45_312), ("analytic", 16_000), ("logistic", 45_312)]
+
+
+@pytest.mark.parametrize("config, rows", SHIPPED_ADAPTING, ids=[c for c, _ in SHIPPED_ADAPTING])
+def test_core_restored_at_random_points_equals_the_uninterrupted_run_with_adaptation(config, rows):
+    """With each shipped config that adapts (its drift block as shipped), on elec, in random batches: a
+    core restored through the snapshot format at several random points ends bit for bit where the
+    uninterrupted run ends (learner arrays, metrics, drift monitor, counters) and raised the same drift
+    events with the same actions, several of them adaptations. With the detectors rebuilt from recent
+    errors (the format before this one), the detections after a restart moved and this failed."""
+    from ocld.stream.config import load_config
+
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "config" / f"{config}.yaml")
+    assert cfg.drift.enabled and cfg.drift.adapt
+    X, y = _elec()
+    X, y = X[:rows], list(y[:rows])
+    rng = np.random.default_rng(len(config))
+    bounds = [0] + np.cumsum(rng.integers(1, 700, size=rows)).tolist()
+    bounds = [b for b in bounds if b < rows] + [rows]
+    restore_at = set(rng.choice(bounds[1:-1], size=5, replace=False).tolist())
+
+    whole, expected = _run_elec(cfg, X, y, bounds, restore_at, restore=False)
+    restored, got = _run_elec(cfg, X, y, bounds, restore_at, restore=True)
+    adapted = [e for e in expected if e[-1] == "adapt"]
+    assert len(adapted) >= 3, expected
+    assert min(restore_at) < adapted[-1][0], "a restart must come before an adaptation"
+    assert got == expected
+    a, b = restored.to_parts(), whole.to_parts()
+    assert set(a) == set(b) >= {"learner", "metrics", "monitor", "counters"}
+    for part in b:
+        assert _bits(a[part]) == _bits(b[part]), part
