@@ -1,6 +1,7 @@
 """Pictures of a run: prequential accuracy over time with drift events marked, the Kalman
-head's learned forgetting factor on a second axis, and per-task accuracy curves of a
-continual evaluation. matplotlib with the headless Agg backend; writes only the PNG it is
+head's learned forgetting factor on a second axis, an online mixture's member weights
+(``curve["weights"]``) in a panel below, and per-task accuracy curves of a continual
+evaluation. matplotlib with the headless Agg backend; writes only the PNG it is
 asked for.
 
 Input is one dict in the shape ``ocld evaluate`` returns (``curve``, ``drift_events`` and,
@@ -21,15 +22,29 @@ def run_from_redis(client: Any, pipeline: str, count: int = 10_000) -> dict[str,
     """A result dict (``curve``, ``drift_events``) from the metric and drift streams in Redis."""
     points = [p for p in client.metrics(pipeline, count=count) if isinstance(p.get("labelled_seen"), int)]
     g = [p.get("forgetting") for p in points]
+    weights = mixture_weights(points)
     status = client.status(pipeline)
     return {
         "data": f"redis pipeline {pipeline}", "learner": status.get("learner", ""),
         "accuracy": status.get("accuracy_total"), "samples": status.get("labelled_seen"),
         "curve": {"n": [p["labelled_seen"] for p in points], "accuracy_window": [p.get("accuracy") for p in points],
-                  "forgetting": g if g and all(isinstance(v, (int, float)) for v in g) else None},
+                  "forgetting": g if g and all(isinstance(v, (int, float)) for v in g) else None,
+                  "weights": weights},
         "drift_events": [{"index": e.get("index"), "kind": e.get("kind", "error"), "detector": e.get("detector"),
                           "action": e.get("action")} for e in client.drift_events(pipeline, count=count)],
     }
+
+
+def mixture_weights(points: list[dict[str, Any]]) -> dict[str, list[float]] | None:
+    """Member name -> weight at each metric point (``mixture_weights`` of an ``OnlineMixture``), or
+    None when the points carry none; a member missing at a point counts 0 there."""
+    rows = [p.get("mixture_weights") for p in points]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    names: list[str] = []
+    for r in rows:
+        names += [str(k) for k in r if str(k) not in names]
+    return {n: [float(r.get(n, 0.0)) for r in rows] for n in names}
 
 
 def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
@@ -41,11 +56,13 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
     import matplotlib.pyplot as plt
 
     continual = bool(result.get("accuracy_matrix"))
-    fig, axes = plt.subplots(2 if continual else 1, 1, figsize=(10, 7.2 if continual else 4.2), dpi=90,
-                             squeeze=False)
-    ax = axes[0][0]
     curve = result.get("curve") or {}
     n = curve.get("n") or []
+    weights = curve.get("weights")
+    weights = weights if isinstance(weights, dict) and weights and all(len(v) == len(n) for v in weights.values()) else None
+    rows = 1 + bool(weights) + continual
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 4.2 + 3.0 * (rows - 1)), dpi=90, squeeze=False)
+    ax = axes[0][0]
     acc = curve.get("accuracy_window") or []
     window = curve.get("window")
     label = f"prequential accuracy (last {window:,} samples)" if window else "prequential accuracy (windowed)"
@@ -84,8 +101,21 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
         head += f": accuracy {overall:.3f}"
     ax.set_title(head, fontsize=10)
 
-    if continual:
+    if weights:
+        # the mixture's member weights (learners/mixture.py): which head the predictions follow over time
         ax = axes[1][0]
+        ax.stackplot(n, *weights.values(), labels=list(weights), alpha=0.85)
+        if n:
+            ax.set_xlim(min(n), max(n))
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("labelled samples learned")
+        ax.set_ylabel("mixture weight")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", ncol=len(weights), framealpha=0.85)
+        ax.set_title("online mixture: weight of each member", fontsize=9)
+
+    if continual:
+        ax = axes[-1][0]
         pts = result["eval_points"]
         M = result["accuracy_matrix"]
         for j, task in enumerate(result["tasks"]):

@@ -202,3 +202,44 @@ def test_default_config_builds_the_mixture() -> None:
     assert learner.members == [_spec(m, i) for i, m in enumerate(DEFAULT_MEMBERS)]
     assert learner._get_params() == {**OnlineMixture()._get_params(), **cfg.learner.params,
                                      "members": learner.members}
+
+
+def test_weights_reach_the_metrics_stream_and_the_report(tmp_path: Path) -> None:
+    """LearningCore.learner_metrics() carries the member weights (what the daemon writes to the
+    metrics stream); ocld report's picture reads them back from those points and draws them."""
+    from ocld.core.metrics import PrequentialMetrics
+    from ocld.core.runtime import LearningCore, PendingTable
+    from ocld.core.codec import Decoded
+    from ocld.stream import report
+
+    X, y = stream(600, seed=4)
+    core = LearningCore(OnlineMixture(members=MEMBERS, horizon=100), PrequentialMetrics(100), None, PendingTable(10))
+    points = []
+    for a in range(0, 600, 100):
+        rows = np.arange(a, a + 100)
+        core.process(Decoded(rows=rows, X=X[a:a + 100], y=list(y[a:a + 100]), ids=[None] * 100, ts=[None] * 100,
+                             task=[None] * 100))
+        points.append({"labelled_seen": core.labelled_seen, "accuracy": core.metrics.window_accuracy,
+                       **core.learner_metrics()})
+    weights = points[-1]["mixture_weights"]
+    assert list(weights) == ["KalmanHead", "KalmanLogistic", "AnalyticRidge"]
+    assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-5)
+
+    class Client:  # what run_from_redis reads, as the Redis client decodes it
+        def metrics(self, pipeline: str, count: int) -> list[dict]:
+            return points
+
+        def status(self, pipeline: str) -> dict:
+            return {"learner": "OnlineMixture", "accuracy_total": 0.9, "labelled_seen": 600}
+
+        def drift_events(self, pipeline: str, count: int) -> list[dict]:
+            return []
+
+    run = report.run_from_redis(Client(), "p")
+    assert run["curve"]["weights"]["KalmanLogistic"] == [p["mixture_weights"]["KalmanLogistic"] for p in points]
+    path = report.plot_run(run, tmp_path / "run.png")
+    assert path.stat().st_size > 10_000
+    without = report.plot_run({**run, "curve": {**run["curve"], "weights": None}}, tmp_path / "plain.png")
+    from PIL import Image
+
+    assert Image.open(path).size[1] > Image.open(without).size[1]  # a second panel for the weights
