@@ -132,7 +132,8 @@ class OnlineMixture(Learner):
         maps). Default: KalmanHead, KalmanLogistic and AnalyticRidge behind their shipped
         feature maps (``DEFAULT_MEMBERS``).
     eta
-        Learning rate of the exponential weights on log-loss (1: Bayesian mixture).
+        Learning rate of the exponential weights on log-loss (1: Bayesian mixture; below 1 the
+        members are averaged more before one of them takes over).
     horizon
         Discounted exponential weights: losses older than about ``horizon`` labelled samples
         fade (gamma = 1 - 1/horizon), so that a member that was poor before a drift can lead
@@ -187,7 +188,7 @@ class OnlineMixture(Learner):
     def __init__(
         self,
         members: list[dict[str, Any]] | None = None,
-        eta: float = 1.0,
+        eta: float = 0.1,
         share: float = 0.0,
         horizon: float | None = 2000.0,
         adapt_share: float = 0.0,
