@@ -279,32 +279,34 @@ class ADWIN(Detector):
             inc[0] = 0.0  # the first value of a window adds no variance
         variance = np.add.accumulate(np.concatenate(((self._variance,), inc)))
 
-        plan = self._plan(n)
-        if self._binary and (plan.shape[1] > self._BINARY_ROWS or not _is_binary(seg)):
+        lay = self._layout(n, tick0)
+        # x * x == x holds for 0 and 1 only (and -0.0, whose bucket totals then read +0.0: no value differs)
+        if self._binary and (len(lay.held) > self._BINARY_ROWS or not (seg * seg == seg).all()):
             self._leave_binary()
-        queues: Any
+        keep = (self._bounds.size if self._binary else self._totals.size) - lay.held_total
         if self._binary:
-            # running sums of the window up to every boundary of the held buckets and new values
-            queues = (np.concatenate(((0.0,), self._bounds, width)), np.concatenate(((0.0,), self._sums, total[1:])))
+            # the window's running sums at every boundary of the held buckets and of the new values
+            queues: Any = (np.concatenate(((0.0,), self._bounds, width)), np.concatenate(((0.0,), self._sums, total[1:])))
         else:
-            queues = self._merge(seg, plan)
-        first = self.clock - tick0 % self.clock
-        ticks = np.arange(first, n + 1, self.clock)
-        ticks = ticks[width[ticks - 1] > self.grace_period]
+            queues = self._merge(seg, lay)
+        ticks = lay.ticks
         k = ticks.size
-        starts, counts = self._layout(plan, np.concatenate((ticks, (n,))))
-        hit = k
-        if k:
-            fired = self._test(plan, queues, starts[:k], counts[:k], width[ticks - 1], total[ticks], variance[ticks])
+        rows = np.arange(k)
+        if k and width[ticks[0] - 1] <= self.grace_period:  # the window is still short: some ticks test nothing
+            rows = np.flatnonzero(width[ticks - 1] > self.grace_period)
+        hit = -1
+        if rows.size:
+            at = ticks[rows]
+            fired = self._test(lay, rows, keep, queues, width[at - 1], total[at], variance[at])
             if fired.any():
-                hit = int(np.argmax(fired))
-        t = int(ticks[hit]) if hit < k else n
-        self._take(plan, queues, starts[hit], counts[hit])
+                hit = int(rows[int(np.argmax(fired))])
+        t = int(ticks[hit]) if hit >= 0 else n
+        self._take(lay, hit, keep, queues)
         self._width = float(width[t - 1])
         self._total = float(total[t])
         self._variance = float(variance[t])
         self._tick = tick0 + t
-        if hit == k:
+        if hit < 0:
             return None
         self._shrink()
         self._n_detections += 1
@@ -315,15 +317,14 @@ class ADWIN(Detector):
             before = float(total[0] / w0) if w0 else 0.0
         return t - 1, before
 
-    def _plan(self, n: int) -> np.ndarray:
-        """Which rows an insertion of ``n`` values reaches, and when: one column per row r = 0, 1, ...
-        up to the last that receives a bucket, with (buckets held before, time of its first arrival,
-        arrivals).
+    def _layout(self, n: int, tick0: int) -> _Layout:
+        """Where the buckets are after inserting ``n`` values, at each clock tick and at the end.
 
         Value i arrives in row 0 at time i + 1. A row holding ``c`` buckets merges its two oldest
         at its (max_buckets + 1 - c)-th arrival and then at every second one, and each merge
         arrives in the next row at the same time; so the arrivals in row r come every 2**r
-        values from its first one on. Rows above the last one are untouched."""
+        values from its first one on. The rows reached and when depend only on the buckets those
+        rows held, so the layout is cached (and shared by detectors in the same position)."""
         held, first, count = [], [], []
         at, arrivals, r = 1, n, 0
         counts, m = self._counts, self.max_buckets
@@ -338,28 +339,21 @@ class ADWIN(Detector):
             at += start << r
             arrivals = 1 + (arrivals - 1 - start) // 2
             r += 1
-        return np.array((held, first, count), dtype=np.int64)
+        key = (m, self.clock, tick0 % self.clock, n, tuple(held))
+        lay = _LAYOUTS.get(key)
+        if lay is None:
+            if len(_LAYOUTS) >= _LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            lay = _LAYOUTS[key] = _Layout(m, held, first, count, np.arange(self.clock - key[2], n + 1, self.clock), n)
+        return lay
 
-    @staticmethod
-    def _layout(plan: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(first bucket, number of buckets) of each planned row within its queue (the buckets it
-        held, then its arrivals) after the first ``times`` values: two [len(times), rows] arrays."""
-        held, first, count = plan
-        arrived = ((times[:, None] - first) >> np.arange(held.size)) + 1  # arithmetic shift: floor
-        np.maximum(arrived, 0, out=arrived)
-        np.minimum(arrived, count, out=arrived)
-        starts = np.zeros_like(arrived)
-        starts[:, :-1] = arrived[:, 1:] * 2  # a row's merges are the next row's arrivals
-        return starts, held + arrived - starts
-
-    def _merge(self, seg: np.ndarray, plan: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every planned row's queue (totals, variances): the buckets it held, then its arrivals,
+    def _merge(self, seg: np.ndarray, lay: _Layout) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every reached row's queue (totals, variances): the buckets it held, then its arrivals,
         each arrival the merge of two buckets of the row below with river's arithmetic."""
-        held, arrivals = plan[0].tolist(), plan[2].tolist()
         end = self._totals.size  # flat end of row r
         arr_t, arr_v = seg.copy(), np.zeros(seg.size)
         queues = []
-        for r, c in enumerate(held):
+        for r, c in enumerate(lay.held):
             if c:
                 q_t = np.concatenate((self._totals[end - c:end], arr_t))
                 q_v = np.concatenate((self._variances[end - c:end], arr_v))
@@ -367,8 +361,8 @@ class ADWIN(Detector):
                 q_t, q_v = arr_t, arr_v
             queues.append((q_t, q_v))
             end -= c
-            if r + 1 < len(held):
-                pairs = 2 * arrivals[r + 1]
+            if r + 1 < len(lay.held):
+                pairs = 2 * lay.count[r + 1]
                 t0, t1 = q_t[0:pairs:2], q_t[1:pairs:2]
                 size = float(1 << r)
                 diff = t0 / size - t1 / size
@@ -377,45 +371,32 @@ class ADWIN(Detector):
                 arr_t = t0 + t1
         return queues
 
-    def _tail_sizes(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot positions, sizes) of the planned rows' slots, oldest row first: [..., rows, max_buckets],
-        each row's ``counts`` buckets in its last slots (positions from 0) and size 0 in the others."""
-        m = self.max_buckets
-        shift = np.arange(m) - (m - counts[..., ::-1, None])  # position among the row's buckets
-        return shift, (shift >= 0) * np.ldexp(1.0, np.arange(counts.shape[-1] - 1, -1, -1))[:, None]
-
-    def _test(self, plan: np.ndarray, queues: Any, starts: np.ndarray, counts: np.ndarray, width: np.ndarray,
-              total: np.ndarray, variance: np.ndarray) -> np.ndarray:
-        """Whether a cut holds at each tick (one row of ``starts``/``counts`` per tick; ``width``,
-        ``total``, ``variance``: the window's there).
-
-        The window at each tick, oldest bucket first: the untouched rows as they are, then
-        ``max_buckets`` slots per planned row, its buckets in the last ones. An empty slot has size
-        0 and total 0: a running sum passes over it unchanged, so the cut after it repeats the cut
-        before it (or has n0 = 0 and a NaN mean, which never fires)."""
-        k = counts.shape[0]
-        shift, sizes = self._tail_sizes(counts)
-        sizes = sizes.reshape(k, -1)
-        keep = len(self._bounds if self._binary else self._totals) - int(plan[0].sum())
+    def _test(self, lay: _Layout, rows: np.ndarray, keep: int, queues: Any, width: np.ndarray, total: np.ndarray,
+              variance: np.ndarray) -> np.ndarray:
+        """Whether a cut holds at the ticks ``lay.ticks[rows]`` (``width``, ``total``, ``variance``:
+        the window's there). The window at a tick, oldest bucket first: the untouched rows, then the
+        reached rows' slots (see _Layout)."""
+        k, width_tail = rows.size, lay.ends.shape[1]
+        n0 = np.empty((k, keep + width_tail))
         if self._binary:
             bounds, sums = queues
-            n0 = np.add.accumulate(sizes, axis=1)
-            n0 += bounds[keep]  # values in the untouched rows
-            u0 = sums[bounds.searchsorted(n0)]
-            if keep:
-                n0 = np.concatenate((np.repeat(self._bounds[None, :keep], k, axis=0), n0), axis=1)
-                u0 = np.concatenate((np.repeat(self._sums[None, :keep], k, axis=0), u0), axis=1)
+            n0[:, :keep] = self._bounds[:keep]
+            np.add(lay.ends[rows], bounds[keep], out=n0[:, keep:])  # + the values in the untouched rows
+            u0 = np.empty_like(n0)
+            u0[:, :keep] = self._sums[:keep]
+            u0[:, keep:] = sums[bounds.searchsorted(n0[:, keep:])]
             u1 = total[:, None] - u0  # integers: exact, as river's running subtraction
         else:
-            offsets = np.cumsum([1] + [q.size for q, _ in queues[::-1]])[:-1]  # in the pool below, oldest row first
-            idx = np.where(shift >= 0, (offsets + starts[:, ::-1])[:, :, None] + shift, 0).reshape(k, -1)
-            totals = np.concatenate([np.zeros(1)] + [q for q, _ in queues[::-1]])[idx]
-            if keep:
-                sizes = np.concatenate((np.repeat(self._sizes[None, :keep], k, axis=0), sizes), axis=1)
-                totals = np.concatenate((np.repeat(self._totals[None, :keep], k, axis=0), totals), axis=1)
-            n0 = np.add.accumulate(sizes, axis=1)
-            u0 = np.add.accumulate(totals, axis=1)
-            u1 = np.subtract.accumulate(np.concatenate((total[:, None], totals), axis=1), axis=1)[:, 1:]
+            # u1 starts at the window's total, then river subtracts each bucket's total in turn
+            right = np.empty((k, keep + width_tail + 1))
+            right[:, 0] = total
+            right[:, 1:keep + 1] = self._totals[:keep]
+            right[:, keep + 1:] = np.concatenate([np.zeros(1)] + [q for q, _ in queues[::-1]])[lay.gather[rows]]
+            u0 = np.add.accumulate(right[:, 1:], axis=1)
+            u1 = np.subtract.accumulate(right, axis=1)[:, 1:]
+            before = np.add.accumulate(self._sizes[:keep])
+            n0[:, :keep] = before
+            np.add(lay.ends[rows], before[-1] if keep else 0.0, out=n0[:, keep:])
         return self._cuts(n0, u0, u1, width, variance)
 
     def _cuts(self, n0: np.ndarray, u0: np.ndarray, u1: np.ndarray, width: np.ndarray,
@@ -427,38 +408,42 @@ class ADWIN(Detector):
         n1 = width[:, None] - n0  # integers below 2**53: exact, as river's running subtraction
         lwin = float(self.min_window_length)
         # ln is libm's (as river's Rust ``f64::ln``), one value per window
-        dprime = np.array([_ln(2.0 * _ln(v) / self.delta) for v in width.tolist()])[:, None]
-        delta_mean = u0 / n0 - u1 / n1
-        m_recip = 1.0 / (n0 - lwin + 1.0) + 1.0 / (n1 - lwin + 1.0)
-        epsilon = np.sqrt(2.0 * m_recip * (variance / width)[:, None] * dprime) + 2.0 / 3.0 * dprime * m_recip
-        fired = (np.abs(delta_mean) > epsilon) & (np.minimum(n0, n1) >= lwin)
+        try:
+            dprime = np.array([math.log(2.0 * math.log(v) / self.delta) for v in width.tolist()])[:, None]
+        except ValueError:  # a window of one value: ln(0); Rust gives -inf (and no cut holds)
+            dprime = np.array([_ln(2.0 * _ln(v) / self.delta) for v in width.tolist()])[:, None]
+        gap = u0 / n0
+        gap -= u1 / n1
+        # river: 1 / (n0 - l + 1) + 1 / (n1 - l + 1); integers, so n - (l - 1) is the same number
+        m_recip = 1.0 / (n0 - (lwin - 1.0))
+        m_recip += 1.0 / (n1 - (lwin - 1.0))
+        bound = 2.0 * m_recip
+        bound *= (variance / width)[:, None]
+        bound *= dprime
+        np.sqrt(bound, out=bound)
+        bound += 2.0 / 3.0 * dprime * m_recip
+        fired = np.abs(gap) > bound
+        fired &= np.minimum(n0, n1) >= lwin
         fired[:, -1] = False
         return fired.any(axis=1)
 
-    def _take(self, plan: np.ndarray, queues: Any, starts: np.ndarray, counts: np.ndarray) -> None:
-        """Set the buckets to the planned rows' ``counts`` buckets from ``starts`` in their queues."""
-        new_counts = counts.tolist() + self._counts[counts.size:]
+    def _take(self, lay: _Layout, row: int, keep: int, queues: Any) -> None:
+        """Set the buckets to those at ``lay.ticks[row]`` (the end of the batch for row -1)."""
+        real = lay.real[row]
+        new_counts = lay.counts_list[row] + self._counts[len(lay.held):]
         while new_counts and not new_counts[-1]:
             new_counts.pop()
         self._counts = new_counts
-        lens = counts[::-1]  # oldest row first
-        tail_sizes = np.repeat(np.ldexp(1.0, np.arange(counts.size - 1, -1, -1)), lens)
         if self._binary:
             bounds, sums = queues
-            keep = self._bounds.size - int(plan[0].sum())
-            ends = np.add.accumulate(tail_sizes)
-            ends += bounds[keep]
+            ends = lay.ends[row][real] + bounds[keep]
             self._sums = np.concatenate((self._sums[:keep], sums[bounds.searchsorted(ends)]))
             self._bounds = np.concatenate((self._bounds[:keep], ends))
             return
-        keep = self._totals.size - int(plan[0].sum())
-        offsets = np.cumsum([0] + [q.size for q, _ in queues[::-1]])[:-1]
-        idx = np.repeat(offsets + starts[::-1] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-        self._totals = np.concatenate([self._totals[:keep]] + [q for q, _ in queues[::-1]])[
-            np.concatenate((np.arange(keep), idx + keep))]
-        self._variances = np.concatenate([self._variances[:keep]] + [v for _, v in queues[::-1]])[
-            np.concatenate((np.arange(keep), idx + keep))]
-        self._sizes = np.concatenate((self._sizes[:keep], tail_sizes))
+        idx = lay.gather[row][real]
+        self._totals = np.concatenate((self._totals[:keep], np.concatenate([np.zeros(1)] + [q for q, _ in queues[::-1]])[idx]))
+        self._variances = np.concatenate((self._variances[:keep], np.concatenate([np.zeros(1)] + [v for _, v in queues[::-1]])[idx]))
+        self._sizes = np.concatenate((self._sizes[:keep], lay.sizes[row][real]))
 
     def _shrink(self) -> None:
         """While a cut holds, drop the oldest bucket (river's ``delete_element``) and test again."""
@@ -513,6 +498,47 @@ class ADWIN(Detector):
         det._n_detections = int(state.meta["n_detections"])
         det._drift_detected = bool(state.meta["drift_detected"])
         return det
+
+
+# Layouts of batch insertions (ADWIN._layout), shared by every ADWIN: a few KiB each, at most this many.
+_LAYOUTS: dict[tuple[int, ...] | tuple[Any, ...], _Layout] = {}
+_LAYOUTS_MAX = 4096
+
+
+class _Layout:
+    """Where an ADWIN's buckets are while a batch is inserted: a function only of the buckets held by
+    the rows the batch reaches, the batch size and the clock phase (so ``ADWIN._layout`` caches it).
+
+    Times: the batch's clock ticks, then its end (the last row of every array). At each time,
+    ``max_buckets`` slots per reached row, oldest row first, each row's buckets in its last slots
+    (taken from its queue, the buckets it held then its arrivals, from ``starts`` on). ``sizes``:
+    each slot's size (0 when empty); ``ends``: their running sum (values from the start of the
+    reached rows to the end of each slot); ``real``: whether a slot holds a bucket; ``gather``: the
+    index of its bucket in [0.0, queue of the oldest reached row, ..., queue of row 0] (0 if
+    empty). An empty slot repeats the running sums before it, so the cut after it repeats the cut
+    before it (or has n0 = 0 and a NaN mean, which never fires). Never mutated once built."""
+
+    __slots__ = ("count", "counts_list", "ends", "gather", "held", "held_total", "real", "sizes", "ticks")
+
+    def __init__(self, m: int, held: list[int], first: list[int], count: list[int], ticks: np.ndarray,
+                 n: int) -> None:
+        self.held, self.count, self.held_total, self.ticks = held, count, sum(held), ticks
+        rows = len(held)
+        times = np.concatenate((ticks, (n,)))
+        h, f, c = (np.asarray(v, dtype=np.int64) for v in (held, first, count))
+        arrived = ((times[:, None] - f) >> np.arange(rows)) + 1  # arithmetic shift: floor division by 2**r
+        np.clip(arrived, 0, c, out=arrived)
+        starts = np.zeros_like(arrived)
+        starts[:, :-1] = arrived[:, 1:] * 2  # a row's merges are the next row's arrivals
+        counts = h + arrived - starts
+        shift = np.arange(m) - (m - counts[:, ::-1, None])  # position among the row's buckets, oldest row first
+        real = shift >= 0
+        self.sizes = (real * np.ldexp(1.0, np.arange(rows - 1, -1, -1))[:, None]).reshape(times.size, rows * m)
+        self.ends = np.add.accumulate(self.sizes, axis=1)
+        self.real = real.reshape(times.size, rows * m)
+        offsets = 1 + np.concatenate(([0], np.cumsum((h + c)[::-1])[:-1]))  # queue r holds held + arrivals
+        self.gather = np.where(real, (offsets + starts[:, ::-1])[:, :, None] + shift, 0).reshape(times.size, rows * m)
+        self.counts_list = [row.tolist() for row in counts]
 
 
 # -- Page-Hinkley --------------------------------------------------------------------------------

@@ -300,7 +300,8 @@ def test_unseeded_kswin_restored_continues_the_same_draws():
         restored.update_many(values[a:a + 150])
         again.append(restored.p_value)
         restored = KSWIN.from_state(_through_snapshot(restored.to_state()))
-    assert again == kept and len(set(kept)) > 3
+    assert again == kept
+    assert restored._det._rng.getstate() == first._det._rng.getstate()  # every KS test drew the same sample
 
 
 def test_adwin_state_is_plain_numbers_and_arrays():
