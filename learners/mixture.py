@@ -79,7 +79,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
         },
         "features": [
             {"name": "Standardizer"},
-            {"name": "RandomFourierFeatures", "params": {"n_components": 256, "scale": 0.3, "seed": 0, "linear": 0.1}},
+            {"name": "RandomFourierFeatures", "params": {"n_components": 192, "scale": 0.3, "seed": 0, "linear": 0.1}},
         ],
     },
     {"name": "KalmanLogistic", "params": {"adapt_inflation": 0.1}, "features": [{"name": "Standardizer"}]},
@@ -449,13 +449,10 @@ class OnlineMixture(Learner):
     def _label_columns(self, y: np.ndarray) -> np.ndarray:
         """Column of each label in ``classes_`` (every label is known after learning)."""
         lookup = {c: j for j, c in enumerate(self.classes_)}
-        out = np.empty(len(y), dtype=np.int64)
-        for i, v in enumerate(y.tolist()):
-            j = lookup.get(v)
-            if j is None:
-                j = lookup[normalize_label(v)]
-            out[i] = j
-        return out
+        try:  # every label as the index holds it (the usual case)
+            return np.fromiter((lookup[v] for v in y.tolist()), dtype=np.int64, count=len(y))
+        except (KeyError, TypeError):
+            return np.fromiter((lookup[normalize_label(v)] for v in y.tolist()), dtype=np.int64, count=len(y))
 
     def _weight_path(self, loss: np.ndarray) -> np.ndarray:
         """Weights [n, K] for each row (from the losses of the rows before it); updates the scores
