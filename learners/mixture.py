@@ -463,8 +463,10 @@ class OnlineMixture(Learner):
         # discounted exponential weights: score_i = gamma score_i-1 - eta l_i, closed form per chunk
         gamma = 1.0 if self.horizon is None else 1.0 - 1.0 / self.horizon
         out = np.empty((n, K))
-        for a in range(0, n, 256):  # gamma^-j stays small within a chunk
-            lc = loss[:, a:a + 256]
+        # chunks short enough that gamma^-j stays below e^30 (no overflow, no loss of precision)
+        chunk = 256 if gamma >= 1.0 else max(1, min(256, int(30.0 / -math.log(gamma)) if gamma > 0 else 1))
+        for a in range(0, n, chunk):
+            lc = loss[:, a:a + chunk]
             b = lc.shape[1]
             j = np.arange(b)
             g_neg = gamma ** -j.astype(np.float64)

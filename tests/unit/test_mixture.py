@@ -99,7 +99,7 @@ def reference(X: np.ndarray, y: np.ndarray, eta: float, share: float, horizon: f
 
 
 @pytest.mark.parametrize("cut", [1, 13, 300])
-@pytest.mark.parametrize("share, horizon", [(0.01, None), (0.0, 40.0), (0.0, None)])
+@pytest.mark.parametrize("share, horizon", [(0.01, None), (0.0, 40.0), (0.0, 1.5), (0.0, None)])
 def test_matches_per_sample_reference(cut: int, share: float, horizon: float | None) -> None:
     """Row i's prediction uses the weights and calibration from rows < i only (to 1e-9), whatever the
     cut, for fixed share, discounted losses and the Bayesian mixture."""
