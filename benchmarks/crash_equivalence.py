@@ -13,10 +13,22 @@ ones) to a topic, then runs ``ocld run`` as a child process and kills it again a
   offset commit (``daemon.before_commit``), or after a batch (``daemon.after_batch``).
 
 After every kill it restarts the daemon; the last run goes until the topic is consumed.
+Drift adaptation is on, with each learner's shipped drift block (``drift`` of config/kalman.yaml
+for KalmanHead: ADWIN plus a one-sided Page-Hinkley test; config/analytic.yaml for AnalyticRidge
+and config/logistic.yaml for KalmanLogistic: ADWIN; all with a cooldown of 5,000 samples), and
+every learner changes its state when it adapts (KalmanHead forgets faster for 500 samples, its
+default; AnalyticRidge discounts its statistics by 0.01, as config/analytic.yaml;
+KalmanLogistic inflates its covariances, its default). The stream's labels switch abruptly
+(``switches``) so that the monitor fires. A restarted daemon restores the drift monitor's
+exact state from the snapshot (ocld.core.detectors), so it adapts at the same samples as an
+uninterrupted run.
+
 The end state (the learner in the latest snapshot) is compared with
 
-- the reference: one ``learner.learn_predict`` over all labelled records in stream order
-  (KalmanHead with fixed forgetting, AnalyticRidge and KalmanLogistic are batch-cut invariant), and
+- the reference: ``LearningCore.from_config`` of the same config (learner and drift block) over
+  all labelled records in stream order, in one batch, so adapting where the daemon must (the
+  core adapts at multiples of ``drift.adapt_grid`` whatever the poll cut, and KalmanHead with
+  fixed forgetting, AnalyticRidge and KalmanLogistic are batch-cut invariant), and
 - in the long version, one uninterrupted daemon run of the same config;
 
 the weights (KalmanHead ``M``, AnalyticRidge ``W``) must agree to 1e-9 absolutely, every
@@ -29,12 +41,7 @@ random ones; each kill lands within ``remaining / (kills left + 1)`` samples of 
 so kills are spread over the whole stream. The group re-forms in ~1 s after a SIGKILL
 thanks to short session/poll timeouts in the crash config.
 
-Drift adaptation is off (``drift.adapt: false``): river's detectors can only be pickled,
-so after a restart the detector is rebuilt approximately from the recent errors, and the
-moment an adaptation fires may differ from the uninterrupted run. With adaptation off the
-detector only reports; the learner's state does not depend on it.
-
-    python benchmarks/crash_equivalence.py                   # 100,000 records, 12 kills, both learners
+    python benchmarks/crash_equivalence.py                   # 100,000 records, 9 switches, 12 kills, 3 learners
     python benchmarks/crash_equivalence.py --records 20000 --kills 5 --learners KalmanHead
 """
 
@@ -65,21 +72,35 @@ LEARNERS: dict[str, dict[str, Any]] = {
     "KalmanHead": {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False},
                    "features": [{"name": "Standardizer"},
                                 {"name": "RandomFourierFeatures", "params": {"n_components": 48, "scale": 0.5, "seed": 0}}]},
-    "AnalyticRidge": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0}, "features": []},
+    "AnalyticRidge": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0, "adapt_discount": 0.01},
+                      "features": []},
     "KalmanLogistic": {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]},
 }
+# The shipped config whose drift block each learner runs with.
+SHIPPED_DRIFT = {"KalmanHead": "kalman", "AnalyticRidge": "analytic", "KalmanLogistic": "logistic"}
+ADAPT_OFF: dict[str, Any] = {"enabled": True, "adapt": False}
+
+
+def shipped_drift(config: str) -> dict[str, Any]:
+    """The ``drift`` block of ``config/{config}.yaml`` as shipped (every field, defaults included)."""
+    from ocld.stream.config import load_config
+
+    return load_config(ROOT / "config" / f"{config}.yaml").drift.model_dump()
 
 
 def make_stream(n: int, seed: int = 0, d: int = 8, n_classes: int = 3, unlabelled: float = 0.05,
-                bad: float = 0.005) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+                bad: float = 0.005, switches: int = 0) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """-> (record values, X of the labelled records, their labels). A slowly rotating
-    linear concept, some predict-only records (no y) and some undecodable ones."""
+    linear concept, some predict-only records (no y) and some undecodable ones. ``switches``:
+    abrupt concept changes at evenly spaced records, each shifting every label by one class
+    (the same draws otherwise, so ``switches=0`` is the stream without them)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
     W0, W1 = rng.normal(size=(d, n_classes)), rng.normal(size=(d, n_classes))
     t = np.linspace(0.0, 1.0, n)[:, None, None]
     W = (1 - t) * W0 + t * W1
     y = np.argmax(np.einsum("nd,ndc->nc", X, W) + 0.3 * rng.normal(size=(n, n_classes)), axis=1)
+    y = (y + np.arange(n) * (switches + 1) // n) % n_classes
     kind = rng.random(n)
     values: list[bytes] = []
     lab_idx: list[int] = []
@@ -95,9 +116,11 @@ def make_stream(n: int, seed: int = 0, d: int = 8, n_classes: int = 3, unlabelle
 
 
 def pipeline_config(name: str, topic: str, learner: dict[str, Any], every_samples: int,
-                    chunk_bytes: int = 4096, learner_process: bool = False) -> dict[str, Any]:
+                    chunk_bytes: int = 4096, learner_process: bool = False,
+                    drift: dict[str, Any] | None = None) -> dict[str, Any]:
     """A config for the crash runs. Short session/poll timeouts let the group re-form in
-    about a second after a SIGKILLed member (the defaults take ~10 s on tansu)."""
+    about a second after a SIGKILLed member (the defaults take ~10 s on tansu). ``drift``: the
+    drift block (default: the monitor runs, adaptation off)."""
     cfg: dict[str, Any] = {
         "name": name,
         "learner": learner,
@@ -105,7 +128,7 @@ def pipeline_config(name: str, topic: str, learner: dict[str, Any], every_sample
                   "session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 2000},
         "snapshot": {"every_samples": every_samples, "every_seconds": 3600, "keep": 3, "chunk_bytes": chunk_bytes},
         "messages": {"n_features": 8},
-        "drift": {"enabled": True, "adapt": False},
+        "drift": drift or ADAPT_OFF,
         "status": {"interval_s": 0.1, "metrics_every_s": 1.0},
         "learner_process": learner_process,
     }
@@ -154,15 +177,27 @@ def weights_max_diff(a: Any, b: Any) -> float:
     return max(float(np.max(np.abs(fa[k] - fb[k]))) if fa[k].size else 0.0 for k in keys)
 
 
-def reference_state(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
-    """The learner after one uninterrupted ``learn_predict`` over all labelled records."""
-    from ocld.learners.registry import build_learner
+def reference_run(spec: dict[str, Any], X: np.ndarray, y: np.ndarray,
+                  drift: dict[str, Any] | None = None) -> tuple[Any, list[tuple[int, str, str]]]:
+    """One uninterrupted pass of the learning core (``LearningCore.from_config`` with this learner and
+    drift block) over all labelled records, in one batch: (the learner's state, every drift event as
+    (labelled index, detector, action))."""
+    from ocld.core.codec import Decoded
+    from ocld.core.runtime import LearningCore
+    from ocld.stream.config import parse_config
 
-    ref = build_learner(spec["name"], spec["params"], spec["features"])
-    y_obj = np.empty(len(y), dtype=object)
-    y_obj[:] = [int(v) for v in y]
-    ref.learn_predict(X, y_obj)
-    return ref.to_state()
+    core = LearningCore.from_config(parse_config({"learner": spec, "drift": drift or ADAPT_OFF,
+                                                  "messages": {"n_features": X.shape[1]}}))
+    n = len(y)
+    res = core.process(Decoded(rows=np.arange(n), X=X, y=[int(v) for v in y], ids=[None] * n, ts=[None] * n,
+                               task=[None] * n))
+    assert res.learned == n
+    return core.learner.to_state(), [(e.index, e.detector, core.action_for(e)) for e in res.events]
+
+
+def reference_state(spec: dict[str, Any], X: np.ndarray, y: np.ndarray, drift: dict[str, Any] | None = None) -> Any:
+    """The learner after ``reference_run``."""
+    return reference_run(spec, X, y, drift)[0]
 
 
 def _status(redis_url: str, name: str) -> dict[str, Any]:
@@ -278,22 +313,25 @@ def final_state(redis_url: str, name: str) -> tuple[Any, dict[str, Any]]:
 
 def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, bootstrap: str, redis_url: str, work: Path,
              every_samples: int, uninterrupted: bool, verbose: bool = False,
-             learner_process: bool = False) -> dict[str, Any]:
-    """``learner_process``: the killed daemons learn in a child process (the uninterrupted one in-process)."""
+             learner_process: bool = False, switches: int = 0) -> dict[str, Any]:
+    """``learner_process``: the killed daemons learn in a child process (the uninterrupted one in-process).
+    The learner runs with its shipped config's drift block (``SHIPPED_DRIFT``), adaptation on."""
     from tests.helpers import produce
 
     tag = f"c{seed}{learner[:2].lower()}{int(time.time() * 1000) % 10_000_000}"
     topic = f"{tag}.in"
-    values, X, y = make_stream(n, seed)
+    values, X, y = make_stream(n, seed, switches=switches)
     t0 = time.monotonic()
     produce(bootstrap, topic, values)
     produced_s = time.monotonic() - t0
-    ref = reference_state(spec, X, y)
-    result: dict[str, Any] = {"learner": learner, "records": n, "labelled": len(y), "produce_s": round(produced_s, 1)}
+    drift = shipped_drift(SHIPPED_DRIFT[learner])
+    ref, events = reference_run(spec, X, y, drift)
+    result: dict[str, Any] = {"learner": learner, "records": n, "labelled": len(y), "produce_s": round(produced_s, 1),
+                              "drift_events": len(events), "adaptations": sum(a == "adapt" for _, _, a in events)}
 
     cfg_path = work / f"{tag}.yaml"
-    cfg_path.write_text(orjson.dumps(pipeline_config(tag, topic, spec, every_samples,
-                                                     learner_process=learner_process)).decode())
+    cfg_path.write_text(orjson.dumps(pipeline_config(tag, topic, spec, every_samples, learner_process=learner_process,
+                                                     drift=drift)).decode())
     t0 = time.monotonic()
     runs = run_with_kills(cfg_path, tag, bootstrap, redis_url, len(y), kills, seed, work / tag, verbose=verbose)
     state, info = final_state(redis_url, tag)
@@ -304,7 +342,7 @@ def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, 
     if uninterrupted:
         clean = f"{tag}u"
         cfg_u = work / f"{clean}.yaml"
-        cfg_u.write_text(orjson.dumps(pipeline_config(clean, topic, spec, every_samples)).decode())
+        cfg_u.write_text(orjson.dumps(pipeline_config(clean, topic, spec, every_samples, drift=drift)).decode())
         t0 = time.monotonic()
         runs_u = run_with_kills(cfg_u, clean, bootstrap, redis_url, len(y), 0, seed, work / clean)
         assert runs_u[-1]["rc"] == 0
@@ -322,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=12)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--every-samples", type=int, default=5000)
+    p.add_argument("--switches", type=int, default=9,
+                   help="abrupt concept switches in the stream (every label shifts by one class at each)")
     p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=list(LEARNERS))
     p.add_argument("--no-uninterrupted", action="store_true", help="skip the uninterrupted daemon run")
     p.add_argument("--learner-process", action="store_true",
@@ -340,24 +380,26 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with EmbeddedBroker(work / "broker") as broker, EmbeddedRedis(work / "redis") as redis_srv:
             for learner in args.learners:
-                print(f"{learner}: {args.records:,} records, {args.kills} kills (seed {args.seed})", flush=True)
+                print(f"{learner}: {args.records:,} records, {args.switches} concept switches, {args.kills} kills "
+                      f"(seed {args.seed}), drift block of config/{SHIPPED_DRIFT[learner]}.yaml", flush=True)
                 res = run_case(learner, LEARNERS[learner], args.records, args.kills, args.seed, broker.bootstrap, redis_srv.url, work,
                                args.every_samples, not args.no_uninterrupted, verbose=True,
-                               learner_process=args.learner_process)
+                               learner_process=args.learner_process, switches=args.switches)
                 rows.append(res)
     print()
-    header = ("learner", "records", "labelled", "kills", "labelled_seen", "weights max|w-w_ref|",
+    header = ("learner", "records", "labelled", "drift events (adapted)", "kills", "labelled_seen", "weights max|w-w_ref|",
               "state max diff vs ref*", "state max diff vs uninterrupted*", "killed runs s", "clean run s", "ok")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     ok_all = True
     for r in rows:
-        ok = (r["labelled_seen"] == r["labelled"] and r["max_diff_vs_reference"] <= 1e-9
+        ok = (r["labelled_seen"] == r["labelled"] and r["max_diff_vs_reference"] <= 1e-9 and r["adaptations"] > 0
               and r["weights_diff_vs_reference"] <= 1e-9
               and r.get("max_diff_vs_uninterrupted", 0.0) <= 1e-9 and r["kills"] >= args.kills)
         ok_all &= ok
         print(" | ".join(str(v) for v in (
-            r["learner"], f"{r['records']:,}", f"{r['labelled']:,}", r["kills"], f"{r['labelled_seen']:,}",
+            r["learner"], f"{r['records']:,}", f"{r['labelled']:,}", f"{r['drift_events']} ({r['adaptations']})", r["kills"],
+            f"{r['labelled_seen']:,}",
             f"{r['weights_diff_vs_reference']:.2e}", f"{r['max_diff_vs_reference']:.2e}", f"{r.get('max_diff_vs_uninterrupted', float('nan')):.2e}",
             r["killed_seconds"], r.get("uninterrupted_seconds", "-"), "yes" if ok else "NO")))
     print("\n* every float array of the learner state; |a-b| / max(1, |b|): absolute for entries up to 1, relative "

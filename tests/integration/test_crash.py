@@ -4,7 +4,13 @@ the ``OCLD_FAULT`` hook), restarted each time, and must end in the state of one
 uninterrupted pass: weights within 1e-9, ``labelled_seen`` exact. A SIGTERM stops it
 cleanly with a final snapshot that covers everything it consumed.
 
-The long version (100,000 records, 12 kills, both learners, compared with an uninterrupted
+Drift adaptation is on, with the drift block of the shipped config of each learner
+(config/kalman.yaml, analytic.yaml, logistic.yaml), and each learner changes when it adapts; the
+uninterrupted pass is the learning core over all labelled records, so it adapts too. A
+restarted daemon must adapt at the same samples: the drift monitor's exact state is in the
+snapshot. Each stream is chosen so that the uninterrupted pass adapts (checked).
+
+The long version (100,000 records, 12 kills, three learners, compared with an uninterrupted
 daemon run as well) is ``python benchmarks/crash_equivalence.py``.
 """
 
@@ -19,8 +25,8 @@ import orjson
 import pytest
 
 from benchmarks.crash_equivalence import (
-    FAULT_POINTS, final_state, make_stream, pipeline_config, reference_state, run_with_kills, state_max_diff,
-    weights_max_diff,
+    FAULT_POINTS, final_state, make_stream, pipeline_config, reference_run, reference_state, run_with_kills,
+    shipped_drift, state_max_diff, weights_max_diff,
 )
 from ocld.stream.client import StateClient
 from tests.conftest import ROOT
@@ -28,22 +34,35 @@ from tests.helpers import produce
 
 pytestmark = pytest.mark.integration
 
+# Each learner adapts: KalmanHead forgets faster for 500 samples (its default adapt_samples),
+# AnalyticRidge discounts its statistics (adapt_discount 0.01, as config/analytic.yaml),
+# KalmanLogistic inflates its covariances (its default adapt_inflation).
 KALMAN = {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "features": [{"name": "Standardizer"}]}
-RIDGE = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0}, "features": []}
+RIDGE = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0, "adapt_discount": 0.01}, "features": []}
+LOGISTIC = {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]}
 
 
-@pytest.mark.parametrize("spec, n, kills, seed, child", [(KALMAN, 12_000, 5, 3, False), (RIDGE, 8_000, 4, 5, False),
-                                                         (KALMAN, 8_000, 4, 11, True)],
-                         ids=["KalmanHead", "AnalyticRidge", "KalmanHead-learner-process"])
-def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, n, kills, seed, child, broker, redis_url,
-                                                                   name, tmp_path):
-    """``child``: with ``learner_process: true`` (the SIGKILL hits the daemon; its learner process must
-    not matter)."""
-    values, X, y = make_stream(n, seed)
+# Streams (``switches``: abrupt concept changes): in the first three a detection depends on the detector's
+# history (Page-Hinkley's running sums; ADWIN's long window on the slow rotation); KalmanLogistic's adapts
+# right after a switch, then records cooldown and "improved" events.
+@pytest.mark.parametrize("spec, config, n, switches, kills, seed, child", [
+    (KALMAN, "kalman", 12_000, 0, 5, 3, False),
+    (RIDGE, "analytic", 8_000, 0, 4, 5, False),
+    (KALMAN, "kalman", 8_000, 4, 4, 11, True),
+    (LOGISTIC, "logistic", 8_000, 3, 4, 7, False),
+], ids=["KalmanHead", "AnalyticRidge", "KalmanHead-learner-process", "KalmanLogistic"])
+def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, config, n, switches, kills, seed, child, broker,
+                                                                   redis_url, name, tmp_path):
+    """With adaptation on (the drift block of ``config``). ``child``: with ``learner_process: true``
+    (the SIGKILL hits the daemon; its learner process must not matter)."""
+    values, X, y = make_stream(n, seed, switches=switches)
+    drift = shipped_drift(config)
+    reference, events = reference_run(spec, X, y, drift)
+    assert [a for _, _, a in events].count("adapt") >= 1, events  # the crash runs must adapt to mean anything
     topic = f"{name}.in"
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
-    cfg = pipeline_config(name, topic, spec, every_samples=n // 10)
+    cfg = pipeline_config(name, topic, spec, every_samples=n // 10, drift=drift)
     cfg["learner_process"] = child
     cfg_path.write_text(orjson.dumps(cfg).decode())
 
@@ -55,8 +74,9 @@ def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, n, kill
 
     state, info = final_state(redis_url, name)
     assert info["labelled_seen"] == len(y)  # exactly once: none lost, none twice
-    assert StateClient(redis_url).status(name)["labelled_seen"] == len(y)
-    reference = reference_state(spec, X, y)
+    status = StateClient(redis_url).status(name)
+    assert status["labelled_seen"] == len(y)
+    assert status["drift_count_error"] == len(events)  # the same detections as the uninterrupted pass
     assert weights_max_diff(state, reference) <= 1e-9
     assert state_max_diff(state, reference) <= 1e-9  # every array, relative for large running sums
 
@@ -73,7 +93,8 @@ def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tm
     topic = f"{name}.in"
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=1_000_000)).decode())
+    drift = shipped_drift("kalman")
+    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=1_000_000, drift=drift)).decode())
     cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
            "--until-idle", "1.0", "--max-seconds", "90"]
     client = StateClient(redis_url)
@@ -107,4 +128,4 @@ def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tm
     assert done.returncode == 0, done.stderr[-2000:]
     state, info = final_state(redis_url, name)
     assert info["labelled_seen"] == len(y)
-    assert state_max_diff(state, reference_state(KALMAN, X, y)) <= 1e-9
+    assert state_max_diff(state, reference_state(KALMAN, X, y, drift)) <= 1e-9
