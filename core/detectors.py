@@ -342,9 +342,8 @@ class ADWIN(Detector):
         key = (m, self.clock, tick0 % self.clock, n, tuple(held))
         lay = _LAYOUTS.get(key)
         if lay is None:
-            if len(_LAYOUTS) >= _LAYOUTS_MAX:
-                _LAYOUTS.clear()
-            lay = _LAYOUTS[key] = _Layout(m, held, first, count, np.arange(self.clock - key[2], n + 1, self.clock), n)
+            lay = _Layout(m, held, first, count, np.arange(self.clock - key[2], n + 1, self.clock), n)
+            _remember(key, lay)
         return lay
 
     def _merge(self, seg: np.ndarray, lay: _Layout) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -500,9 +499,23 @@ class ADWIN(Detector):
         return det
 
 
-# Layouts of batch insertions (ADWIN._layout), shared by every ADWIN: a few KiB each, at most this many.
-_LAYOUTS: dict[tuple[int, ...] | tuple[Any, ...], _Layout] = {}
-_LAYOUTS_MAX = 4096
+# Layouts of batch insertions (ADWIN._layout), shared by every ADWIN. A batch of 100 with clock 32 needs
+# about 5 KiB; a long batch with clock 1 can need megabytes, and is not kept.
+_LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
+_LAYOUTS_BYTES = [0]  # bytes held in _LAYOUTS
+_LAYOUTS_MAX_BYTES = 32 << 20
+_LAYOUT_MAX_BYTES = 256 << 10
+
+
+def _remember(key: tuple[Any, ...], lay: _Layout) -> None:
+    size = lay.nbytes()
+    if size > _LAYOUT_MAX_BYTES:
+        return
+    if _LAYOUTS_BYTES[0] + size > _LAYOUTS_MAX_BYTES:
+        _LAYOUTS.clear()
+        _LAYOUTS_BYTES[0] = 0
+    _LAYOUTS[key] = lay
+    _LAYOUTS_BYTES[0] += size
 
 
 class _Layout:
@@ -539,6 +552,10 @@ class _Layout:
         offsets = 1 + np.concatenate(([0], np.cumsum((h + c)[::-1])[:-1]))  # queue r holds held + arrivals
         self.gather = np.where(real, (offsets + starts[:, ::-1])[:, :, None] + shift, 0).reshape(times.size, rows * m)
         self.counts_list = [row.tolist() for row in counts]
+
+    def nbytes(self) -> int:
+        return int(self.sizes.nbytes + self.ends.nbytes + self.real.nbytes + self.gather.nbytes + self.ticks.nbytes
+                   + 8 * self.real.shape[0] * (len(self.held) + 2))
 
 
 # -- Page-Hinkley --------------------------------------------------------------------------------
