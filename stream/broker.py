@@ -68,7 +68,8 @@ def kafka_failure(exc: BaseException, kafka: KafkaConfig) -> Exception:
 
     security = f"security_protocol={kafka.security_protocol}" + (
         f", sasl_mechanism={kafka.sasl_mechanism}, sasl_username={kafka.sasl_username!r}" if kafka.sasl_mechanism else "")
-    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    text = str(exc.args[0]) if getattr(exc, "args", None) else str(exc)  # kafka-python's str() repeats the class
+    first = text.splitlines()[0][:200] if text else ""
     if _auth_failure(exc):
         return FatalConfigError(f"broker {kafka.bootstrap} refused the credentials ({type(exc).__name__}: {first}); "
                                 f"check kafka.sasl_username / sasl_password (or OCLD_KAFKA_SASL_PASSWORD) ({security})")

@@ -249,7 +249,10 @@ class Daemon:
     def _redis_fatal(self, exc: BaseException, what: str) -> None:
         """Raise a one-line FatalConfigError for errors retrying cannot fix (credentials, ACL)."""
         if is_permission_error(exc):
-            user = self.cfg.redis.username or "default"
+            from urllib.parse import urlsplit
+
+            url_user = urlsplit(self.cfg.redis.url.get_secret_value()).username
+            user = self.cfg.redis.username or url_user or "default"
             raise FatalConfigError(
                 f"{what}: Redis {redact_url(self.cfg.redis.url.get_secret_value())} refused the credentials or a "
                 f"command of user {user!r} ({_redis_error(exc)}); check redis.username and redis.password (or OCLD_REDIS_PASSWORD) and the "
@@ -320,6 +323,10 @@ class Daemon:
                     # With a poll in the learner process, wait for records only briefly: an empty poll then
                     # finishes it (_drain), so its outputs and status do not wait out a whole max_wait_ms.
                     polled = self._poll(2 if self._inflight else None)
+                    if polled.reconnected:
+                        self._drain()
+                        self._discard_held()
+                        self.source.reverify()
                     if polled.resets or polled.gaps:
                         self._regressions(polled)
                     if polled.values:
@@ -369,7 +376,8 @@ class Daemon:
             polled = self.source.poll(timeout_ms)
         except KafkaError as exc:
             if _undecodable(exc):
-                raise DaemonFailed(f"a record batch cannot be decompressed ({type(exc).__name__}: {exc}); the daemon "
+                what = exc.args[0] if exc.args else type(exc).__name__
+                raise DaemonFailed(f"a record batch cannot be decompressed ({type(exc).__name__}: {what}); the daemon "
                                    "stops rather than skip records: install the codec's library (lz4, zstandard, "
                                    "cramjam/python-snappy ship with ocld) and start it again") from None
             raise
@@ -504,17 +512,14 @@ class Daemon:
             log.info("broker %s is reachable; starting to consume", bootstrap)
 
     def _probe_broker(self) -> None:
-        """While no records arrive, check that the broker still accepts connections (log changes once);
-        when it comes back, check every partition's position against it again."""
+        """While no records arrive, check that the broker still accepts connections (log changes once).
+        (The positions are checked again by the source itself whenever its connection is made again.)"""
         self._next_probe_t = time.monotonic() + 2.0
         reachable = _reachable(self.cfg.kafka.bootstrap)
         if reachable != self.broker_reachable:
             if reachable:
                 log.info("broker %s is reachable again; consuming resumes (positions are checked against its log)",
                          self.cfg.kafka.bootstrap)
-                if self.source is not None:
-                    self._drain()
-                    self.source.reverify()
             else:
                 log.warning("broker %s is unreachable; the Kafka client reconnects with backoff and consuming "
                             "resumes when it returns (learned state and snapshots are unaffected)",
@@ -960,7 +965,14 @@ class Daemon:
         if self.state != "failed":
             self.state = "stopping"
         if self.source is not None:
-            self.source.close()  # may call _on_revoke: its snapshot finds nothing new
+            if self.lease.state == "taken":
+                # Another writer owns this pipeline now: leave the consumer group by expiry, not by a
+                # LeaveGroup. tansu keeps a leader that leaves while the new writer's join is pending,
+                # and the group then never completes a rebalance again; expiry works on every broker.
+                log.info("not leaving the consumer group explicitly: the new writer takes the partitions once "
+                         "this member's session expires (kafka.session_timeout_ms)")
+            else:
+                self.source.close()  # may call _on_revoke: its snapshot finds nothing new
         if self.sink is not None:
             self.sink.close()
         self.state = final
@@ -969,7 +981,10 @@ class Daemon:
                 self.status.update(self.status_fields())
             except (redis.RedisError, LeaseLost) as exc:
                 log.warning("could not mark the pipeline %s in Redis: %s", final, exc)
-        self.lease.release()
+        if self.lease.state == "held":
+            self.lease.release()
+        else:
+            self.lease.stop_renewing()
         if self.http is not None:
             self.http.stop()
         if isinstance(self.core, RemoteCore):

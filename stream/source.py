@@ -9,7 +9,7 @@ after a snapshot switch, for monitoring tools.
 
 A log that went backwards is detected, never trusted: a topic deleted and recreated, or an
 embedded broker restarted (its log lives in memory), can hold new records at the offsets the
-daemon had reached. Three checks, each cheap:
+daemon had reached. Four checks, each cheap:
 
 - **fingerprint**: after a claim with a known fingerprint the consumer seeks one record back and
   compares the record there with the fingerprint; a different record (or none: the log is
@@ -17,7 +17,11 @@ daemon had reached. Three checks, each cheap:
 - **high watermark**: a partition whose log end is below the position already fetched was
   replaced (tansu answers a fetch past the end with nothing and the new, lower watermark);
 - **offsets**: a record at an offset below the position fetched means the client reset to a new
-  log's start (a Kafka broker answers OFFSET_OUT_OF_RANGE, and the client resets).
+  log's start (a Kafka broker answers OFFSET_OUT_OF_RANGE, and the client resets);
+- **reconnection**: when the consumer connects to the broker again (a restart, a healed network
+  cut), what that poll fetched is dropped (not consumed) and every position is checked against
+  its fingerprint again before anything more is learned: a restarted broker may already hold a
+  new log longer than the old position, which no offset check can tell from the old one.
 
 Each finding is handed to the daemon in :attr:`Polled.resets` (the partition's records of that
 poll are withheld); the daemon records a ``topic_reset`` incident and calls
@@ -65,6 +69,7 @@ class Polled:
     fingerprints: dict[TP, str] = field(default_factory=dict)  # of each partition's last record in this poll
     resets: dict[TP, str] = field(default_factory=dict)  # partitions whose log was replaced: why
     gaps: dict[TP, tuple[int, int]] = field(default_factory=dict)  # records lost: (expected offset, log start)
+    reconnected: bool = False  # a connection to the broker was (re)made: positions must be checked again
     _origin: list[tuple[str, int, int]] | None = field(default=None, repr=False)
 
     @property
@@ -91,6 +96,7 @@ class KafkaSource:
         self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
         self.unclaimed: set[Any] = set()  # assigned, claim failed: paused, retried
         self.fenced: set[Any] = set()  # assigned, but another replica holds the claim: paused until reassigned
+        self._links: frozenset[Any] = frozenset()  # the consumer's connected broker links (see _link_marker)
         k = cfg.kafka
         self.consumer = retry("connecting to the broker", attempts=3, kafka=k, fn=lambda: KafkaConsumer(
             **client_kwargs(k), group_id=cfg.group_id, client_id=f"ocld-{cfg.name}", enable_auto_commit=False,
@@ -168,19 +174,24 @@ class KafkaSource:
             self._fetched[key] = offset
 
     def reset_partition(self, key: TP) -> int:
-        """The partition's log was replaced: learn the new one from its start. Returns that offset."""
+        """The partition's log was replaced: learn the new one from its start. Returns the position
+        now held (0 until the first record of the new log says where it starts)."""
         tp = self._tp(key)
         self._verify.pop(key, None)
-        start = 0
-        try:
-            start = int(self.consumer.beginning_offsets([tp])[tp])
-        except Exception as exc:  # noqa: BLE001 (the seek below still goes to the start)
-            log.warning("could not read the log start of %s[%d] (%s); starting at offset 0", key[0], key[1], exc)
-        self.consumer.seek(tp, start)
-        self.offsets[key] = start
+        self.consumer.seek_to_beginning(tp)  # resolved by the next fetch (no blocking request here)
+        self.offsets[key] = 0
         self.fingerprints[key] = None
-        self._fetched[key] = start
-        return start
+        self._fetched.pop(key, None)  # unknown until the first record: no regression or gap check before it
+        return 0
+
+    def _log_start(self, key: TP, timeout_ms: int = 2000) -> int | None:
+        """The first offset of the partition's log, or None when the broker does not say in time
+        (kafka-python's public call can block for ever on a partition that does not exist yet)."""
+        tp = self._tp(key)
+        try:
+            return int(self.consumer._fetcher.beginning_offsets([tp], timeout_ms)[tp])
+        except Exception:  # noqa: BLE001 (cannot tell)
+            return None
 
     def reverify(self) -> None:
         """Check every owned partition's position against its fingerprint again (after the broker
@@ -242,6 +253,16 @@ class KafkaSource:
         records = self.consumer.poll(timeout_ms=k.max_wait_ms if timeout_ms is None else timeout_ms,
                                      max_records=k.max_batch)
         out = Polled([], [], {})
+        links = self._link_marker()
+        if links != self._links:
+            new_link = bool(links - self._links)
+            self._links = links
+            if new_link and self.offsets:
+                # A connection was made again (the broker restarted, or a network cut healed): what this
+                # poll fetched may come from a new log at the old position. It is dropped (not consumed)
+                # and every position is checked against its fingerprint first (reverify).
+                out.reconnected = True
+                return out
         for tp, recs in records.items():
             key = (tp.topic, tp.partition)
             if key in out.resets or not recs:
@@ -279,6 +300,16 @@ class KafkaSource:
                     out.fingerprints.pop(key, None)
         return out
 
+    def _link_marker(self) -> frozenset[Any]:
+        """(node, connect time) of every connected broker link of the consumer: a new element means a
+        connection was made again. (kafka-python keeps its connections private; the pinned 2.2 series
+        has ``_client._conns`` and ``BrokerConnection.last_attempt``.)"""
+        try:
+            conns = self.consumer._client._conns
+            return frozenset((node, c.last_attempt) for node, c in list(conns.items()) if c.connected())
+        except Exception:  # noqa: BLE001 (another client version: positions are still checked at every claim)
+            return frozenset()
+
     def _check_fingerprint(self, key: TP, recs: list[Any], out: Polled) -> list[Any]:
         """The first records after a claim: the one before the claimed position must be the record
         the fingerprint names. Returns the records to learn (the checked one dropped)."""
@@ -302,12 +333,8 @@ class KafkaSource:
     def _check_gap(self, key: TP, expected: int, out: Polled) -> None:
         """Offsets jumped forward: records lost to retention if the log now starts past ``expected``
         (gaps from transaction markers or compaction are not losses)."""
-        tp = self._tp(key)
-        try:
-            start = int(self.consumer.beginning_offsets([tp])[tp])
-        except Exception:  # noqa: BLE001 (cannot tell: not reported)
-            return
-        if start > expected:
+        start = self._log_start(key)
+        if start is not None and start > expected:
             out.gaps[key] = (expected, start)
 
     def advance(self, next_offsets: dict[TP, int], fingerprints: dict[TP, str] | None = None) -> None:
