@@ -190,9 +190,13 @@ class InputDriftMonitor:
         self.features: np.ndarray | None = None  # monitored column indices
         self.detectors: list[Detector] = []
         self._ring: Ring | None = None
-        self._sum = np.zeros(0)  # partial block: sums of the monitored columns
+        # The block in progress: its rows (monitored columns), kept until the block is complete so that
+        # its sums come from one array whatever the poll cut, and ``_count`` rows in it. ``_carry``:
+        # the sums of rows a snapshot of the old format held only as sums (zeros otherwise).
+        self._rows: list[np.ndarray] = []
+        self._carry = np.zeros(0)
         self._count = 0
-        self._ref_sum = np.zeros(0)  # warm-up: sums of block means and squared sample values
+        self._ref_sum = np.zeros(0)  # warm-up: sums of the values and squared values of complete blocks
         self._ref_sq = np.zeros(0)
         self._ref_n = 0  # samples in the warm-up statistics
         self.scale: np.ndarray | None = None  # sd / sqrt(block) per monitored feature, once warm
@@ -205,7 +209,7 @@ class InputDriftMonitor:
         k = min(d, self.max_features)
         self.features = np.unique(np.linspace(0, d - 1, k).round().astype(np.int64))
         k = self.features.size
-        self._sum = np.zeros(k)
+        self._carry = np.zeros(k)
         self._ref_sum = np.zeros(k)
         self._ref_sq = np.zeros(k)
         self._ring = Ring(self.window, k)
@@ -225,10 +229,16 @@ class InputDriftMonitor:
         blocks: list[tuple[np.ndarray, int]] = []  # (z, index of the block's last sample) of warm blocks
         start = 0
         for end in ends:
-            part = Xm[start:end]
-            total = self._sum + part.sum(axis=0)
-            self._warm(part)
-            self._sum = np.zeros_like(self._sum)
+            # one C-ordered array per block: its column sums do not depend on how polls cut it
+            rows = np.vstack(self._rows + [Xm[start:end]])
+            sums = rows.sum(axis=0)
+            total = self._carry + sums
+            if self.scale is None:
+                self._ref_sum += sums
+                self._ref_sq += np.square(rows).sum(axis=0)
+                self._ref_n += rows.shape[0]
+            self._rows = []
+            self._carry = np.zeros_like(self._carry)
             self._count = 0
             self.n_seen += end - start
             start = end
@@ -236,18 +246,10 @@ class InputDriftMonitor:
             if z is not None:
                 blocks.append((z, self.n_seen - 1))
         if start < n:
-            part = Xm[start:]
-            self._sum = self._sum + part.sum(axis=0)
+            self._rows.append(np.array(Xm[start:], dtype=np.float64))  # a copy: the caller's array may change
             self._count += n - start
-            self._warm(part)
             self.n_seen += n - start
         return self._detect(blocks) if blocks else []
-
-    def _warm(self, part: np.ndarray) -> None:
-        if self.scale is None:
-            self._ref_sum += part.sum(axis=0)
-            self._ref_sq += np.square(part).sum(axis=0)
-            self._ref_n += part.shape[0]
 
     def _close_block(self, means: np.ndarray) -> np.ndarray | None:
         """Count a completed block; its standardized means once the scale is fixed (else None)."""
@@ -293,7 +295,8 @@ class InputDriftMonitor:
         arrays = {
             "features": self.features if self.features is not None else np.zeros(0, dtype=np.int64),
             "recent": self._ring.values() if self._ring is not None else np.zeros((0, 0)),
-            "sum": self._sum.copy(), "ref_sum": self._ref_sum.copy(), "ref_sq": self._ref_sq.copy(),
+            "partial": np.vstack(self._rows) if self._rows else np.zeros((0, k)),
+            "sum": self._carry.copy(), "ref_sum": self._ref_sum.copy(), "ref_sq": self._ref_sq.copy(),
             "scale": self.scale.copy() if self.scale is not None else np.zeros(0),
         }
         return LearnerState("InputDriftMonitor", {
@@ -313,7 +316,10 @@ class InputDriftMonitor:
         if int(meta["k"]):
             m.features = np.asarray(a["features"], dtype=np.int64)
             m._ring = Ring(m.window, m.features.size)
-            m._sum = np.asarray(a["sum"], dtype=np.float64).copy()
+            # the old format kept the block in progress as sums only (and in the warm-up sums already)
+            m._carry = np.asarray(a["sum"], dtype=np.float64).copy()
+            partial = np.asarray(a["partial"], dtype=np.float64) if "partial" in a else np.zeros((0, m.features.size))
+            m._rows = [partial.reshape(-1, m.features.size).copy()] if partial.size else []
             m._ref_sum = np.asarray(a["ref_sum"], dtype=np.float64).copy()
             m._ref_sq = np.asarray(a["ref_sq"], dtype=np.float64).copy()
             if meta["warm"]:
