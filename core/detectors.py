@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from ocld.learners.base import LearnerState
 
 __all__ = ["ADWIN", "DDM", "DETECTOR_CLASSES", "KSWIN", "Detection", "Detector", "PageHinkley"]
@@ -99,15 +100,6 @@ def _ln(x: float) -> float:
     if x > 0.0:
         return math.log(x)
     return -math.inf if x == 0.0 else math.nan
-
-
-_ONE_BITS = np.float64(1.0).view(np.uint64)
-
-
-def _is_binary(values: np.ndarray) -> bool:
-    """Whether every value is exactly +0.0 or 1.0 (bit patterns: -0.0 and NaN are not)."""
-    bits = values.view(np.uint64)
-    return int(np.count_nonzero(bits == 0)) + int(np.count_nonzero(bits == _ONE_BITS)) == values.size
 
 
 def _f(state: LearnerState, name: str) -> float:

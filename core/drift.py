@@ -42,6 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from ocld.buffers.ring import Ring
 from ocld.core.detectors import DETECTOR_CLASSES, Detection, Detector
 from ocld.learners.base import DriftEvent, LearnerState

@@ -14,13 +14,14 @@ import itertools
 import random
 
 import numpy as np
-import ocld.core.detectors as detectors_module
 import pytest
+from river import drift as river_drift
+from river.drift import binary as river_binary
+
+import ocld.core.detectors as detectors_module
 from ocld.core import snapshot as fmt
 from ocld.core.detectors import ADWIN, DDM, KSWIN, Detector, PageHinkley
 from ocld.learners.base import LearnerState
-from river import drift as river_drift
-from river.drift import binary as river_binary
 
 
 # -- streams ---------------------------------------------------------------------------------------

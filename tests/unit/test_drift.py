@@ -22,6 +22,7 @@ import itertools
 import numpy as np
 import orjson
 import pytest
+
 from ocld.core import snapshot as fmt
 from ocld.core.codec import Decoded
 from ocld.core.drift import DriftMonitor, InputDriftMonitor
