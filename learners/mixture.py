@@ -79,7 +79,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [
         },
         "features": [
             {"name": "Standardizer"},
-            {"name": "RandomFourierFeatures", "params": {"n_components": 192, "scale": 0.3, "seed": 0, "linear": 0.1}},
+            {"name": "RandomFourierFeatures", "params": {"n_components": 160, "scale": 0.3, "seed": 0, "linear": 0.1}},
         ],
     },
     {"name": "KalmanLogistic", "params": {"adapt_inflation": 0.1}, "features": [{"name": "Standardizer"}]},
