@@ -442,7 +442,7 @@ class LearningCore:
                 "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
                 "drift_count": self.drift_count, "drift_counts": dict(self.drift_counts),
                 "last_drift_at": self.last_drift_at,
-                "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic] for d, e in self.pending_adapt],
+                "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic, e.rising] for d, e in self.pending_adapt],
                 "last_adapt_index": self.last_adapt_index,
                 "cooldown_prev": [[i, p] for i, p in self.cooldown_prev.items()],
                 "new_class_at": list(self.new_class_at)}),
@@ -469,8 +469,9 @@ class LearningCore:
         self.drift_counts = {"error": 0, "input": 0, **{k: int(v) for k, v in (c.get("drift_counts") or {}).items()}}
         if "drift_counts" not in c:  # snapshots written before kinds were counted: all were error events
             self.drift_counts["error"] = self.drift_count
-        self.pending_adapt = [(int(d), DriftEvent(int(i), str(det), str(kind), stat))
-                              for d, i, det, kind, stat in c.get("pending_adapt") or []]
+        self.pending_adapt = [(int(row[0]), DriftEvent(int(row[1]), str(row[2]), str(row[3]), row[4],
+                                                       rising=row[5] if len(row) > 5 else None))
+                              for row in c.get("pending_adapt") or []]
         self.last_adapt_index = c.get("last_adapt_index")
         self.cooldown_prev = {int(i): (None if p is None else int(p)) for i, p in c.get("cooldown_prev") or []}
         self.last_drift_at = c.get("last_drift_at")

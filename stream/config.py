@@ -125,7 +125,7 @@ class MessagesConfig(_Model):
         return self
 
 
-DetectorName = Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]  # river.drift detectors (ocld.core.drift.DETECTORS)
+DetectorName = Literal["ADWIN", "PageHinkley", "KSWIN", "DDM"]  # ocld.core.detectors (exact, array state)
 
 
 class InputDriftConfig(_Model):
@@ -137,7 +137,9 @@ class InputDriftConfig(_Model):
     block: int = Field(100, ge=2, description="samples per block; each feature's block mean feeds its detector")
     warmup: int = Field(10, ge=1, description="blocks that fix each feature's scale before detection starts")
     max_features: int = Field(16, ge=1, description="at most this many features (evenly spaced) are monitored")
-    window: int = Field(200, ge=1, description="recent blocks kept to rebuild the detectors after a restart")
+    window: int = Field(200, ge=1, description=(
+        "recent block values kept: the reference of an input event's statistic, and what a snapshot written "
+        "before detectors had an exact state is restored from"))
     adapt: bool = Field(False, description="call learner.adapt on input drift events too (they are always recorded)")
 
 
@@ -156,7 +158,9 @@ class DriftConfig(_Model):
         "more detectors on the same 0/1 errors, each with its own state; a sample where any of them fires "
         "raises one error event (named after the first in the order detector, also[0], also[1], ...)"))
     adapt: bool = Field(True, description="call learner.adapt on error drift events (false: record them only)")
-    window: int = Field(2000, ge=10, description="recent errors kept to rebuild the detector after a restart")
+    window: int = Field(2000, ge=10, description=(
+        "recent errors kept: the reference of an event's direction (rising) for detectors without a mean estimate, "
+        "and what a snapshot written before detectors had an exact state is restored from"))
     adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
     cooldown: int = Field(0, ge=0, description="error events within this many labelled samples after an adapting one "
                                                "are recorded but not adapted to (breaks detect-forget-detect cascades)")
@@ -240,6 +244,22 @@ class Config(_Model):
 
         build_learner(spec.name, spec.params, [f.model_dump() for f in spec.features])
         return spec
+
+    @model_validator(mode="after")
+    def _declared_width_fits(self) -> "Config":
+        width = self.messages.n_features or (len(self.messages.features) if self.messages.features else None)
+        if width is None:
+            return self
+        if width > self.messages.max_features:
+            raise ValueError(f"messages.n_features ({width}) is over messages.max_features "
+                             f"({self.messages.max_features}); raise messages.max_features or declare fewer features")
+        need = self.build_learner().estimate_state_bytes(width, 2)
+        if need is not None and need > self.learner.max_state_bytes:
+            raise ValueError(
+                f"with {width} features (messages.n_features) {self.learner.name} would need {need / 2**30:.1f} GiB "
+                f"of state, over learner.max_state_bytes ({self.learner.max_state_bytes / 2**30:.1f} GiB): raise "
+                "learner.max_state_bytes, or shrink the learner (fewer random features or sub-heads)")
+        return self
 
     @model_validator(mode="after")
     def _fold_needs_analytic(self) -> "Config":

@@ -601,7 +601,7 @@ class Daemon:
             return True  # nothing new since the last durable snapshot
         t0 = time.perf_counter()
         try:
-            self.sink.flush(10.0)
+            self.sink.flush(2.0 if self._stop else 10.0)  # stopping: SIGTERM must not wait out a dead broker
         except KafkaError as exc:
             # Outputs (DLQ, predictions) must be durable before offsets move: postpone.
             self._snapshot_failed(f"outputs could not be flushed to the broker ({type(exc).__name__})", final)
@@ -974,7 +974,7 @@ class Daemon:
             else:
                 self.source.close()  # may call _on_revoke: its snapshot finds nothing new
         if self.sink is not None:
-            self.sink.close()
+            self.sink.close(timeout_s=2.0)
         self.state = final
         if self.lease.state == "held":
             try:

@@ -320,6 +320,40 @@ def codec_from_librdkafka(work: Path, codec: str) -> Result:
         return measure(env, f"librdkafka producer, compression {codec}", X, y)
 
 
+def codec_library_missing(work: Path) -> Result:
+    """Item 1: a batch that cannot be decompressed (the codec's library hidden from the daemon): one line,
+    status ``failed``, exit 3, nothing skipped; once the library is back, every record is learned."""
+    from confluent_kafka import Producer
+
+    from ocld.stream.broker import ensure_topics
+    from ocld.stream.config import KafkaConfig
+
+    with environment(work, "nocodec", partitions=1) as env:
+        X, y = elec(2000)
+        ensure_topics(KafkaConfig(bootstrap=env.bootstrap), {env.topic: 1})
+        p = Producer({"bootstrap.servers": env.bootstrap, "compression.type": "lz4", "linger.ms": 50})
+        for v in encode(X, y):
+            p.produce(env.topic, value=v)
+        p.flush(30)
+        cfg_path = env.work / "nocodec.yaml"
+        cfg_path.write_text(orjson.dumps(env.config()).decode())
+        hide = ("import sys\nfor m in ('lz4', 'lz4.frame'):\n    sys.modules[m] = None\n"
+                "from ocld.stream.cli import main\nsys.exit(main(['run', sys.argv[1]]))")
+        log_path = env.work / "nocodec.log"
+        with open(log_path, "wb") as fh:
+            rc = subprocess.run([sys.executable, "-c", hide, str(cfg_path)], cwd=ROOT, stdout=fh,
+                                stderr=subprocess.STDOUT, timeout=120).returncode
+        log = log_path.read_text(errors="replace")
+        st = env.status()
+        env.catch_up()
+        res = measure(env, "lz4 batch without the lz4 library, then with it", X, y)
+        res.exit_codes = [rc] + res.exit_codes
+        res.traceback = res.traceback or "Traceback" in log
+        res.checks = {"rc": rc, "log": log, "state": st.get("state"), "failure": st.get("failure")}
+        res.notes = f"exits {rc}, status {st.get('state')}; nothing skipped"
+        return res
+
+
 def stray_first_record(work: Path) -> Result:
     """Item 2: one record of another width arrives first, alone, while the daemon already runs."""
     with environment(work, "stray") as env:
@@ -595,11 +629,18 @@ def redis_down_at_start(work: Path) -> Result:
         d = env.daemon()
         rc = d.wait(60)
         took = time.monotonic() - t0
+        waiting = env.daemon(env.config(redis={"start_timeout_s": 60}))  # SIGTERM while it waits for Redis
+        _wait(lambda: "unreachable at start-up" in waiting.log, 30, "the daemon to wait for Redis")
+        t1 = time.monotonic()
+        waiting.signal(signal.SIGTERM)
+        term_rc = waiting.wait(30)
+        term_s = time.monotonic() - t1
         env.start_redis()
         env.catch_up()
         res = measure(env, "Redis unreachable at start", X, y)
-        res.checks = {"rc": rc, "seconds": took, "log": d.log}
-        res.notes = f"exits {rc} after {took:.0f} s (redis.start_timeout_s 5) with one line"
+        res.checks = {"rc": rc, "seconds": took, "log": d.log, "term_rc": term_rc, "term_s": term_s}
+        res.notes = (f"exits {rc} after {took:.0f} s (redis.start_timeout_s 5) with one line; SIGTERM while waiting "
+                     f"honoured in {term_s:.1f} s")
         return res
 
 
@@ -664,6 +705,7 @@ SCENARIOS: dict[str, Callable[[Path], Result]] = {
     "codec-zstd": lambda w: codec_from_librdkafka(w, "zstd"),
     "codec-snappy": lambda w: codec_from_librdkafka(w, "snappy"),
     "codec-gzip": lambda w: codec_from_librdkafka(w, "gzip"),
+    "codec-library-missing": codec_library_missing,
     "stray-first-record": stray_first_record,
     "wide-first-record": wide_first_record,
     "two-daemons-broker-down": two_daemons_while_broker_down,

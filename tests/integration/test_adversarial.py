@@ -39,6 +39,15 @@ def test_item1_every_codec_from_librdkafka(codec: str, tmp_path: Path) -> None:
     assert res.exit_codes == [0]
 
 
+def test_item1_an_undecodable_batch_stops_the_daemon_cleanly_and_skips_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("confluent_kafka")
+    res = scenarios.codec_library_missing(tmp_path)
+    _exactly_once(res)
+    assert res.checks["rc"] == 3 and res.checks["state"] == "failed"
+    assert "cannot be decompressed" in res.checks["failure"]
+    _one_line_error(res.checks["log"], "Libraries for lz4 compression codec not found")
+
+
 def test_item2_a_stray_first_record_does_not_fix_the_width(tmp_path: Path) -> None:
     res = scenarios.stray_first_record(tmp_path)
     _exactly_once(res)
@@ -133,6 +142,7 @@ def test_item12_redis_unreachable_at_start_is_one_line(tmp_path: Path) -> None:
     _exactly_once(res)
     assert res.checks["rc"] == 2 and res.checks["seconds"] < 15
     _one_line_error(res.checks["log"], "did not answer within 5 s")
+    assert res.checks["term_rc"] == 0 and res.checks["term_s"] < 2.0
 
 
 @pytest.mark.slow
