@@ -288,7 +288,8 @@ def test_mkd_beats_er_on_a_small_class_incremental_stream() -> None:
     for mkd in (False, True):
         total = 0.0
         for seed in (0, 1):
-            m = MomentumKD(hidden=(32,), buffer_size=40, iterations=2, mkd=mkd, seed=seed)
+            # one update per 10 samples, as benchmarks/digits_cl.py learns (batch 10)
+            m = MomentumKD(hidden=(32,), buffer_size=40, iterations=2, learn_every=10, mkd=mkd, seed=seed)
             for task in range(3):
                 yt = np.repeat([2 * task, 2 * task + 1], 60)
                 yt = yt[np.random.default_rng(seed + task).permutation(len(yt))]
