@@ -107,13 +107,14 @@ def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmu
                 marks["last"] = point
 
     if remote:  # learner_process: a poll is learned when the daemon gets its result back (and finishes it)
-        finish_fn = daemon._finish
+        finish_fn = daemon._finish_next
 
-        def finish(polled: Any, dec: Any, res: Any) -> None:
-            finish_fn(polled, dec, res)
-            learned(dec)
+        def finish() -> None:
+            polled = daemon._inflight[0][0]
+            finish_fn()
+            learned(daemon.intake.decode(polled))
 
-        daemon._finish = finish  # type: ignore[method-assign]
+        daemon._finish_next = finish  # type: ignore[method-assign]
     else:
         process_fn = daemon.core.process
 

@@ -175,13 +175,13 @@ def daemon_rate(cfg: Config, n: int, timeout_s: float) -> dict[str, Any]:
     from ocld.stream.daemon import Daemon
 
     daemon = Daemon(cfg)
-    decode = Timed(daemon.codec, "decode")
+    decode = Timed(daemon.intake.codec, "decode")
     # learner_process: the time spent waiting for the child's results
     process = Timed(daemon.core, "collect" if cfg.learner_process else "process")
     checkpoint = Timed(daemon, "_checkpoint")
     housekeeping = Timed(daemon, "_housekeeping")
     timers = {"decode": decode, "process": process, "housekeeping": housekeeping, "checkpoint": checkpoint}
-    handle_fn, finish_fn = daemon._handle, daemon._finish
+    handle_fn, finish_fn = daemon._handle, daemon._finish_next
     marks: dict[str, float] = {}
     at_start: dict[str, tuple[float, int]] = {}
     at_end: dict[str, tuple[float, int]] = {}
@@ -200,7 +200,7 @@ def daemon_rate(cfg: Config, n: int, timeout_s: float) -> dict[str, Any]:
             daemon.stop()
 
     daemon._handle = handle  # type: ignore[method-assign]
-    daemon._finish = finish  # type: ignore[method-assign]
+    daemon._finish_next = finish  # type: ignore[method-assign]
     summary = daemon.run(max_seconds=timeout_s, install_signals=False)
     if "t1" not in marks:
         raise TimeoutError(f"daemon handled {daemon.records_seen} of {n} records in {timeout_s:.0f} s")

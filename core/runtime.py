@@ -7,9 +7,9 @@ One batch (what one poll returned, in stream order) is processed as:
   3. labelled rows and joined delayed labels are learned in stream order by
      ``learner.learn_predict`` (exact per-sample test-then-train for learners that support
      it); delayed ones are scored against the prediction made when their features came;
-  4. the 0/1 errors feed the drift monitor; on a detection the core calls the
-     ``on_drift`` hook (the daemon pins the last snapshot), then ``learner.adapt``
-     (when ``drift.adapt``). Adaptation is due at the first multiple of
+  4. the 0/1 errors feed the drift monitor; each detection is returned with what the core
+     decided (``BatchResult.events`` and ``actions``; the daemon pins the last snapshot for an
+     ``adapt``), and ``learner.adapt`` is called (when ``drift.adapt``). Adaptation is due at the first multiple of
      ``drift.adapt_grid`` labelled samples after the detection: the learn set is cut at
      those multiples and due adaptations are applied there (pending ones wait across
      batches and are part of the snapshot), so an adaptation takes effect at the same
@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,6 +66,7 @@ class BatchResult:
     predictions: list[tuple[int, Any, Any, np.ndarray]] = field(default_factory=list)  # (record index, id, label, proba)
     bad: list[tuple[int, str]] = field(default_factory=list)  # rejected by the core (e.g. unknown id)
     events: list[DriftEvent] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # what the core did on each event (LearningCore.action_for)
     learned: int = 0
     errors: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))  # 0/1 error of each learned sample, in order
 
@@ -157,8 +158,8 @@ class LearningCore:
         self.pending_adapt: list[tuple[int, DriftEvent]] = []  # (due labelled count, event), due ascending
         self.last_drift_at: float | None = None
         self.learn_seconds = 0.0
-        self.on_drift: Callable[[DriftEvent], None] | None = None
         self.clock: Callable[[], float] = time.time
+        self._done: deque[BatchResult] = deque()  # results submitted and not yet collected
 
     @classmethod
     def from_config(cls, cfg: Any) -> "LearningCore":
@@ -168,10 +169,12 @@ class LearningCore:
         inp = d.input
         input_monitor = (InputDriftMonitor(inp.detector, inp.params, inp.block, inp.warmup, inp.max_features,
                                            inp.window) if inp.enabled else None)
-        return cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
+        core = cls(cfg.build_learner(), PrequentialMetrics(cfg.evaluation.window), monitor,
                    PendingTable(cfg.messages.max_pending), d.adapt, cfg.messages.max_classes,
                    d.adapt_grid, input_monitor, inp.adapt, d.cooldown, d.adapt_on_fall,
                    getattr(d, "new_class_guard", DEFAULT_NEW_CLASS_GUARD))
+        core._cfg = cfg
+        return core
 
     @property
     def pending_size(self) -> int:
@@ -262,8 +265,7 @@ class LearningCore:
         self.drift_counts[event.kind] = self.drift_counts.get(event.kind, 0) + 1
         self.last_drift_at = self.clock()
         action = self._actions[event] = self._decide(event)
-        if self.on_drift is not None and action == "adapt":
-            self.on_drift(event)
+        res.actions.append(action)
         if action == "adapt":
             g = self.adapt_grid
             self.pending_adapt.append(((labelled_at // g + 1) * g, event))
@@ -278,6 +280,32 @@ class LearningCore:
                     prev = self.cooldown_prev.pop(event.index, self.last_adapt_index)
                     if acted is False and self.last_adapt_index == event.index:
                         self.last_adapt_index = prev
+
+    # -- the interface the daemon uses (the same as the learner process's) ---------------
+    depth: int = 0  # polls that may stay submitted while the next one is read (a learner process: 1)
+
+    def submit(self, dec: Decoded) -> None:
+        """Learn a decoded poll; its result is returned by the next :meth:`collect`."""
+        self._done.append(self.process(dec))
+
+    def collect(self) -> BatchResult:
+        """The result of the oldest poll submitted."""
+        return self._done.popleft()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._done)
+
+    def reset(self) -> None:
+        """Start again from a fresh core with the same settings (before a snapshot is reloaded into it).
+        Only for a core built by :meth:`from_config`, which knows its settings."""
+        cfg = getattr(self, "_cfg", None)
+        if cfg is None:
+            raise RuntimeError("reset() needs a core built by LearningCore.from_config")
+        self.__dict__.update(LearningCore.from_config(cfg).__dict__)
+
+    def close(self) -> None:
+        """Nothing to stop (a learner process has a child to stop)."""
 
     # -- processing ------------------------------------------------------------------
     def process(self, dec: Decoded) -> BatchResult:

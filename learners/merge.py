@@ -99,4 +99,12 @@ def merge_global(learners: list[Learner]) -> Learner:
     return head
 
 
-__all__ = ["MergeError", "check_mergeable", "head_of", "merge_global", "summed_statistics"]
+def fold_external(learner: Learner, others: list[Learner]) -> None:
+    """Make ``learner`` predict with the model of its own data and the ``others``' (their summed
+    statistics are folded into its head; the statistics it learns and snapshots stay its own)."""
+    if others:
+        check_mergeable([learner] + others)
+    head_of(learner).set_external(summed_statistics([head_of(x) for x in others]))  # type: ignore[attr-defined,arg-type]
+
+
+__all__ = ["MergeError", "check_mergeable", "fold_external", "head_of", "merge_global", "summed_statistics"]

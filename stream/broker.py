@@ -12,7 +12,6 @@ fetch high watermark (``consumer.highwater``) or by consuming, never from end_of
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from ocld.stream.config import KafkaConfig
@@ -37,24 +36,23 @@ def client_kwargs(kafka: KafkaConfig, bootstrap: str | None = None) -> dict[str,
 
 def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0,
           kafka: KafkaConfig | None = None):
-    """Call ``fn`` with exponential backoff on connection errors; log one clear line per retry.
+    """Call ``fn`` with backoff on connection errors (``stream.backoff``); one log line per retry.
 
     Errors retrying cannot fix (authentication, a security-protocol mismatch) are raised at
     once as :class:`~ocld.stream.errors.FatalConfigError` when ``kafka`` is given."""
     from kafka.errors import KafkaError
 
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (KafkaError, OSError) as exc:
-            if kafka is not None and _auth_failure(exc):
-                raise kafka_failure(exc, kafka) from None
-            if attempt == attempts:
-                raise
-            log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)
+    from ocld.stream.backoff import retry_call
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, (KafkaError, OSError)) and not (kafka is not None and _auth_failure(exc))
+
+    try:
+        return retry_call(fn, what, transient, log, attempts=attempts, first=first_delay, cap=max_delay)
+    except (KafkaError, OSError) as exc:
+        if kafka is not None and _auth_failure(exc):
+            raise kafka_failure(exc, kafka) from None
+        raise
 
 
 def _auth_failure(exc: BaseException) -> bool:

@@ -119,9 +119,12 @@ class StateClient:
     def status(self, pipeline: str, replica: str = "") -> dict[str, Any]:
         """The status hash. ``alive``: a daemon holds the lease; ``state`` is shown as ``dead`` when the
         hash says the daemon runs but nobody holds the lease (it died without saying so)."""
+        from ocld.stream.status import Status
+
         k = Keys(pipeline, self.namespace, replica)
         raw = self.r.hgetall(k.status)
-        out = {key.decode(): _decode(v) for key, v in raw.items()}
+        written = {key.decode() for key in raw}
+        out = {name: v for name, v in Status.from_redis(raw).model_dump().items() if name in written}
         holder = self.r.get(k.lease)
         out["alive"] = holder is not None
         if out.get("state") in ("starting", "running", "degraded", "stopping") and holder is None:

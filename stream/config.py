@@ -31,7 +31,7 @@ class FeatureMapSpec(_Model):
 
 
 class LearnerSpec(_Model):
-    name: str = "KalmanHead"
+    name: str = "OnlineMixture"  # the default needs no choosing (config/default.yaml)
     params: dict[str, Any] = Field(default_factory=dict)
     features: list[FeatureMapSpec] = Field(default_factory=list)
     max_state_bytes: int = Field(2 * 1024**3, ge=1024, description=(
@@ -166,6 +166,9 @@ class DriftConfig(_Model):
                                                "are recorded but not adapted to (breaks detect-forget-detect cascades)")
     adapt_on_fall: bool = Field(False, description="also adapt on error events where the error rate fell (ADWIN "
                                 "fires on both directions; by default those are recorded with action 'improved')")
+    new_class_guard: int = Field(500, ge=0, description=(
+        "error events within this many labelled samples after a new class's first sample are recorded with action "
+        "'new_class' and not adapted to: a new class raises the error without any concept drift (0: off)"))
     input: InputDriftConfig = Field(default_factory=InputDriftConfig)
 
     @model_validator(mode="after")

@@ -1,9 +1,8 @@
 """Observability: Prometheus metrics and a health endpoint over HTTP (config ``http.port``).
 
-``DaemonMetrics`` holds one prometheus-client registry per daemon (never the global one,
-so several daemons or tests in one process do not collide). The daemon updates it from its
-loop; gauges that are cheap to compute at scrape time (snapshot age, lag) are read through
-callbacks. ``HealthServer`` serves, from a daemon thread:
+``DaemonMetrics`` holds one prometheus-client registry per daemon: latency histograms the loop
+observes, and the status fields exported at scrape time (``stream.status.StatusCollector``).
+``HealthServer`` serves, from a daemon thread:
 
 - ``GET /metrics``: the registry in the Prometheus text format;
 - ``GET /healthz``: 200 ``{"ready": true, ...}`` only when the broker and Redis are
@@ -31,76 +30,30 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class DaemonMetrics:
-    """The daemon's Prometheus metrics (names prefixed ``ocld_``, label ``pipeline``)."""
+    """The daemon's Prometheus registry (never the global one, so several daemons or tests in one
+    process do not collide). What the status holds (counters, lag, accuracy, DLQ by reason, ...)
+    is exported by ``stream.status.StatusCollector`` at scrape time, from the status last built;
+    here are only the measurements the status does not carry: latency histograms and dependency
+    checks."""
 
-    def __init__(self, pipeline: str) -> None:
+    def __init__(self, pipeline: str, latest_status: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r, lab = self.registry, ["pipeline"]
         self.pipeline = pipeline
-        self.records = Counter("ocld_records", "Kafka records consumed", lab, registry=r).labels(pipeline)
-        self.samples = Counter("ocld_samples", "samples accepted (feature rows and delayed labels)", lab,
-                               registry=r).labels(pipeline)
-        self.labelled = Counter("ocld_labelled_samples", "labelled samples learned", lab, registry=r).labels(pipeline)
-        self.errors = Counter("ocld_errors", "records rejected, by reason", ["pipeline", "reason"], registry=r)
-        self.dlq = Counter("ocld_dlq_records", "records sent to the dead-letter topic", lab, registry=r).labels(pipeline)
         self.batch_latency = Histogram("ocld_batch_latency_seconds", "time to handle one polled micro-batch", lab,
                                        buckets=_LATENCY_BUCKETS, registry=r).labels(pipeline)
         self.batch_size = Histogram("ocld_batch_records", "records per micro-batch", lab,
                                     buckets=(1, 10, 50, 100, 250, 500, 1000, 5000, 20_000, 100_000),
                                     registry=r).labels(pipeline)
-        self.learn_seconds = Counter("ocld_learn_seconds", "time spent in learn_predict (test-then-train)", lab,
-                                     registry=r).labels(pipeline)
-        self.predict_seconds = Counter("ocld_predict_seconds", "time spent predicting predict-only rows", lab,
-                                       registry=r).labels(pipeline)
         self.snapshot_duration = Histogram("ocld_snapshot_duration_seconds", "flush + snapshot write + switch", lab,
                                            buckets=_LATENCY_BUCKETS, registry=r).labels(pipeline)
         self.snapshot_failures = Counter("ocld_snapshot_failures", "snapshot attempts that failed (Redis or broker "
                                          "unreachable)", lab, registry=r).labels(pipeline)
-        self.snapshot_age = Gauge("ocld_snapshot_age_seconds", "seconds since the last durable snapshot", lab,
-                                  registry=r).labels(pipeline)
-        self.drift = Counter("ocld_drift_events", "drift detections", lab, registry=r).labels(pipeline)
-        self.lag = Gauge("ocld_consumer_lag_records", "records between the position and the high watermark", lab,
-                         registry=r).labels(pipeline)
-        self.pending = Gauge("ocld_pending_samples", "predict-only samples waiting for a delayed label", lab,
-                             registry=r).labels(pipeline)
-        self.evictions = Counter("ocld_evictions", "entries dropped by a capacity limit, by table",
-                                 ["pipeline", "table"], registry=r)
-        self.degraded = Gauge("ocld_degraded", "1 while snapshots cannot be written", lab, registry=r).labels(pipeline)
         self.up = Gauge("ocld_dependency_up", "1 when the dependency answers", ["pipeline", "dependency"], registry=r)
-        self._last: dict[str, float] = {}
+        if latest_status is not None:
+            from ocld.stream.status import StatusCollector
 
-    def add_total(self, counter: Any, key: str, total: float) -> None:
-        """Increase ``counter`` to a running total kept elsewhere (never backwards)."""
-        delta = total - self._last.get(key, 0.0)
-        if delta > 0:
-            counter.inc(delta)
-            self._last[key] = total
-
-    def sync_from(self, daemon: Any) -> None:
-        """Bring the counters up to the daemon's running totals (cheap; called after each batch)."""
-        core = daemon.core
-        self.add_total(self.records, "records", daemon.records_seen)
-        self.add_total(self.samples, "samples", core.samples_seen)
-        self.add_total(self.labelled, "labelled", core.labelled_seen)
-        self.add_total(self.dlq, "dlq", daemon.dlq_count)
-        self.add_total(self.learn_seconds, "learn", float(getattr(core, "learn_seconds", 0.0)))
-        self.add_total(self.predict_seconds, "predict", float(getattr(core, "predict_seconds", 0.0)))
-        self.add_total(self.drift, "drift", core.drift_count)
-        self.add_total(self.evictions.labels(self.pipeline, "pending"), "evict:pending", core.pending_evicted)
-        self.pending.set(core.pending_size)
-        sink = daemon.sink
-        if sink is not None:
-            for reason, n in list(sink.dlq_by_reason.items()):
-                self.add_total(self.errors.labels(self.pipeline, reason), f"err:{reason}", n)
-            self.add_total(self.evictions.labels(self.pipeline, "dlq_queue"), "evict:dlq", sink.dlq_dropped)
-
-    def baseline(self, daemon: Any) -> None:
-        """Counters start from what a restored snapshot already counted (they count this process's work)."""
-        core = daemon.core
-        for key, value in (("records", daemon.records_seen), ("samples", core.samples_seen),
-                           ("labelled", core.labelled_seen), ("dlq", daemon.dlq_count), ("drift", core.drift_count),
-                           ("evict:pending", core.pending_evicted)):
-            self._last[key] = float(value)
+            r.register(StatusCollector(pipeline, latest_status))  # type: ignore[arg-type]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -48,11 +48,9 @@ class Sink:
         self.queued_bytes = 0  # outputs sent to the producer and not yet acknowledged
         self._lock = threading.Lock()
         self._full_since: float | None = None
-        counts = counts or {}
-        self.dlq_count = int(counts.get("dlq_count") or 0)
-        self.dlq_by_reason: dict[str, int] = {str(k): int(v) for k, v in (counts.get("dlq_by_reason") or {}).items()}
-        self.dlq_dropped = int(counts.get("dlq_dropped") or 0)
-        self.predictions_dropped = int(counts.get("predictions_dropped") or 0)
+        self.dlq_count = self.dlq_dropped = self.predictions_dropped = 0
+        self.dlq_by_reason: dict[str, int] = {}
+        self.restore_counts(counts or {})
 
     def dead_letter(self, value: bytes | None, topic: str, partition: int, offset: int, reason: str) -> None:
         headers = [("ocld.reason", reason.encode()), ("ocld.topic", topic.encode()),
@@ -112,6 +110,13 @@ class Sink:
     def _dropped(self, topic: str, why: str) -> None:
         if not (self.dlq_dropped + self.predictions_dropped) % 1000:
             log.warning("dropped an output record for %s (%s); dropped records are counted in the status", topic, why)
+
+    def restore_counts(self, counts: dict[str, Any]) -> None:
+        """Take the totals of a reloaded snapshot (what was dead-lettered since is sent again: at-least-once)."""
+        self.dlq_count = int(counts.get("dlq_count") or 0)
+        self.dlq_by_reason = {str(k): int(v) for k, v in (counts.get("dlq_by_reason") or {}).items()}
+        self.dlq_dropped = int(counts.get("dlq_dropped") or 0)
+        self.predictions_dropped = int(counts.get("predictions_dropped") or 0)
 
     def counts(self) -> dict[str, Any]:
         """The running totals, as a snapshot stores them."""

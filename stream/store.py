@@ -22,6 +22,7 @@ Shared by every replica of a pipeline (always under ``{ns}:{pipeline}``):
 
     partitions:offset      hash "topic:partition" -> next offset covered by a durable snapshot
     partitions:fingerprint hash "topic:partition" -> fingerprint of the record just before that offset
+    partitions:writer      hash "topic:partition" -> the replica whose durable snapshot that offset is
     partitions:owner       hash "topic:partition" -> "replica|epoch" of its last claimant
     replicas               set  replica names that have published a status
 
@@ -105,6 +106,11 @@ class Keys:
         return f"{self.root}:partitions:fingerprint"
 
     @property
+    def partition_writers(self) -> str:
+        """hash "topic:partition" -> the replica whose durable snapshot the registry's offset comes from."""
+        return f"{self.root}:partitions:writer"
+
+    @property
     def partition_owners(self) -> str:
         """hash "topic:partition" -> "replica|epoch" of the last replica that claimed it."""
         return f"{self.root}:partitions:owner"
@@ -176,13 +182,13 @@ end
 return {'ok'}
 """
 
-# Claim partitions. KEYS: lease, owners, offsets, fingerprints. ARGV[2]: replica; ARGV[3]: JSON
-# [[tp, offset or "", fingerprint or ""], ...] where the offsets are those of this replica's own
-# latest snapshot. A partition nobody owns, or that this replica owned last, starts where that
-# snapshot says (the registry is made to agree); one another replica owned last starts at the
-# registry's offset (where that replica's last durable snapshot ended). Each claim bumps the
-# epoch. Returns 'ok' then, per partition: tp, epoch, start, fingerprint, registry offset before,
-# owner before.
+# Claim partitions. KEYS: lease, owners, offsets, fingerprints, writers. ARGV[2]: replica; ARGV[3]: JSON
+# [[tp, offset or "", fingerprint or ""], ...] where the offsets are those of this replica's own latest
+# snapshot. Where the registry's offset comes from this replica's own snapshots (or nobody's: no entry,
+# or Redis lost it), the partition starts where this replica's latest snapshot says and the registry is
+# made to agree (no position: the entry is removed and the log is learned from its start). Where it comes
+# from another replica's snapshot, the partition starts there. Each claim bumps the epoch. Returns 'ok'
+# then, per partition: tp, epoch, start, fingerprint, registry offset before, owner before.
 _CLAIM = GUARD + """
 local items = cjson.decode(ARGV[3])
 local out = {'ok'}
@@ -191,15 +197,24 @@ for _, it in ipairs(items) do
   local old = redis.call('HGET', KEYS[2], tp)
   local reg = redis.call('HGET', KEYS[3], tp)
   local regfp = redis.call('HGET', KEYS[4], tp)
+  local writer = redis.call('HGET', KEYS[5], tp)
   local owner, epoch = nil, 0
   if old then
     owner = string.match(old, '^(.*)|%d+$')
     epoch = tonumber(string.match(old, '|(%d+)$')) or 0
   end
+  local ours
+  if writer then ours = (writer == ARGV[2]) else ours = (not reg) or (not old) or owner == ARGV[2] end
   local pos, fp
-  if (not old) or owner == ARGV[2] then
+  if ours then
     pos, fp = mine, myfp
-    if pos ~= '' then redis.call('HSET', KEYS[3], tp, pos) else redis.call('HDEL', KEYS[3], tp) end
+    if pos ~= '' then
+      redis.call('HSET', KEYS[3], tp, pos)
+      redis.call('HSET', KEYS[5], tp, ARGV[2])
+    else
+      redis.call('HDEL', KEYS[3], tp)
+      redis.call('HDEL', KEYS[5], tp)
+    end
     if fp ~= '' then redis.call('HSET', KEYS[4], tp, fp) else redis.call('HDEL', KEYS[4], tp) end
   else
     pos, fp = reg or '', regfp or ''
@@ -211,10 +226,10 @@ end
 return out
 """
 
-# The snapshot switch. KEYS: lease, latest, versions, owners, offsets, fingerprints. ARGV[2]: JSON
-# {version, fence: {tp: token}, offsets: {tp: offset}, fps: {tp: fingerprint or ""}, latest: {...}}.
-# If every fenced partition is still owned under its token, move ``latest``, add the version and
-# advance the registry, all at once; else change nothing and say why.
+# The snapshot switch. KEYS: lease, latest, versions, owners, offsets, fingerprints, writers. ARGV[2]:
+# JSON {version, replica, fence: {tp: token}, offsets: {tp: offset}, fps: {tp: fingerprint or ""},
+# latest: {...}}. If every fenced partition is still owned under its token, move ``latest``, add the
+# version and advance the registry (now this replica's), all at once; else change nothing and say why.
 _SWITCH = GUARD + """
 local a = cjson.decode(ARGV[2])
 local lost, missing = {'fenced'}, {'missing'}
@@ -226,17 +241,20 @@ if #lost > 1 then return lost end
 if #missing > 1 then return missing end
 for k, v in pairs(a.latest) do redis.call('HSET', KEYS[2], k, v) end
 redis.call('ZADD', KEYS[3], a.version, a.version)
-for tp, off in pairs(a.offsets) do redis.call('HSET', KEYS[5], tp, off) end
+for tp, off in pairs(a.offsets) do
+  redis.call('HSET', KEYS[5], tp, off)
+  redis.call('HSET', KEYS[7], tp, a.replica)
+end
 for tp, fp in pairs(a.fps) do
   if fp == '' then redis.call('HDEL', KEYS[6], tp) else redis.call('HSET', KEYS[6], tp, fp) end
 end
 return {'ok'}
 """
 
-# Rollback: make a complete version the latest. KEYS: lease, latest, owners, offsets, fingerprints.
-# ARGV[2]: replica; ARGV[3]: JSON {latest: {...}, offsets: {tp: offset}, fps: {tp: fp}}. The
-# registry moves back for the partitions this replica owns, or nobody does; a partition another
-# replica has claimed since stays where that replica's snapshots put it.
+# Rollback: make a complete version the latest. KEYS: lease, latest, owners, offsets, fingerprints, writers.
+# ARGV[2]: replica; ARGV[3]: JSON {latest: {...}, offsets: {tp: offset}, fps: {tp: fp}}. The registry moves
+# back for the partitions this replica owns, or nobody does; a partition another replica has claimed since
+# stays where that replica's snapshots put it.
 _SET_LATEST = GUARD + """
 local a = cjson.decode(ARGV[3])
 for k, v in pairs(a.latest) do redis.call('HSET', KEYS[2], k, v) end
@@ -246,6 +264,7 @@ for tp, off in pairs(a.offsets) do
   local owner = old and string.match(old, '^(.*)|%d+$')
   if (not old) or owner == ARGV[2] then
     redis.call('HSET', KEYS[4], tp, off)
+    redis.call('HSET', KEYS[6], tp, ARGV[2])
     local fp = a.fps[tp]
     if fp and fp ~= '' then redis.call('HSET', KEYS[5], tp, fp) else redis.call('HDEL', KEYS[5], tp) end
     table.insert(out, tp)
@@ -366,12 +385,13 @@ class SnapshotStore:
             with self.guard._held() as lease:
                 latest["writer"] = _token(lease.value)
                 args = orjson.dumps({
-                    "version": str(version), "fence": fence or {}, "latest": latest,
+                    "version": str(version), "replica": self.replica, "fence": fence or {}, "latest": latest,
                     "offsets": {tp: str(o) for tp, o in registry_offsets.items()},
                     "fps": {tp: fingerprints.get(tp) or "" for tp in registry_offsets},
                 })
-                reply = self.r.eval(_SWITCH, 6, k.lease, k.latest, k.versions, k.partition_owners,
-                                    k.partition_offsets, k.partition_fingerprints, lease.value, args)
+                reply = self.r.eval(_SWITCH, 7, k.lease, k.latest, k.versions, k.partition_owners,
+                                    k.partition_offsets, k.partition_fingerprints, k.partition_writers,
+                                    lease.value, args)
                 state = lease.lost(reply)
                 if state is not None:
                     raise LeaseLost(state, lease.taken_by)
@@ -416,8 +436,8 @@ class SnapshotStore:
             off, fp = mine.get((t, p), (None, None))
             items.append([tp_field(t, p), "" if off is None else str(int(off)), fp or ""])
         k = self.keys
-        out = self.guard.script(_CLAIM, [k.partition_owners, k.partition_offsets, k.partition_fingerprints],
-                                [self.replica, orjson.dumps(items)])
+        out = self.guard.script(_CLAIM, [k.partition_owners, k.partition_offsets, k.partition_fingerprints,
+                                         k.partition_writers], [self.replica, orjson.dumps(items)])
         result: dict[tuple[str, int], dict[str, Any]] = {}
         body = out[1:]
         for i in range(0, len(body), 6):
@@ -560,8 +580,8 @@ class SnapshotStore:
                 "checksum": fmt.checksum(self.r.get(k.manifest(version))), "writer": _token(lease.value),
             }
             offsets = {tp_field(t, int(p)): str(int(o)) for t, ps in info["offsets"].items() for p, o in ps.items()}
-            reply = self.r.eval(_SET_LATEST, 5, k.lease, k.latest, k.partition_owners, k.partition_offsets,
-                                k.partition_fingerprints, lease.value, self.replica, orjson.dumps({
+            reply = self.r.eval(_SET_LATEST, 6, k.lease, k.latest, k.partition_owners, k.partition_offsets,
+                                k.partition_fingerprints, k.partition_writers, lease.value, self.replica, orjson.dumps({
                                     "latest": latest, "offsets": offsets,
                                     "fps": {tp: (fps.get(parse_tp(tp)[0]) or {}).get(str(parse_tp(tp)[1])) or ""
                                             for tp in offsets}}))

@@ -32,7 +32,7 @@ import signal
 import traceback
 from typing import Any
 
-from ocld.learners.base import DriftEvent, LearnerState
+from ocld.learners.base import LearnerState
 from ocld.core.codec import Decoded
 from ocld.core.runtime import BatchResult, LearningCore, limit_threads
 
@@ -49,7 +49,6 @@ def _view(core: LearningCore, res: BatchResult | None) -> dict[str, Any]:
         "labelled_seen": core.labelled_seen, "samples_seen": core.samples_seen, "drift_count": core.drift_count,
         "pending_size": core.pending_size, "pending_evicted": core.pending_evicted, "learn_seconds": core.learn_seconds,
         "status_fields": core.status_fields(), "summary": core.summary(), "learner_metrics": core.learner_metrics(),
-        "actions": [core.action_for(e) for e in res.events] if res is not None else [],
         "classes": list(core.classes) if res is not None and res.predictions else None,
     }
 
@@ -121,7 +120,6 @@ class RemoteCore:
         self._proc.start()
         child_end.close()
         self._inflight = 0
-        self._actions: dict[DriftEvent, str] = {}
         self._classes: list[Any] = []
         self._view: dict[str, Any] = {}
         self._start_timeout_s = start_timeout_s
@@ -158,6 +156,8 @@ class RemoteCore:
         return self._recv()
 
     # -- learning --------------------------------------------------------------------
+    depth = 1  # one poll learns in the child while the daemon reads the next
+
     def submit(self, dec: Decoded) -> None:
         self._ensure_started()
         self._requests.put(("process", dec))
@@ -175,7 +175,6 @@ class RemoteCore:
         finally:
             self._inflight -= 1  # answered (or failed): either way no longer in flight
         self._take(view)
-        self._actions = dict(zip(res.events, view["actions"]))
         return res
 
     def _take(self, view: dict[str, Any]) -> None:
@@ -208,9 +207,6 @@ class RemoteCore:
     def classes(self) -> list[Any]:
         """The learner's classes as of the last result that carried predictions."""
         return self._classes
-
-    def action_for(self, event: DriftEvent) -> str:
-        return self._actions.get(event, "none")
 
     # -- state -----------------------------------------------------------------------
     def to_parts(self) -> dict[str, LearnerState]:

@@ -630,7 +630,7 @@ def redis_down_at_start(work: Path) -> Result:
         rc = d.wait(60)
         took = time.monotonic() - t0
         waiting = env.daemon(env.config(redis={"start_timeout_s": 60}))  # SIGTERM while it waits for Redis
-        _wait(lambda: "unreachable at start-up" in waiting.log, 30, "the daemon to wait for Redis")
+        _wait(lambda: "at start-up failed" in waiting.log, 30, "the daemon to wait for Redis")
         t1 = time.monotonic()
         waiting.signal(signal.SIGTERM)
         term_rc = waiting.wait(30)

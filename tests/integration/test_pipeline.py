@@ -168,7 +168,7 @@ def test_predict_only_and_delayed_labels(make_config, broker, redis_url):
     summary = _run(cfg)
     assert summary["labelled_seen"] == 600
     status = StateClient(redis_url).status(cfg.name)
-    assert status["predicted"] == 100
+    assert status["predict_only"] == 100 and status["predicted"] == status["labelled_seen"] + 100
     assert status["delayed_labels"] == 100
     assert status["label_delay_mean_s"] == pytest.approx(10.0)
     assert status["pending"] == 0

@@ -233,7 +233,7 @@ def test_pending_table_is_capped_and_evictions_are_counted(make_config, broker, 
     status = StateClient(redis_url).status(cfg.name)
     assert status["pending"] == 50
     assert status["pending_evicted"] == 250
-    assert status["predicted"] == 300 and status["labelled_seen"] == 100
+    assert status["predict_only"] == 300 and status["labelled_seen"] == 100 and status["predicted"] == 400
 
 
 def test_output_queue_is_capped_when_the_broker_is_gone(tmp_path):
