@@ -120,6 +120,8 @@ class Daemon:
         self._deferred: BaseException | None = None  # raised inside a Kafka callback; re-raised by the loop
         self._timers = _Timers()
         self._learner_deaths: deque[float] = deque()
+        # The dashboard (GET / on the HTTP port) draws the metric and drift streams this daemon writes (issue 18).
+        self.metrics.attach_series(self.redis, self.status_store.keys)
 
     @property
     def records_seen(self) -> int:

@@ -20,7 +20,7 @@ KIND_COLORS = {"error": "tab:red", "input": "tab:purple"}
 
 def run_from_redis(client: Any, pipeline: str, count: int = 10_000) -> dict[str, Any]:
     """A result dict (``curve``, ``drift_events``) from the metric and drift streams in Redis."""
-    points = [p for p in client.metrics(pipeline, count=count) if isinstance(p.get("labelled_seen"), int)]
+    points = learned_points(client.metrics(pipeline, count=count))
     g = [p.get("forgetting") for p in points]
     weights = mixture_weights(points)
     status = client.status(pipeline)
@@ -35,11 +35,23 @@ def run_from_redis(client: Any, pipeline: str, count: int = 10_000) -> dict[str,
     }
 
 
+def learned_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metric points from the first real one on. A point with nothing learned yet (``labelled_seen``
+    0, which daemons wrote at start-up until they published only once something was learned) carries an
+    accuracy of 0.0 that was never measured: drawn, it looks like a slow ramp-up from zero.
+
+    >>> [p["labelled_seen"] for p in learned_points([{"labelled_seen": 0, "accuracy": 0.0},
+    ...                                              {"labelled_seen": 30288, "accuracy": 0.897}])]
+    [30288]
+    """
+    return [p for p in points if isinstance(p.get("labelled_seen"), int) and p["labelled_seen"] > 0]
+
+
 def mixture_weights(points: list[dict[str, Any]]) -> dict[str, list[float]] | None:
     """Member name -> weight at each metric point (``mixture_weights`` of an ``OnlineMixture``), or
     None when the points carry none; a member missing at a point counts 0 there."""
-    rows = [p.get("mixture_weights") for p in points]
-    if not rows or not all(isinstance(r, dict) for r in rows):
+    rows = [r for r in (p.get("mixture_weights") for p in points) if isinstance(r, dict)]
+    if not rows or len(rows) != len(points):
         return None
     names: list[str] = []
     for r in rows:
@@ -123,7 +135,7 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
             ys = [M[r][j] for r in range(len(M)) if M[r][j] is not None]
             if xs:
                 ax.plot(xs, ys, lw=1.1, label=f"task {task}")
-        for t, end in (result.get("task_ends") or {}).items():
+        for end in (result.get("task_ends") or {}).values():
             ax.axvline(end, color="gray", lw=0.6, ls=":")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("training samples")
