@@ -1,18 +1,13 @@
 """Running per-class statistics (count, mean, diagonal variance), class-incremental and mergeable.
 
-Used by :class:`learners.analytic.AnalyticRidge` to draw pseudo-samples for minority
+Used by :class:`ocld.learners.analytic.AnalyticRidge` to draw pseudo-samples for minority
 classes, and by anything that needs per-class input summaries. Pure numpy, float64;
 never does I/O.
 
-Within a batch each class's count, mean and sum of squared deviations (M2) are computed
-in two passes; batches and workers are combined with Chan et al.'s parallel update
-
-    n = n_a + n_b,   delta = mean_b - mean_a,
-    mean = mean_a + delta * n_b / n,
-    M2 = M2_a + M2_b + delta^2 * n_a * n_b / n,
-
-which is exact in exact arithmetic, so any split of a stream (and any order of merging
-shards) gives the same statistics up to rounding.
+The moments come from :mod:`ocld.buffers.moments`: within a batch each class's count, mean
+and sum of squared deviations (M2) in two passes, combined with the running ones (and with
+other workers') by Chan et al.'s parallel update, which is exact in exact arithmetic, so any
+split of a stream and any order of merging shards give the same statistics up to rounding.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ocld.buffers.moments import batch_moments, merge_moments
 from ocld.learners.base import ClassIndex, Component, Label, LearnerState, check_X, labels_to_json
 
 
@@ -89,17 +85,11 @@ class ClassStats(Component):
             return
         idx = self._index.encode(y)
         self._grow(len(self._index), X.shape[1])
-        self._merge_arrays(*_batch_moments(X, idx, len(self._index)))
+        self._merge_arrays(*batch_moments(X, idx, len(self._index)))
 
     def _merge_arrays(self, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         """Chan's parallel update of every row with (n_b, mean_b, m2_b) (same row order)."""
-        n_a = self.count
-        n = n_a + n_b
-        safe_n = np.where(n > 0, n, 1.0)
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / safe_n)[:, None]
-        self.m2 = self.m2 + m2_b + delta * delta * (n_a * n_b / safe_n)[:, None]
-        self.count = n
+        self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2, n_b, mean_b, m2_b)
 
     def merge(self, other: ClassStats) -> None:
         """Add another ClassStats (e.g. from another shard); classes are aligned by label."""
@@ -146,18 +136,6 @@ class ClassStats(Component):
             obj.mean = np.array(state.arrays["mean"], dtype=np.float64).reshape(-1, int(d))
             obj.m2 = np.array(state.arrays["m2"], dtype=np.float64).reshape(-1, int(d))
         return obj
-
-
-def _batch_moments(X: np.ndarray, idx: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-pass per-class count, mean and M2 of one batch (rows of classes absent are 0)."""
-    count = np.bincount(idx, minlength=n_classes).astype(np.float64)
-    sums = np.zeros((n_classes, X.shape[1]))
-    np.add.at(sums, idx, X)
-    mean = sums / np.where(count > 0, count, 1.0)[:, None]
-    dev = X - mean[idx]
-    m2 = np.zeros_like(sums)
-    np.add.at(m2, idx, dev * dev)
-    return count, mean, m2
 
 
 __all__ = ["ClassStats"]

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ocld.buffers.moments import RunningMoments
 from ocld.buffers.ring import Ring
 from ocld.core.detectors import DETECTOR_CLASSES, Detection, Detector
 from ocld.learners.base import DriftEvent, LearnerState
@@ -197,9 +198,7 @@ class InputDriftMonitor:
         self._rows: list[np.ndarray] = []
         self._carry = np.zeros(0)
         self._count = 0
-        self._ref_sum = np.zeros(0)  # warm-up: sums of the values and squared values of complete blocks
-        self._ref_sq = np.zeros(0)
-        self._ref_n = 0  # samples in the warm-up statistics
+        self._ref = RunningMoments()  # warm-up: mean and spread of the rows of the complete blocks
         self.scale: np.ndarray | None = None  # sd / sqrt(block) per monitored feature, once warm
         self.n_seen = 0
         self.n_blocks = 0
@@ -211,8 +210,7 @@ class InputDriftMonitor:
         self.features = np.unique(np.linspace(0, d - 1, k).round().astype(np.int64))
         k = self.features.size
         self._carry = np.zeros(k)
-        self._ref_sum = np.zeros(k)
-        self._ref_sq = np.zeros(k)
+        self._ref.start(k)
         self._ring = Ring(self.window, k)
 
     def update(self, X: np.ndarray) -> list[DriftEvent]:
@@ -235,9 +233,7 @@ class InputDriftMonitor:
             sums = rows.sum(axis=0)
             total = self._carry + sums
             if self.scale is None:
-                self._ref_sum += sums
-                self._ref_sq += np.square(rows).sum(axis=0)
-                self._ref_n += rows.shape[0]
+                self._ref.update(rows)
             self._rows = []
             self._carry = np.zeros_like(self._carry)
             self._count = 0
@@ -258,9 +254,9 @@ class InputDriftMonitor:
         if self.scale is None:
             if self.n_blocks < self.warmup:
                 return None
-            mu = self._ref_sum / self._ref_n
-            var = np.maximum(self._ref_sq / self._ref_n - mu * mu, 0.0)
-            sd = np.sqrt(var)
+            mu = self._ref.mean
+            assert mu is not None
+            sd = self._ref.std()
             sd[sd <= 1e-12 * np.maximum(1.0, np.abs(mu))] = 1.0  # constant feature: any scale
             self.scale = sd / np.sqrt(self.block)
             self.detectors = [make_detector(self.detector_name, self.params) for _ in range(self.features.size)]  # type: ignore[union-attr]
@@ -297,16 +293,16 @@ class InputDriftMonitor:
             "features": self.features if self.features is not None else np.zeros(0, dtype=np.int64),
             "recent": self._ring.values() if self._ring is not None else np.zeros((0, 0)),
             "partial": np.vstack(self._rows) if self._rows else np.zeros((0, k)),
-            "sum": self._carry.copy(), "ref_sum": self._ref_sum.copy(), "ref_sq": self._ref_sq.copy(),
+            "sum": self._carry.copy(),
             "scale": self.scale.copy() if self.scale is not None else np.zeros(0),
         }
         return LearnerState("InputDriftMonitor", {
             "detector": self.detector_name, "params": self.params, "block": self.block, "warmup": self.warmup,
             "max_features": self.max_features, "window": self.window,
-        }, arrays, {"k": k, "count": self._count, "ref_n": self._ref_n, "n_seen": self.n_seen,
+        }, arrays, {"k": k, "count": self._count, "n_seen": self.n_seen,
                     "n_blocks": self.n_blocks, "n_events": self.n_events, "warm": self.scale is not None,
                     "exact": True},
-            {f"d{j}": det.to_state() for j, det in enumerate(self.detectors)})
+            {"ref": self._ref.to_state(), **{f"d{j}": det.to_state() for j, det in enumerate(self.detectors)}})
 
     @classmethod
     def from_state(cls, state: LearnerState) -> InputDriftMonitor:
@@ -321,8 +317,7 @@ class InputDriftMonitor:
             m._carry = np.asarray(a["sum"], dtype=np.float64).copy()
             partial = np.asarray(a["partial"], dtype=np.float64) if "partial" in a else np.zeros((0, m.features.size))
             m._rows = [partial.reshape(-1, m.features.size).copy()] if partial.size else []
-            m._ref_sum = np.asarray(a["ref_sum"], dtype=np.float64).copy()
-            m._ref_sq = np.asarray(a["ref_sq"], dtype=np.float64).copy()
+            m._ref = _warmup_moments(state)
             if meta["warm"]:
                 m.scale = np.asarray(a["scale"], dtype=np.float64).copy()
                 recent = np.asarray(a["recent"], dtype=np.float64).reshape(-1, m.features.size)
@@ -335,11 +330,28 @@ class InputDriftMonitor:
                         det.update_many(recent[:, j])
                 m._ring.push(recent)
         m._count = int(meta["count"])
-        m._ref_n = int(meta["ref_n"])
         m.n_seen = int(meta["n_seen"])
         m.n_blocks = int(meta["n_blocks"])
         m.n_events = int(meta["n_events"])
         return m
+
+
+def _warmup_moments(state: LearnerState) -> RunningMoments:
+    """The warm-up moments of an input monitor's state. Snapshots written before RunningMoments
+    held them as sums of the values and of their squares (arrays ``ref_sum``, ``ref_sq``, count in
+    ``meta["ref_n"]``): those are turned into moments here (to the precision the sums had)."""
+    if "ref" in state.children:
+        return RunningMoments.from_state(state.children["ref"])
+    k = int(state.meta["k"])
+    n = float(state.meta.get("ref_n", 0))
+    if "ref_sum" not in state.arrays or n <= 0:
+        moments = RunningMoments()
+        moments.start(k)
+        return moments
+    total = np.asarray(state.arrays["ref_sum"], dtype=np.float64)
+    mean = total / n
+    m2 = np.maximum(np.asarray(state.arrays["ref_sq"], dtype=np.float64) - total * mean, 0.0)
+    return RunningMoments.from_arrays(n, mean, m2)
 
 
 def _rose(history: np.ndarray, at: int, recent: int = 200, older: int = 1000) -> bool | None:

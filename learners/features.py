@@ -11,13 +11,38 @@ from __future__ import annotations
 
 import numpy as np
 
+from ocld.buffers.moments import RunningMoments
 from ocld.learners.base import FeatureMap, LearnerState, check_X
 
 
 class Standardizer(FeatureMap):
-    """Running mean/variance standardization (population variance, Welford-exact by prefix sums).
+    """Running standardization: each column minus its running mean, over its running standard deviation.
 
-    A constant feature maps to 0 (no division by zero).
+    The moments are those of every row learned so far (population variance), kept by
+    :class:`~ocld.buffers.moments.RunningMoments`. ``learn_transform`` standardizes row i
+    with the moments of the rows up to and including i, exactly as if the rows had come one
+    at a time; ``transform`` uses the current moments and learns nothing. A column whose
+    spread is below the rounding level of its mean counts as constant and maps to 0 (no
+    division by zero, and rounding noise is never blown up).
+
+    Parameters
+    ----------
+    with_std
+        Divide by the running standard deviation (False: only subtract the running mean).
+    clip
+        Standardized values are clipped to +- this (None: no clip), so that one extreme row
+        cannot produce huge features.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(10.0, 3.0, size=(500, 2))
+    >>> std = Standardizer()
+    >>> Z = std.learn_transform(X)        # row i uses the mean and spread of rows 0..i
+    >>> Z[0].tolist()                     # the first row has no spread yet
+    [0.0, 0.0]
+    >>> np.round(std.transform([[10.0, 13.0]]), 1)
+    array([[0.1, 1. ]])
     """
 
     def __init__(self, with_std: bool = True, clip: float | None = 1e3) -> None:
@@ -25,14 +50,25 @@ class Standardizer(FeatureMap):
         self.clip = clip
         self.n_features_in: int | None = None
         self.n_features_out: int | None = None
-        self.n = 0.0
-        self.mean: np.ndarray | None = None
-        self.m2: np.ndarray | None = None
+        self.moments = RunningMoments()
+
+    @property
+    def n(self) -> float:
+        """Rows learned."""
+        return self.moments.count
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return self.moments.mean
+
+    @property
+    def m2(self) -> np.ndarray | None:
+        """Sum of squared deviations from the mean, per column."""
+        return self.moments.m2
 
     def _init(self, d: int) -> None:
         self.n_features_in = self.n_features_out = d
-        self.mean = np.zeros(d)
-        self.m2 = np.zeros(d)
+        self.moments.start(d)
 
     def estimate_state_bytes(self, n_features: int) -> int:
         return 2 * 8 * n_features  # mean and m2
@@ -54,47 +90,33 @@ class Standardizer(FeatureMap):
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
-        if self.mean is None:
-            self._init(X.shape[1])
-        assert self.mean is not None and self.m2 is not None
-        return self._scale(X - self.mean, self.m2, self.n, self.mean)
+        self._init(X.shape[1])
+        m = self.moments
+        assert m.mean is not None and m.m2 is not None
+        return self._scale(X - m.mean, m.m2, m.count, m.mean)
 
     def learn_transform(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
-        if self.mean is None:
-            self._init(X.shape[1])
-        assert self.mean is not None and self.m2 is not None
+        self._init(X.shape[1])
         if X.shape[0] == 0:
             return X.copy()
-        # Shift by the old mean (or, on the very first rows, by the first row) so the prefix
-        # sums stay small and a constant feature gives exactly zero spread.
-        shift = self.mean if self.n > 0 else X[0]
-        d = X - shift
-        if self.n == 0:
-            self.mean = shift.copy()
-        s1 = np.cumsum(d, axis=0)
-        s2 = np.cumsum(d * d, axis=0)
-        n_i = self.n + np.arange(1, X.shape[0] + 1, dtype=np.float64)[:, None]
-        mean_i = self.mean + s1 / n_i
-        m2_i = np.maximum(self.m2 + s2 - s1 * s1 / n_i, 0.0)
-        out = self._scale(X - mean_i, m2_i, n_i, mean_i)
-        self.n = float(n_i[-1, 0])
-        self.mean = mean_i[-1].copy()
-        self.m2 = m2_i[-1].copy()
-        return out
+        n_i, mean_i, m2_i = self.moments.update_prefix(X)
+        return self._scale(X - mean_i, m2_i, n_i, mean_i)
 
     def to_state(self) -> LearnerState:
-        arrays = {} if self.mean is None else {"mean": self.mean.copy(), "m2": self.m2.copy()}  # type: ignore[union-attr]
-        return LearnerState("Standardizer", self._get_params(), arrays, {"n": self.n})
+        return LearnerState("Standardizer", self._get_params(), {}, {}, {"moments": self.moments.to_state()})
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "Standardizer":
+    def from_state(cls, state: LearnerState) -> Standardizer:
         obj = cls(**state.params)
-        obj.n = float(state.meta.get("n", 0.0))
-        if "mean" in state.arrays:
-            obj._init(int(state.arrays["mean"].shape[0]))
-            obj.mean = np.array(state.arrays["mean"], dtype=np.float64)
-            obj.m2 = np.array(state.arrays["m2"], dtype=np.float64)
+        if "moments" in state.children:
+            obj.moments = RunningMoments.from_state(state.children["moments"])
+        else:  # written before RunningMoments: the arrays mean and m2, the count in meta["n"]
+            obj.moments = RunningMoments.from_arrays(state.meta.get("n", 0.0), state.arrays.get("mean"),
+                                                     state.arrays.get("m2"))
+        d = obj.moments.n_features
+        if d is not None:
+            obj.n_features_in = obj.n_features_out = d
         return obj
 
 
@@ -133,7 +155,7 @@ class _RandomMap(FeatureMap):
         return LearnerState(type(self).__name__, self._get_params(), {}, {"n_features_in": self.n_features_in})
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "_RandomMap":
+    def from_state(cls, state: LearnerState) -> _RandomMap:
         obj = cls(**state.params)
         d = state.meta.get("n_features_in")
         if d is not None:
@@ -145,12 +167,35 @@ class _RandomMap(FeatureMap):
 class RandomFourierFeatures(_RandomMap):
     """phi(x) = sqrt(2/D) cos(x W + b), W ~ N(0, scale^2), b ~ U[0, 2 pi) (Rahimi & Recht 2007).
 
-    Approximates an RBF kernel with length scale 1/scale; |phi(x)|^2 is about 1.
-    ``linear`` > 0 appends ``linear * x`` and the constant ``linear``: a linear part with a
-    bias next to the kernel part, so a linear concept needs no kernel approximation
-    (``linear`` sets its prior scale relative to the Fourier features, whose squared norm
-    is about 1). Output width ``n_components + d + 1`` then; 0 (default) keeps
-    ``n_components``.
+    Approximates an RBF kernel with length scale 1/scale; |phi(x)|^2 is about 1. Nothing is
+    learned: W and b are drawn from ``seed`` when the input width is first seen, and a
+    restored map draws them again bit for bit (the state holds only the width).
+
+    Parameters
+    ----------
+    n_components
+        D, the number of Fourier features.
+    scale
+        Standard deviation of the random frequencies W (the inverse of the kernel's length
+        scale, for standardized inputs).
+    seed
+        Seeds W and b.
+    linear
+        > 0 appends ``linear * x`` and the constant ``linear``: a linear part with a bias next
+        to the kernel part, so a linear concept needs no kernel approximation (``linear`` sets
+        its prior scale relative to the Fourier features, whose squared norm is about 1).
+        Output width ``n_components + d + 1`` then; 0 (default) keeps ``n_components``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(5, 3))
+    >>> rff = RandomFourierFeatures(n_components=8, scale=0.5, seed=0, linear=0.1)
+    >>> rff.transform(X).shape                    # 8 Fourier features, 0.1 x and a bias 0.1
+    (5, 12)
+    >>> from ocld.learners.registry import component_from_state
+    >>> np.array_equal(component_from_state(rff.to_state()).transform(X), rff.transform(X))
+    True
     """
 
     def output_width(self, n_features: int) -> int:
@@ -178,7 +223,30 @@ class RandomFourierFeatures(_RandomMap):
 
 
 class RandomReLU(_RandomMap):
-    """phi(x) = max(0, x W + b), W ~ N(0, scale^2 / d), b ~ N(0, scale^2): the AEF-OCL "buffer layer"."""
+    """phi(x) = max(0, x W + b), W ~ N(0, scale^2 / d), b ~ N(0, scale^2): the AEF-OCL "buffer layer".
+
+    Nothing is learned: W and b are drawn from ``seed`` when the input width is first seen.
+
+    Parameters
+    ----------
+    n_components
+        Width of the layer.
+    scale
+        Scale of the random weights and biases.
+    seed
+        Seeds W and b, so that replicas with one seed share the layer (their statistics then
+        add up: :class:`~ocld.learners.analytic.AnalyticRidge`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(5, 3))
+    >>> H = RandomReLU(n_components=16, seed=0).transform(X)
+    >>> H.shape, bool((H >= 0).all())
+    ((5, 16), True)
+    >>> np.array_equal(RandomReLU(n_components=16, seed=0).transform(X), H)   # fixed by the seed
+    True
+    """
 
     def _draw(self, d: int) -> None:
         rng = np.random.default_rng(self.seed)

@@ -23,6 +23,7 @@ COMPONENTS: dict[str, str] = {
     "Reservoir": "ocld.buffers.reservoir:Reservoir",
     "ClassBalancedReservoir": "ocld.buffers.reservoir:ClassBalancedReservoir",
     "ClassStats": "ocld.buffers.stats:ClassStats",
+    "RunningMoments": "ocld.buffers.moments:RunningMoments",
 }
 
 HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner", "OnlineMixture")
@@ -52,7 +53,8 @@ def build_component(name: str, params: dict[str, Any] | None = None) -> Componen
         raise ValueError(f"bad parameters for {name}: {exc}") from None
 
 
-def build_learner(name: str, params: dict[str, Any] | None = None, features: list[dict[str, Any]] | None = None) -> Learner:
+def build_learner(name: str, params: dict[str, Any] | None = None,
+                  features: list[dict[str, Any]] | None = None) -> Learner:
     """A head (by name, with params) behind optional feature maps ``[{name, params}, ...]``."""
     if name not in HEADS:
         raise ValueError(f"learner.name {name!r} is not a learner; choose one of {list(HEADS)}")
@@ -63,7 +65,8 @@ def build_learner(name: str, params: dict[str, Any] | None = None, features: lis
     for i, spec in enumerate(features):
         fname = spec.get("name")
         if fname not in FEATURE_MAPS:
-            raise ValueError(f"learner.features[{i}].name {fname!r} is not a feature map; choose one of {list(FEATURE_MAPS)}")
+            raise ValueError(f"learner.features[{i}].name {fname!r} is not a feature map; "
+                             f"choose one of {list(FEATURE_MAPS)}")
         steps.append(build_component(fname, spec.get("params")))
     from ocld.learners.pipeline import Pipeline
 
@@ -93,4 +96,5 @@ def learner_from_state(state: LearnerState, allow_pickle: bool = False) -> Learn
     return obj
 
 
-__all__ = ["COMPONENTS", "HEADS", "FEATURE_MAPS", "PickleRefused", "build_learner", "learner_from_state", "resolve", "FeatureMap"]
+__all__ = ["COMPONENTS", "HEADS", "FEATURE_MAPS", "PickleRefused", "build_learner", "learner_from_state", "resolve",
+           "FeatureMap"]
