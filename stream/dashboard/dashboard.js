@@ -200,7 +200,11 @@
     const resp = await fetch(url, { cache: "no-store" });
     let body;
     try { body = await resp.json(); } catch (err) { throw new Error("HTTP " + resp.status); }
-    if (!resp.ok) throw new Error(body.error || "HTTP " + resp.status);
+    if (!resp.ok) {
+      const err = new Error(body.error || "HTTP " + resp.status);
+      err.status = resp.status;
+      throw err;
+    }
     return body;
   }
 
@@ -216,9 +220,11 @@
       renderStatus();
       renderRate();
     } catch (err) {
-      state.errors.status = String(err.message || err);
-      $("state").className = "badge unreachable";
-      setText("state", "unreachable");
+      // 503 before the daemon built its first status: it is starting, not gone
+      const starting = err.status === 503;
+      state.errors.status = starting ? null : String(err.message || err);
+      $("state").className = "badge " + (starting ? "starting" : "unreachable");
+      setText("state", starting ? "starting" : "unreachable");
     }
     state.polls.status++;
     renderBanner();

@@ -165,6 +165,14 @@ def test_dashboard_shows_a_running_daemon_in_a_browser(make_config, broker, redi
         SCREENSHOT.parent.mkdir(exist_ok=True)
         assert browser.save_screenshot(str(SCREENSHOT))
         assert SCREENSHOT.stat().st_size > 20_000
+
+        # The daemon gone: the page says so and keeps the last data it received.
+        daemon.stop()
+        thread.join(60)
+        wait_until(lambda: "daemon unreachable" in browser.find_element("id", "banner").text, 15,
+                   "the page to say that the daemon is unreachable")
+        assert browser.find_element("id", "state").text == "unreachable"
+        assert browser.find_element("id", "t-labelled").text == "4,500"
     finally:
         daemon.stop()
         thread.join(60)
