@@ -61,10 +61,22 @@ def _name_targets(args: argparse.Namespace, cfg: Config) -> None:
     args.redis_target = cfg.redis.url.get_secret_value()
 
 
+def _running(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The embedded servers of a running ``ocld run`` (``stream.discovery``), for the pipeline named if any."""
+    from ocld.stream import discovery
+
+    return discovery.find(getattr(args, "pipeline", None) or None)
+
+
 def _redis_url(args: argparse.Namespace) -> str:
+    """--redis, else REDIS_URL, else the embedded Redis of a running daemon."""
     url = args.redis or os.environ.get("REDIS_URL")
     if not url:
-        raise ConfigError("give --redis URL (or set REDIS_URL) to say which Redis holds the state")
+        found = _running(args)
+        url = found["redis"] if found else None
+    if not url:
+        raise ConfigError("give --redis URL (or set REDIS_URL) to say which Redis holds the state: no daemon runs "
+                          "on embedded servers here (`ocld env` prints the addresses of one that does)")
     args.redis_target = url  # named (redacted) in the message if Redis fails
     return url
 
@@ -77,9 +89,15 @@ def _state_client(args: argparse.Namespace) -> Any:
 
 
 def _kafka_config(args: argparse.Namespace, command: str) -> KafkaConfig:
-    kafka = KafkaConfig(bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or "embedded")
+    """--bootstrap, else KAFKA_BOOTSTRAP, else the embedded broker of a running daemon."""
+    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        found = _running(args)
+        bootstrap = found["bootstrap"] if found else None
+    kafka = KafkaConfig(bootstrap=bootstrap or "embedded")
     if kafka.bootstrap == "embedded":
-        raise ConfigError(f"{command} needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP)")
+        raise ConfigError(f"{command} needs a running broker: give --bootstrap HOST:PORT (or set KAFKA_BOOTSTRAP); "
+                          "no daemon runs on embedded servers here")
     args.kafka_target = kafka.bootstrap
     return kafka
 
@@ -97,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = with_replica(cfg, args.replica, f"--replica {args.replica!r}")
     if cfg.log_format == "json" and not args.json_logs:
         _setup_logging(args.log_level, json_logs=True)
-    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name) as (bs, url):
+    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), Path(cfg.data_dir) / cfg.name,
+                  pipeline=cfg.name) as (bs, url):
         args.kafka_target, args.redis_target = bs, url
         if cfg.kafka.bootstrap == "embedded" or cfg.redis.url.get_secret_value() == "embedded":
             log.info("embedded servers: broker %s, Redis %s", bs, redact_url(url))
@@ -181,30 +200,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Every pipeline's status (or one's), grouped for a person, or as JSON; ``--watch`` refreshes it."""
     client = _state_client(args)
     if args.pipeline:
         client.require(args.pipeline)
-    names = [args.pipeline] if args.pipeline else client.pipelines()
-    replicas = {name: client.replica_names(name) for name in names}
-    statuses: dict[str, Any] = {}
-    for name in names:
-        if replicas[name] and replicas[name] != [""]:
-            statuses[name] = {"replicas": client.replicas(name), "partitions": client.partitions(name)}
-        else:
-            statuses[name] = client.status(name)
+
+    def statuses() -> dict[str, Any]:
+        names = [args.pipeline] if args.pipeline else client.pipelines()
+        out: dict[str, Any] = {}
+        for name in names:
+            replicas = client.replica_names(name)
+            if replicas and replicas != [""]:
+                out[name] = {"replicas": client.replicas(name), "partitions": client.partitions(name)}
+            else:
+                out[name] = client.status(name)
+        return out
+
     if args.json:
-        print(orjson.dumps(statuses, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(statuses(), option=orjson.OPT_INDENT_2).decode())
         return 0
-    if not names:
-        print("no pipelines found in this Redis")
+    from rich.console import Console, Group
+
+    console = Console()
+    if not args.watch:
+        current = statuses()
+        if not current:
+            print("no pipelines found in this Redis")
+        console.print(Group(*_status_views(current)))
+        return 0
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2, screen=False) as live:
+        try:
+            while True:
+                live.update(Group(*_status_views(statuses()), f"[dim]every {args.watch:g} s; Ctrl-C stops[/dim]"))
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _status_views(statuses: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    from ocld.stream.status import display_rows
+
+    views: list[Any] = []
     for name, st in statuses.items():
         if "replicas" in st:
-            _print_replicas(name, st["replicas"], st["partitions"])
+            views.append(_replicas_table(name, st["replicas"], st["partitions"]))
             continue
         if not st or list(st) == ["alive"]:
-            print(f"pipeline {name!r}: no status in this Redis")
+            views.append(f"pipeline {name!r}: no status in this Redis")
             continue
-        _print_table(f"pipeline {name}", [(k, st[k]) for k in sorted(st)])
+        table = Table(title=f"pipeline {name}", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        for group, rows in display_rows(st).items():
+            table.add_row(f"[cyan]{group}[/cyan]", "")
+            for field, text in rows:
+                table.add_row(f"  {field}", text)
+        views.append(table)
+    return views
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """``export KAFKA_BOOTSTRAP=... REDIS_URL=...`` for the embedded servers of a running daemon."""
+    from ocld.stream import discovery
+
+    found = discovery.find(args.pipeline)
+    if found is None:
+        raise ConfigError("no daemon runs on embedded servers here" + (f" for pipeline {args.pipeline!r}"
+                          if args.pipeline else "") + ": start one with `ocld run CONFIG` (kafka.bootstrap and "
+                          "redis.url embedded), or name your servers with --bootstrap / --redis")
+    print(f"export KAFKA_BOOTSTRAP={found['bootstrap']} REDIS_URL={found['redis']}"
+          f"  # pipeline {found['pipeline']}, pid {found['pid']}")
     return 0
 
 
@@ -216,29 +286,31 @@ def _partition_list(parts: list[Any], topic: str) -> str:
     return ",".join(str(p) for p in parts) or "-"
 
 
-def _print_replicas(name: str, replicas: list[dict[str, Any]], partitions: dict[str, dict[str, Any]]) -> None:
+def _replicas_table(name: str, replicas: list[dict[str, Any]], partitions: dict[str, dict[str, Any]]) -> Any:
     """One row per replica (read from Redis), then the partition registry."""
-    import datetime
+    from rich.table import Table
 
-    def when(t: Any) -> str:
-        return datetime.datetime.fromtimestamp(float(t)).strftime("%H:%M:%S") if t not in ("", None) else "-"
+    from ocld.stream.status import when
 
-    rows = [("replica", "state", "host", "pid", "partitions", "lag", "samples", "accuracy", "snapshot", "at")]
+    table = Table(title=f"pipeline {name}: {len(replicas)} replicas", title_justify="left")
+    for col in ("replica", "state", "host", "pid", "partitions", "lag", "samples", "accuracy", "snapshot", "at"):
+        table.add_column(col)
     for st in replicas:
         acc = st.get("accuracy_total")
-        rows.append((st["replica"] or "(default)", str(st.get("state", "-")), str(st.get("host", "-")),
-                     str(st.get("pid", "-")), _partition_list(st.get("partitions") or [], str(st.get("topic", ""))),
-                     str(st.get("lag", "-")), str(st.get("labelled_seen", "-")),
-                     f"{acc:.4f}" if isinstance(acc, float) else "-", str(st.get("model_version", "-")),
-                     when(st.get("last_snapshot_at"))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"pipeline {name}: {len(replicas)} replicas")
-    for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        table.add_row(st["replica"] or "(default)", str(st.get("state", "-")), str(st.get("host", "-")),
+                      str(st.get("pid", "-")), _partition_list(st.get("partitions") or [], str(st.get("topic", ""))),
+                      str(st.get("lag", "-")), str(st.get("labelled_seen", "-")),
+                      f"{acc:.4f}" if isinstance(acc, float) else "-", str(st.get("model_version", "-")),
+                      when(st.get("last_snapshot_at")))
     if partitions:
-        print("  partition registry (offset covered by a durable snapshot, owner, epoch):")
+        reg = Table(title="partition registry (offset covered by a durable snapshot, owner, epoch)",
+                    title_justify="left", show_header=False)
         for tp, e in partitions.items():
-            print(f"    {tp:<24} {str(e['offset']):>10}  {e['owner'] or '(default)'}  {e['epoch']}")
+            reg.add_row(tp, str(e["offset"]), e["owner"] or "(default)", str(e["epoch"]))
+        from rich.console import Group
+
+        return Group(table, reg)
+    return table
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -255,6 +327,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         out = client.snapshot_info(args.pipeline, replica=args.replica)
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Move a pipeline's keys to the layout with hash tags (``ocld:{p}:*``), atomically; a daemon does it
+    by itself at start-up, this is for clients that read a pipeline whose daemon is not running."""
+    client = _state_client(args)
+    if not client.old_layout(args.pipeline):
+        print(f"pipeline {args.pipeline!r} has no keys in the old layout here: nothing to move")
+        return 0
+    moved = client.migrate(args.pipeline)
+    print(f"moved {moved} keys of pipeline {args.pipeline!r} to the hash-tagged layout (ocld:{{{args.pipeline}}}:*)")
     return 0
 
 
@@ -306,7 +390,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = Path(args.data or ROOT / "data" / "elec.csv")
     t0 = time.monotonic()
     _name_targets(args, cfg)
-    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), data_dir) as (bs, url):
+    with services(cfg.kafka.bootstrap, cfg.redis.url.get_secret_value(), data_dir,
+                  pipeline=cfg.name if args.keep_running else None) as (bs, url):
         args.kafka_target, args.redis_target = bs, url
         cfg = cfg.with_services(bs, url)
         print(f"broker {bs}, Redis {redact_url(url)}")
@@ -326,13 +411,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ("throughput", f"{summary['records_seen'] / max(summary['elapsed_s'], 1e-9):,.0f} records/s (incl. start-up)"),
             ("snapshot version", summary["model_version"]), ("status in Redis", status.get("state")),
         ])
-        print("\nInspect the state while servers run (ocld demo --keep-running), e.g.:")
-        print(f"  ocld status {cfg.name} --redis {url}")
-        print(f"  ocld query {cfg.name} --metrics --redis {url}")
-        print(f"  redis-cli -p {port} HGETALL ocld:{cfg.name}:status")
-        print(f"  redis-cli -p {port} HGETALL ocld:{cfg.name}:latest")
+        if not args.keep_running:
+            print("\nThe servers stop now. To look at the state with them running: ocld demo --keep-running, then in "
+                  "another shell ocld status / ocld query / ocld report")
         if args.keep_running:
-            print("\nservers keep running; Ctrl-C to stop them")
+            print("\nThe servers keep running (Ctrl-C stops them). In another shell, in this folder:")
+            print(f"  ocld status {cfg.name}            # found through the running servers (ocld env prints them)")
+            print(f"  ocld query {cfg.name} --metrics")
+            print(f"  redis-cli -p {port} HGETALL 'ocld:{{{cfg.name}}}:status'")
             try:
                 while True:
                     time.sleep(3600)
@@ -426,7 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pipeline", nargs="?")
     sp.add_argument("--redis")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="S",
+                    help="refresh every S seconds (default 1) until Ctrl-C")
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("env", help="export lines for the embedded servers of a running daemon (eval $(ocld env))")
+    sp.add_argument("pipeline", nargs="?")
+    sp.set_defaults(func=cmd_env)
 
     sp = sub.add_parser("query", help="metrics, drift history or snapshot info, from Redis")
     sp.add_argument("pipeline")
@@ -457,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, metavar="FILE.png")
     sp.add_argument("--count", type=int, default=10_000, help="newest metric points / drift events read")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("migrate", help="move a pipeline's keys written by an older ocld to the hash-tagged layout")
+    sp.add_argument("pipeline")
+    sp.add_argument("--redis")
+    sp.set_defaults(func=cmd_migrate)
     return p
 
 

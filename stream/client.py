@@ -65,8 +65,8 @@ def _decode(value: bytes) -> Any:
 
 class StateClient:
     def __init__(self, redis_url: str, namespace: str = "ocld", password: str | None = None,
-                 username: str | None = None) -> None:
-        self.r = connect(redis_url, password, username)
+                 username: str | None = None, cluster: bool = False) -> None:
+        self.r = connect(redis_url, password, username, cluster=cluster)
         self.namespace = namespace
         self.server = redact_url(redis_url)  # for messages: never the password
 
@@ -83,6 +83,10 @@ class StateClient:
         """Raise ``PipelineNotFound`` unless :meth:`exists`; the message lists what this Redis holds."""
         if self.exists(pipeline, replica):
             return
+        if self.old_layout(pipeline):
+            raise PipelineNotFound(
+                f"pipeline {pipeline!r} is stored in the key layout of an older ocld (without hash tags) in Redis at "
+                f"{self.server}: run `ocld migrate {pipeline}` (or start its daemon, which moves the keys itself)")
         if replica:
             known = [n for n in self.replica_names(pipeline) if n]
             what, choices = f"replica {replica!r} of pipeline {pipeline!r}", known
@@ -98,11 +102,25 @@ class StateClient:
         raise PipelineNotFound(f"{what} does not exist in Redis at {self.server} (namespace {self.namespace!r}); {fix}")
 
     def pipelines(self) -> list[str]:
+        """Pipelines with a status here (those still in the layout of an older ocld: ``old_layout``)."""
         names = set()
         for key in self.r.scan_iter(match=f"{self.namespace}:*:status", count=1000):
-            name = key.decode()[len(self.namespace) + 1:-len(":status")]
-            names.add(name.split(":replica:", 1)[0])
+            name = key.decode()[len(self.namespace) + 1:-len(":status")].split(":replica:", 1)[0]
+            if name.startswith("{") and name.endswith("}"):
+                names.add(name[1:-1])
         return sorted(names)
+
+    def old_layout(self, pipeline: str) -> bool:
+        """Whether ``pipeline``'s keys are still in the layout before hash tags (``ocld migrate`` moves them)."""
+        from ocld.stream.store import old_layout_keys
+
+        return bool(old_layout_keys(self.r, pipeline, self.namespace))
+
+    def migrate(self, pipeline: str) -> int:
+        """Move ``pipeline``'s keys to the hash-tagged layout (atomic); the number of keys moved."""
+        from ocld.stream.store import migrate_layout
+
+        return migrate_layout(self.r, pipeline, self.namespace)
 
     def replica_names(self, pipeline: str) -> list[str]:
         """Replicas that have published a status ("" is the single-daemon layout)."""

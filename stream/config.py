@@ -78,6 +78,7 @@ class RedisConfig(_Model):
     password: SecretStr | None = None
     username: str | None = None
     namespace: str = "ocld"
+    cluster: bool = Field(False, description="url names one node of a Redis Cluster (same as a redis+cluster:// url)")
     lease_ttl_s: float = Field(15.0, ge=2, description=(
         "the writer's lease expires this long after its daemon stopped renewing it (crashed, stalled, or cut "
         "off from Redis); another daemon, or a rollback, can take over after that"))

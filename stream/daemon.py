@@ -69,7 +69,8 @@ from ocld.stream.ownership import Incident, Ownership, Positions, is_permission_
 from ocld.stream.sink import Sink
 from ocld.stream.source import KafkaSource, Polled
 from ocld.stream.status import Status
-from ocld.stream.store import Keys, LeaseLost, SnapshotStore, StatusStore, connect, tp_field
+from ocld.stream.store import (Keys, LeaseLost, SnapshotStore, StatusStore, connect, migrate_layout, old_layout_keys,
+                               tp_field)
 from ocld.stream.worker import LearnerProcessError, RemoteCore
 
 log = logging.getLogger("ocld.daemon")
@@ -89,7 +90,8 @@ class Daemon:
         self.cfg = cfg
         limit_threads()
         r = cfg.redis
-        self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username)
+        self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username,
+                             cluster=r.cluster)
         self.replica = cfg.scale.replica_id
         self.lease = Lease(self.redis, Keys(cfg.name, r.namespace, self.replica).lease, r.lease_ttl)
         self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes,
@@ -145,6 +147,7 @@ class Daemon:
         cfg = self.cfg
         self._interruptible = True
         self._wait_for_redis()
+        self._startup_redis("moving keys to the hash-tagged layout", self._migrate_layout)
         try:
             if not self.ownership.take_lease(self._who(), cfg.redis.lease_ttl + 1.0, lambda: self._stop):
                 return False
@@ -203,6 +206,13 @@ class Daemon:
         except redis.RedisError as exc:
             self._redis_fatal(exc, what)
             raise FatalConfigError(f"{what}: Redis failed ({_redis_error(exc)})") from None
+
+    def _migrate_layout(self) -> None:
+        """Keys written by an older ocld (no hash tags) move to the current layout, once, atomically."""
+        if old_layout_keys(self.redis, self.cfg.name, self.cfg.redis.namespace):
+            moved = migrate_layout(self.redis, self.cfg.name, self.cfg.redis.namespace)
+            log.info("pipeline %r: moved %d keys to the hash-tagged layout (ocld:{%s}:*)", self.cfg.name, moved,
+                     self.cfg.name)
 
     def _wait_for_broker(self) -> None:
         """Wait (backoff 0.5 s doubling to 10 s, as long as it takes; SIGTERM stops it) for the broker."""

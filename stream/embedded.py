@@ -180,14 +180,26 @@ def _wait_redis_loaded(port: int, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def services(bootstrap: str, redis_url: str, data_dir: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield (bootstrap, redis_url), starting embedded servers for the ones named 'embedded'."""
+def services(bootstrap: str, redis_url: str, data_dir: str | Path,
+             pipeline: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (bootstrap, redis_url), starting embedded servers for the ones named 'embedded'. With
+    ``pipeline``, their addresses are published for the other commands (``stream.discovery``) while
+    they run."""
+    from ocld.stream import discovery
+
     with contextlib.ExitStack() as stack:
+        started = False
         if bootstrap == "embedded":
             bootstrap = stack.enter_context(EmbeddedBroker(Path(data_dir) / "broker")).bootstrap
+            started = True
         if redis_url == "embedded":
             redis_url = stack.enter_context(EmbeddedRedis(Path(data_dir) / "redis")).url
-        yield bootstrap, redis_url
+            started = True
+        published = discovery.publish(pipeline, bootstrap, redis_url, Path(data_dir)) if started and pipeline else []
+        try:
+            yield bootstrap, redis_url
+        finally:
+            discovery.withdraw(published)
 
 
 def pid_alive(pid: int) -> bool:

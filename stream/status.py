@@ -46,7 +46,7 @@ class Status(BaseModel):
                     "stopped or failed; readers show dead when it says running but nobody holds the lease")
     failure: str = _f("", "health", "why the daemon stopped, when state is failed")
     host: str = _f("", "health", "host name of the daemon")
-    pid: int = _f(0, "health", "process id of the daemon")
+    pid: int = _f(0, "health", "process id of the daemon", unit="id")
     started_at: float = _f(0.0, "health", "when the daemon started", unit="time")
     updated_at: float = _f(0.0, "health", "when this status was written", unit="time")
     broker_reachable: bool = _f(True, "health", "the broker accepts connections", "ocld_broker_reachable")
@@ -184,9 +184,60 @@ def markdown_table() -> str:
             metric = f"`{extra['metric']}`" + (" (counter)" if extra.get("kind") == "counter" else "") \
                 if extra.get("metric") else ""
             lines.append(f"| {group} | `{name}` | {info.description} | {metric} |")
-    lines.append("| model quality | `forgetting`, `weight.<member>` | learner figures: KalmanHead's effective forgetting "
+    lines.append("| model quality | `forgetting`, `mixture_weights` | learner figures: KalmanHead's effective forgetting "
                  "factor, an online mixture's member weights | |")
     return "\n".join(lines)
+
+
+def when(t: Any, now: float | None = None) -> str:
+    """A time as ISO (local, seconds) and relative: ``2026-12-06 04:12:03 (12 s ago)``; "-" if none."""
+    import datetime
+
+    if t in (None, "", 0, 0.0):
+        return "-"
+    t = float(t)
+    ago = (time.time() if now is None else now) - t
+    rel = f"{ago:.0f} s" if abs(ago) < 120 else f"{ago / 60:.0f} min" if abs(ago) < 7200 else f"{ago / 3600:.1f} h"
+    stamp = datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} ({rel} ago)" if ago >= 0 else f"{stamp} (in {rel[1:] if rel.startswith('-') else rel})"
+
+
+def _show(value: Any, unit: str = "") -> str:
+    if value is None or value == "":
+        return "-"
+    if unit == "time":
+        return when(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        text = f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        return f"{text} s" if unit == "s" else f"{text} /s" if unit == "1/s" else text
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 and unit != "id" else str(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show(v) for v in value) or "-"
+    return str(value)
+
+
+def display_rows(status: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """A status (as ``StateClient.status`` returns it) for a person: group -> [(field, text)], in the
+    model's order; learner figures under "model quality"; fields the hash lacks are left out."""
+    out: dict[str, list[tuple[str, str]]] = {g: [] for g in GROUPS}
+    for group, fields in fields_by_group().items():
+        for name, info in fields:
+            if name in status:
+                out[group].append((name, _show(status[name], (info.json_schema_extra or {}).get("unit", ""))))
+    if "state_reported" in status:
+        out["health"].insert(1, ("reported", f"{status['state_reported']} (nobody holds the lease: the daemon died "
+                                 "without saying so)"))
+    if "alive" in status:
+        out["health"].insert(1, ("lease", "held" if status["alive"] else "not held"))
+    known = set(Status.model_fields) | {"alive", "state_reported"}
+    for name in sorted(k for k in status if k not in known):
+        out["model quality"].append((name, _show(status[name])))
+    return {g: rows for g, rows in out.items() if rows}
 
 
 class StatusCollector:

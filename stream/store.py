@@ -61,26 +61,43 @@ from ocld.stream.lease import GUARD, Lease
 log = logging.getLogger("ocld.store")
 
 
-def connect(url: str, password: str | None = None, username: str | None = None, timeout: float = 5.0) -> redis.Redis:
-    """A redis-py client; ``rediss://`` gives TLS. Errors never show the password."""
-    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
+def connect(url: str, password: str | None = None, username: str | None = None, timeout: float = 5.0,
+            cluster: bool = False) -> Any:
+    """A redis-py client: ``redis://`` and ``rediss://`` (TLS) give one server; ``redis+cluster://``
+    and ``rediss+cluster://`` (or ``cluster=True``) give a ``RedisCluster`` that finds the other
+    nodes from the one named. Every key of a pipeline shares one hash slot (``Keys``), so the Lua
+    scripts run the same on both. Errors never show the password."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if password:
         kwargs["password"] = password
     if username:
         kwargs["username"] = username
+    scheme, sep, rest = url.partition("://")
+    if scheme.endswith("+cluster"):
+        scheme, cluster = scheme[: -len("+cluster")], True
     try:
-        return redis.Redis.from_url(url, **kwargs)
-    except ValueError as exc:
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(f"{scheme}{sep}{rest}", **kwargs)
+        return redis.Redis.from_url(url, health_check_interval=30, **kwargs)
+    except (ValueError, redis.RedisError) as exc:
+        if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.exceptions.RedisClusterException):
+            raise
         raise ValueError(f"bad Redis URL {redact_url(url)}: {exc}") from None
 
 
 class Keys:
-    """Key names. ``replica`` "" gives the single-daemon layout ``{ns}:{pipeline}:*``; a named
-    replica keeps its own state under ``{ns}:{pipeline}:replica:{replica}:*``. The partition
-    registry and the replica set are shared by all replicas of the pipeline."""
+    """Key names. Every key of a pipeline carries the pipeline's name in braces, ``{ns}:{{pipeline}}:*``
+    (a Redis Cluster hash tag): all of them hash to one slot, so each Lua script touches one slot and
+    one Redis and a cluster share one layout. ``replica`` "" gives the single-daemon keys; a named
+    replica keeps its own state under ``{ns}:{{pipeline}}:replica:{replica}:*``. The partition registry
+    and the replica set are shared by all replicas of the pipeline."""
 
     def __init__(self, pipeline: str, namespace: str = "ocld", replica: str = "") -> None:
-        self.root = f"{namespace}:{pipeline}"
+        self.pipeline = pipeline
+        self.namespace = namespace
+        self.root = f"{namespace}:{{{pipeline}}}"
         self.replica = replica
         self.base = f"{self.root}:replica:{replica}" if replica else self.root
 
@@ -272,6 +289,51 @@ for tp, off in pairs(a.offsets) do
 end
 return out
 """
+
+
+# Move every key of the layout before hash tags (``{ns}:{pipeline}:*``) to the tagged one
+# (``{ns}:{{pipeline}}:*``), in one script (atomic). Only a single Redis ever held the old layout:
+# KEYS and RENAME across slots are fine there. ARGV: old pattern, old prefix, new prefix. A key
+# that exists in both layouts is left (the new one wins). Returns the number of keys moved.
+_MIGRATE = """
+local moved = 0
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  local new = ARGV[3] .. string.sub(k, string.len(ARGV[2]) + 1)
+  if redis.call('EXISTS', new) == 0 then
+    redis.call('RENAME', k, new)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def old_layout_keys(client: Any, pipeline: str, namespace: str = "ocld") -> list[str]:
+    """Keys of ``pipeline`` written before keys were hash-tagged (empty on a cluster: it never held them)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        return []
+    return [k.decode() for k in client.scan_iter(match=f"{_glob(namespace)}:{_glob(pipeline)}:*", count=1000)]
+
+
+def migrate_layout(client: Any, pipeline: str, namespace: str = "ocld") -> int:
+    """Move ``pipeline``'s keys to the hash-tagged layout at once (``ocld migrate`` and the daemon's
+    start-up). Refused while a daemon of the old layout still runs (its heartbeat key lives)."""
+    old_prefix, new_prefix = f"{namespace}:{pipeline}:", f"{namespace}:{{{pipeline}}}:"
+    alive = [k for k in old_layout_keys(client, pipeline, namespace) if k.endswith(":alive")]
+    if alive:
+        from ocld.stream.errors import FatalConfigError
+
+        raise FatalConfigError(
+            f"a daemon of an older ocld still runs pipeline {pipeline!r} on the key layout without hash tags (its "
+            f"heartbeat {alive[0]} is alive): stop it, then start this one (it moves the keys to the new layout)")
+    return int(client.eval(_MIGRATE, 0, f"{_glob(namespace)}:{_glob(pipeline)}:*", old_prefix, new_prefix))
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def replica_names(client: redis.Redis, pipeline: str, namespace: str = "ocld") -> list[str]:

@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import orjson
 
+from ocld.stream.store import Keys
+
 ROOT = Path(__file__).resolve().parent.parent
 LEARNER = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0, "adapt_discount": None}, "features": []}
 
@@ -401,7 +403,7 @@ def two_daemons_while_broker_down(work: Path) -> Result:
     """Item 4: two daemons of one config start while the broker is down."""
     with environment(work, "twins", broker=False) as env:
         a = env.daemon()
-        _wait(lambda: env.client().get(f"ocld:{env.name}:lease"), 30, "the first daemon's lease")
+        _wait(lambda: env.client().get(Keys(env.name).lease), 30, "the first daemon's lease")
         b = env.daemon()
         rc_b = b.wait(30)
         env.start_broker()
@@ -477,7 +479,7 @@ def garbage_manifests(work: Path) -> Result:
         env.produce(encode(X, y))
         env.catch_up()
         r = env.client()
-        for key in r.scan_iter(match=f"ocld:{env.name}:snap:*:manifest"):
+        for key in r.scan_iter(match=f"{Keys(env.name).base}:snap:*:manifest"):
             r.set(key, b"\x00garbage")
         d = env.catch_up()
         res = measure(env, "garbage in every manifest, then a restart", X, y)

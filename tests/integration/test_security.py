@@ -127,7 +127,7 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
         assert status["labelled_seen"] == 300
         _assert_no_secret("the status hash", orjson.dumps(status))
         _assert_no_secret("the metrics stream", orjson.dumps(client.metrics(cfg.name)))
-        for key in admin.scan_iter(match=f"ocld:{cfg.name}:*"):
+        for key in admin.scan_iter(match=f"ocld:{{{cfg.name}}}:*"):
             if admin.type(key) == b"string" and b":chunk:" not in key:
                 _assert_no_secret(key.decode(), admin.get(key))
         dlq = read_topic(broker, cfg.dlq_topic)
