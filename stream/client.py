@@ -48,7 +48,7 @@ class SnapshotUnreadable(OcldError, LookupError):
     """A stored snapshot's manifest cannot be read; the message names the version and the way out."""
 
 
-def _decode(value: bytes) -> Any:
+def decode_field(value: bytes) -> Any:
     text = value.decode()
     for cast in (int, float):
         try:
@@ -153,12 +153,12 @@ class StateClient:
     def metrics(self, pipeline: str, count: int = 100, replica: str = "") -> list[dict[str, Any]]:
         """The newest ``count`` metric points, oldest first."""
         entries = self.r.xrevrange(Keys(pipeline, self.namespace, replica).metrics, count=count)
-        return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
+        return [{"id": eid.decode(), **{k.decode(): decode_field(v) for k, v in fields.items()}}
                 for eid, fields in reversed(entries)]
 
     def drift_events(self, pipeline: str, count: int = 1000, replica: str = "") -> list[dict[str, Any]]:
         entries = self.r.xrevrange(Keys(pipeline, self.namespace, replica).drift, count=count)
-        return [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}}
+        return [{"id": eid.decode(), **{k.decode(): decode_field(v) for k, v in fields.items()}}
                 for eid, fields in reversed(entries)]
 
     def store(self, pipeline: str, replica: str = "") -> SnapshotStore:

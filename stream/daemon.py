@@ -681,7 +681,7 @@ class Daemon:
                 fields = status.model_dump()
                 self.status_store.add_metrics({"t": time.time(), **{k: fields[k] for k in (
                     "samples_seen", "labelled_seen", "accuracy", "accuracy_total", "log_loss", "throughput",
-                    "drift_count", "drift_count_error", "drift_count_input", "model_version", "dlq_count")},
+                    "drift_count", "drift_count_error", "drift_count_input", "model_version", "dlq_count", "lag")},
                     **self.core.learner_metrics()})
         except LeaseLost:
             return  # the loop decides (_check_lease)

@@ -117,14 +117,14 @@ class SeriesReader:
 
     def _after(self, key: str, since: str) -> tuple[list[dict[str, Any]], str]:
         """Entries after stream id ``since`` (oldest first, at most ``limit``) and the last id read."""
-        from ocld.stream.client import _decode  # the one decoding of stream fields (StateClient's)
+        from ocld.stream.client import decode_field  # the one decoding of stream fields (StateClient's)
 
         if since:
             _check_stream_id(since)
             entries = self.r.xrange(key, min=f"({since}", max="+", count=self.limit)
         else:
             entries = list(reversed(self.r.xrevrange(key, count=self.limit)))
-        out = [{"id": eid.decode(), **{k.decode(): _decode(v) for k, v in fields.items()}} for eid, fields in entries]
+        out = [{"id": eid.decode(), **{k.decode(): decode_field(v) for k, v in fields.items()}} for eid, fields in entries]
         return out, (out[-1]["id"] if out else since)
 
 
