@@ -3,7 +3,7 @@
 Loading a snapshot never executes code: the manifest is JSON, arrays are rebuilt with
 ``numpy.frombuffer`` from a whitelisted dtype, and every chunk's sha256 is checked
 before anything is used. (A river model's pickled bytes travel as a uint8 array; turning
-them back into an object is refused by ``learners.registry`` unless the config allows it.)
+them back into an object is refused by ``ocld.learners.registry`` unless the config allows it.)
 
 Manifest (format_version 1)::
 
@@ -33,6 +33,10 @@ _ALLOWED_KINDS = set("biufc")  # bool, signed, unsigned, float, complex: never o
 
 class CorruptSnapshot(ValueError):
     """A manifest or chunk that fails its checksum or does not parse."""
+
+
+class NewerSnapshotFormat(CorruptSnapshot):
+    """A snapshot written by a newer ocld, in a format this one cannot read (not damaged: never skipped)."""
 
 
 @dataclass
@@ -95,8 +99,12 @@ def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
         raise CorruptSnapshot(f"manifest is not JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptSnapshot("not an ocld snapshot manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptSnapshot(f"unsupported snapshot format_version {manifest.get('format_version')}")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise NewerSnapshotFormat(f"snapshot format_version {version} was written by a newer ocld (this one reads "
+                                  f"{FORMAT_VERSION})")
+    if version != FORMAT_VERSION:
+        raise CorruptSnapshot(f"unsupported snapshot format_version {version}")
     return manifest
 
 

@@ -85,7 +85,7 @@ def _state_client(args: argparse.Namespace) -> Any:
     """A ``StateClient`` on ``--redis`` / ``REDIS_URL`` (Redis errors surface at the first command)."""
     from ocld.stream.client import StateClient
 
-    return StateClient(_redis_url(args))
+    return StateClient(_redis_url(args), password=os.environ.get("OCLD_REDIS_PASSWORD") or None)
 
 
 def _kafka_config(args: argparse.Namespace, command: str) -> KafkaConfig:

@@ -77,6 +77,8 @@ log = logging.getLogger("ocld.daemon")
 
 # A learner process that dies this many times within this many seconds is not restarted again.
 LEARNER_RESTARTS = (3, 600.0)
+# A loop that has not moved for this long is stuck: /livez says so and the lease is no longer renewed.
+LOOP_STALL_S = 120.0
 
 
 class _Interrupted(BaseException):
@@ -154,14 +156,15 @@ class Daemon:
         except redis.RedisError as exc:
             self._redis_fatal(exc, "taking the lease")
             raise
-        self.lease.start_renewing()
+        self.lease.start_renewing(stall_s=LOOP_STALL_S)
         log.info("%s: lease %s taken (expires %.0f s after the last renewal)", self._who(), self.lease.key,
                  cfg.redis.lease_ttl)
         self._startup_redis("loading the latest snapshot", self._restore)
         self._startup_redis("cleaning incomplete snapshots", self.store.clean_orphans)
         self._publish_status(force=True)
         if cfg.http.port is not None:
-            self.http = HealthServer(self.metrics, self.health, cfg.http.host, cfg.http.port).start()
+            self.http = HealthServer(self.metrics, self.health, cfg.http.host, cfg.http.port,
+                                     liveness=self.liveness).start()
         self._wait_for_broker()
         try:
             if cfg.kafka.create_topics:
@@ -244,7 +247,14 @@ class Daemon:
 
     def _restore(self) -> None:
         """Load the latest usable snapshot into the core; where each partition starts comes from it."""
-        snap = self.store.load_latest()
+        from ocld.core.snapshot import NewerSnapshotFormat
+
+        try:
+            snap = self.store.load_latest()
+        except NewerSnapshotFormat as exc:
+            raise FatalConfigError(f"the latest snapshot of {self._who()} cannot be read: {exc}. Run the newer ocld "
+                                   "that wrote it, or roll back to a version this one can read (ocld query P "
+                                   "--snapshot lists them)") from None
         if snap is None:
             self.ownership.durable = {}
             self.checkpointer.restored(None, None, 0, 0)
@@ -694,6 +704,13 @@ class Daemon:
     def unsnapshotted_age(self) -> float:
         """Seconds that consumed work has waited for a durable snapshot (0 when all of it is durable)."""
         return self.checkpointer.unsnapshotted_age(self.counters.records)
+
+    def liveness(self) -> dict[str, Any]:
+        """For /livez: the loop is moving (or the daemon is starting or stopping). A daemon that waits for its
+        broker, Redis or lease is alive and doing the right thing; one whose loop is stuck is not."""
+        age = time.monotonic() - self.lease.last_tick
+        alive = self.state in ("starting", "stopping") or age < LOOP_STALL_S
+        return {"alive": alive, "state": self.shown_state(), "loop_age_s": round(age, 3), "limit_s": LOOP_STALL_S}
 
     def health(self) -> dict[str, Any]:
         """Readiness for /healthz: running, holding the lease, broker and Redis reachable, state durable within

@@ -139,9 +139,11 @@ class HealthServer:
     free port)."""
 
     def __init__(self, metrics: DaemonMetrics, health: Callable[[], dict[str, Any]], host: str = "127.0.0.1",
-                 port: int = 0, before_scrape: Callable[[], None] | None = None) -> None:
+                 port: int = 0, before_scrape: Callable[[], None] | None = None,
+                 liveness: Callable[[], dict[str, Any]] | None = None) -> None:
         self.metrics = metrics
         self.health = health
+        self.liveness = liveness or (lambda: {"alive": True})
         self.before_scrape = before_scrape
         server = self
 
@@ -157,6 +159,9 @@ class HealthServer:
                     elif path in ("/healthz", "/health", "/readyz"):
                         body = server.health()
                         self._send(200 if body.get("ready") else 503, orjson.dumps(body), _JSON)
+                    elif path == "/livez":
+                        body = server.liveness()
+                        self._send(200 if body.get("alive") else 503, orjson.dumps(body), _JSON)
                     elif path == "/api/status":
                         self._send(*server.api_status())
                     elif path == "/api/series":

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -107,6 +108,7 @@ class Lease:
 
     def _new_value(self) -> str:
         return orjson.dumps({"token": uuid.uuid4().hex, "host": self.host, "pid": self.pid, "role": self.role,
+                             "ns": _pid_namespace(), "instance": os.environ.get("OCLD_INSTANCE", ""),
                              "since": round(time.time(), 3)}).decode()
 
     # -- taking it ---------------------------------------------------------------------
@@ -125,8 +127,11 @@ class Lease:
         return self.r.get(self.key)
 
     def acquire_or_replace_stale(self) -> bool:
-        """Take the lease, or replace it when its holder is provably dead: a process of this host
-        that no longer exists, or this very pid (a restarted container reuses pid 1)."""
+        """Take the lease, or replace it when its holder is provably dead: a process of this very
+        PID namespace (same machine boot, same container) that no longer runs, or an earlier run of
+        this same instance (``OCLD_INSTANCE``, e.g. a Kubernetes pod's uid, which survives a restart of
+        its container). A host name alone proves nothing: two pods of one StatefulSet name in two
+        namespaces, or a compose service and a pod, share it, and each runs as pid 1."""
         if self.try_acquire():
             return True
         seen = self.holder()
@@ -134,14 +139,17 @@ class Lease:
             return self.try_acquire()
         try:
             v = orjson.loads(seen)
-            stale = v.get("host") == self.host and (int(v.get("pid")) == self.pid or not _pid_alive(int(v["pid"])))
+            instance = os.environ.get("OCLD_INSTANCE", "")
+            same_ns = v.get("host") == self.host and v.get("ns") == _pid_namespace() and v.get("ns")
+            stale = bool((same_ns and (int(v["pid"]) == self.pid or not _pid_alive(int(v["pid"]))))
+                         or (instance and v.get("instance") == instance))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             stale = False
         if not stale:
             return False
         value = self._new_value()
         if self.r.eval(_REPLACE, 1, self.key, seen, value, self.ttl_ms):
-            log.info("took over the lease %s from %s, a process of this host that no longer runs", self.key,
+            log.info("took over the lease %s from %s, an earlier run of this daemon that no longer runs", self.key,
                      describe(seen))
             self.value = value
             self.state = "held"
@@ -163,6 +171,11 @@ class Lease:
     def tick(self) -> None:
         """The daemon's loop is alive (called every iteration)."""
         self._tick = time.monotonic()
+
+    @property
+    def last_tick(self) -> float:
+        """When the loop last ticked (``time.monotonic``)."""
+        return self._tick
 
     def start_renewing(self, stall_s: float = 120.0) -> None:
         """Renew every third of the TTL from a daemon thread while the loop keeps ticking."""
@@ -223,6 +236,16 @@ class LeaseHeld(Exception):
     def __init__(self, key: str, holder: bytes | None) -> None:
         super().__init__(f"{key} is held by {describe(holder)}")
         self.holder = holder
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace on this boot of the machine ("" where /proc cannot tell): two
+    processes compare pids meaningfully only when this is the same."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _pid_alive(pid: int) -> bool:

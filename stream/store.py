@@ -608,6 +608,8 @@ class SnapshotStore:
         for v in candidates:
             try:
                 snap = self.read(v)
+            except fmt.NewerSnapshotFormat:
+                raise  # not damage: falling back (or starting fresh) would re-learn what a newer ocld learned
             except fmt.CorruptSnapshot as exc:
                 log.error("snapshot version %d of pipeline %r is unusable (%s); trying an older version", v, self.pipeline, exc)
                 continue

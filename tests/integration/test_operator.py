@@ -63,3 +63,36 @@ def test_the_embedded_servers_are_found_while_the_daemon_runs(tmp_path: Path) ->
     assert not list((tmp_path / "run").glob("*.json")) and not (tmp_path / ".ocld" / "opdemo" / "servers.json").exists()
     gone = _cli(tmp_path, env, "env")
     assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "no daemon runs on embedded servers" in gone.stderr
+
+
+def test_livez_says_whether_the_loop_moves(make_config, broker) -> None:
+    """/livez: 200 while the loop moves (waiting for servers counts), 503 once it has been stuck for
+    LOOP_STALL_S; /healthz (readiness) is another question."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from ocld.stream.daemon import LOOP_STALL_S, Daemon
+
+    def get(url: str) -> int:
+        try:
+            return urllib.request.urlopen(url, timeout=5).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    daemon = Daemon(make_config(http={"port": 0}))
+    thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False, "max_seconds": 60}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: daemon.http is not None and daemon.state == "running", 60, "the daemon running")
+        base = f"http://127.0.0.1:{daemon.http.port}"
+        assert get(base + "/livez") == 200
+    finally:
+        daemon.stop()
+        thread.join(60)
+    assert daemon.state == "stopped" and daemon.liveness()["alive"]  # its loop ticked moments ago
+    daemon.lease._tick = time.monotonic() - LOOP_STALL_S - 1  # as if the loop had hung that long
+    assert not daemon.liveness()["alive"] and daemon.liveness()["loop_age_s"] > LOOP_STALL_S
+    daemon.state = "starting"  # start-up waits (broker, Redis, lease) count as progress
+    assert daemon.liveness()["alive"]

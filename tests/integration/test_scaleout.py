@@ -259,7 +259,10 @@ def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redi
     # A lease of a process of this host that has exited is stale: it is taken over.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    r.set(key, orjson.dumps({"token": "y", "host": socket.gethostname(), "pid": dead.pid}), ex=60)
+    from ocld.stream.lease import _pid_namespace
+
+    r.set(key, orjson.dumps({"token": "y", "host": socket.gethostname(), "pid": dead.pid, "ns": _pid_namespace()}),
+          ex=60)
     lease = Lease(r, key, 2.0)
     assert lease.acquire_or_replace_stale()
     assert orjson.loads(r.get(key))["pid"] == lease.pid

@@ -256,3 +256,39 @@ def test_store_claim_fence_and_lease_semantics(stores: Any) -> None:
     with pytest.raises(LeaseLost):
         a.write(Snapshot(parts, {"t": {1: 9}}, {}), fence={"t:1": "a|1"}, registry_offsets={"t:1": 9})
     assert a.latest_version() == v1
+
+
+def test_a_lease_is_stale_only_when_its_holder_provably_is_gone(redis_url: str) -> None:
+    """Same PID namespace and a dead pid, or the same OCLD_INSTANCE: stale. A holder of the same host name
+    and pid in another container (two pods named ocld-0, both pid 1) is alive as far as anyone can tell."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import uuid
+
+    import orjson
+
+    from ocld.stream.lease import Lease, _pid_namespace
+    from ocld.stream.store import connect
+
+    r = connect(redis_url)
+    key = f"ocld:{{lease{uuid.uuid4().hex[:6]}}}:lease"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host, ns = socket.gethostname(), _pid_namespace()
+    for holder, stale in [({"host": host, "pid": dead.pid, "ns": ns}, True),
+                          ({"host": host, "pid": os.getpid(), "ns": ns}, True),
+                          ({"host": host, "pid": os.getpid(), "ns": "other-boot:123"}, False),
+                          ({"host": host, "pid": dead.pid, "ns": "other-boot:123"}, False),
+                          ({"host": "elsewhere", "pid": dead.pid, "ns": ns}, False)]:
+        r.set(key, orjson.dumps({"token": "t", **holder}), ex=30)
+        assert Lease(r, key, 5).acquire_or_replace_stale() is stale, holder
+    os.environ["OCLD_INSTANCE"] = "pod-uid-1"
+    try:
+        r.set(key, orjson.dumps({"token": "t", "host": host, "pid": 1, "ns": "x", "instance": "pod-uid-1"}), ex=30)
+        assert Lease(r, key, 5).acquire_or_replace_stale()
+        r.set(key, orjson.dumps({"token": "t", "host": host, "pid": 1, "ns": "x", "instance": "pod-uid-2"}), ex=30)
+        assert not Lease(r, key, 5).acquire_or_replace_stale()
+    finally:
+        del os.environ["OCLD_INSTANCE"]
