@@ -104,16 +104,16 @@ class Standardizer(FeatureMap):
         return self._scale(X - mean_i, m2_i, n_i, mean_i)
 
     def to_state(self) -> LearnerState:
-        return LearnerState("Standardizer", self._get_params(), {}, {}, {"moments": self.moments.to_state()})
+        # The moments' arrays (mean, m2) and count (meta "n"): the layout every Standardizer state has had,
+        # so that a state loads in older and newer ocld alike.
+        moments = self.moments.to_state()
+        return LearnerState("Standardizer", self._get_params(), moments.arrays, {"n": moments.meta["count"]})
 
     @classmethod
     def from_state(cls, state: LearnerState) -> Standardizer:
         obj = cls(**state.params)
-        if "moments" in state.children:
-            obj.moments = RunningMoments.from_state(state.children["moments"])
-        else:  # written before RunningMoments: the arrays mean and m2, the count in meta["n"]
-            obj.moments = RunningMoments.from_arrays(state.meta.get("n", 0.0), state.arrays.get("mean"),
-                                                     state.arrays.get("m2"))
+        obj.moments = RunningMoments.from_arrays(state.meta.get("n", 0.0), state.arrays.get("mean"),
+                                                 state.arrays.get("m2"))
         d = obj.moments.n_features
         if d is not None:
             obj.n_features_in = obj.n_features_out = d

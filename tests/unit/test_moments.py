@@ -111,10 +111,14 @@ def test_state_round_trip_is_exact():
     assert RunningMoments.from_state(RunningMoments().to_state()).mean is None
 
 
-def test_standardizer_state_written_before_running_moments_still_loads():
+def test_standardizer_state_keeps_the_layout_of_states_written_before_running_moments():
+    """Arrays ``mean`` and ``m2``, the count in ``meta["n"]``, no children: what every Standardizer state has held,
+    so snapshots load in older and newer ocld alike."""
     X = np.random.default_rng(2).normal(4.0, 2.0, size=(300, 3))
     new = Standardizer()
     new.learn_transform(X[:200])
+    state = new.to_state()
+    assert set(state.arrays) == {"mean", "m2"} and state.meta == {"n": 200.0} and not state.children
     old = LearnerState("Standardizer", {"with_std": True, "clip": 1e3},
                        {"mean": new.mean.copy(), "m2": new.m2.copy()}, {"n": new.n})
     back = Standardizer.from_state(old)
