@@ -13,7 +13,7 @@ class Ring:
 
     def __init__(self, capacity: int, width: int | None = None, dtype: type = np.float64) -> None:
         shape = (capacity,) if width is None else (capacity, width)
-        self.data = np.zeros(shape, dtype=dtype)
+        self.data: np.ndarray = np.zeros(shape, dtype=dtype)
         self.pos = 0
         self.filled = 0
 

@@ -9,10 +9,8 @@ array for the batch and vectorized checks (width, NaN/Inf, magnitude). Records t
 are returned with a one-line reason and never reach a learner. JSON booleans in ``x`` are
 read as 1/0; ``null`` in ``x`` is rejected like NaN.
 
-(Measured: this loop costs about 0.4 us per record on top of ``orjson.loads``, next to
-about 13 us per record that kafka-python spends to hand the record over; a batch-at-once
-fast path with C-level ``map`` checks was no faster, within 10 %, and was dropped:
-benchmarks/README.md.)
+One code path: the per-record parse is small next to what the Kafka client spends handing a
+record over (benchmarks/README.md, "Daemon hot path").
 """
 
 from __future__ import annotations
@@ -79,7 +77,7 @@ class Codec:
     # -- decoding --------------------------------------------------------------------
     def widths(self, values: list[bytes | None]) -> list[int]:
         """The number of features of every record that carries a list of them (or an object, when
-        the config names the features), in order; for inferring the width (``core.schema``)."""
+        the config names the features), in order; for inferring the width (``ocld.core.schema``)."""
         out = []
         for value in values:
             if not value or len(value) > self.max_record_bytes:

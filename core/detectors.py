@@ -278,7 +278,8 @@ class ADWIN(Detector):
         keep = (self._bounds.size if self._binary else self._totals.size) - lay.held_total
         if self._binary:
             # the window's running sums at every boundary of the held buckets and of the new values
-            queues: Any = (np.concatenate(((0.0,), self._bounds, width)), np.concatenate(((0.0,), self._sums, total[1:])))
+            queues: Any = (np.concatenate(((0.0,), self._bounds, width)),
+                           np.concatenate(((0.0,), self._sums, total[1:])))
         else:
             queues = self._merge(seg, lay)
         ticks = lay.ticks
@@ -432,8 +433,10 @@ class ADWIN(Detector):
             self._bounds = np.concatenate((self._bounds[:keep], ends))
             return
         idx = lay.gather[row][real]
-        self._totals = np.concatenate((self._totals[:keep], np.concatenate([np.zeros(1)] + [q for q, _ in queues[::-1]])[idx]))
-        self._variances = np.concatenate((self._variances[:keep], np.concatenate([np.zeros(1)] + [v for _, v in queues[::-1]])[idx]))
+        new_totals = np.concatenate([np.zeros(1)] + [q for q, _ in queues[::-1]])[idx]
+        new_variances = np.concatenate([np.zeros(1)] + [v for _, v in queues[::-1]])[idx]
+        self._totals = np.concatenate((self._totals[:keep], new_totals))
+        self._variances = np.concatenate((self._variances[:keep], new_variances))
         self._sizes = np.concatenate((self._sizes[:keep], lay.sizes[row][real]))
 
     def _shrink(self) -> None:
@@ -780,7 +783,9 @@ class KSWIN(Detector):
 
         self._params = {"alpha": alpha, "window_size": window_size, "stat_size": stat_size, "seed": seed,
                         "window": None if window is None else [float(v) for v in window]}
-        self._det = RiverKSWIN(alpha=alpha, window_size=window_size, stat_size=stat_size, seed=seed, window=window)
+        # river's own object, whose attributes are read and set as plain values (from_state): typed as Any
+        self._det: Any = RiverKSWIN(alpha=alpha, window_size=window_size, stat_size=stat_size, seed=seed,
+                                    window=window)
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)

@@ -130,7 +130,7 @@ class PrequentialMetrics:
         )
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "PrequentialMetrics":
+    def from_state(cls, state: LearnerState) -> PrequentialMetrics:
         m = cls(**state.params)
         meta = state.meta
         m.labels = ClassIndex(meta["labels"])

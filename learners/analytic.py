@@ -28,7 +28,7 @@ aggregation"): :meth:`merge` and :meth:`from_statistics` give the joint model of
 shards, with columns aligned by label.
 
 Imbalance. With ``compensate_imbalance`` a pseudo-feature generator keeps per-class mean
-and diagonal variance of the inputs (:class:`buffers.stats.ClassStats`); at refresh
+and diagonal variance of the inputs (:class:`ocld.buffers.stats.ClassStats`); at refresh
 points it draws (max_c n_c - n_c) samples per class from N(mean_c, var_c), expands
 them and adds them to a *copy* of the statistics, (P_G, P_B); the compensated head
 R_c = (G + P_G + gamma I)^-1, W_c = R_c (B + P_B) serves predictions and is kept up to
@@ -80,32 +80,63 @@ def _clip_finite(a: np.ndarray, bound: float) -> np.ndarray:
 class AnalyticRidge(Learner):
     """Random ReLU expansion + recursive ridge regression equal to the joint batch solution.
 
+    Exact prequential and batch-cut invariant; classes may appear at any time; the statistics
+    of several learners (replicas, shards) add up to the joint model (:meth:`merge`).
+
     Parameters
     ----------
-    expansion_size: D, width of the fixed random ReLU layer (``RandomReLU`` seeded by
-        ``seed``); 0 or None means identity (ridge on the inputs themselves). Default 512:
-        on elec (6 standardized inputs) accuracy is flat from about 256 up, and the cost of
-        a single-sample update grows as D^2.
-    expansion_scale: scale of the random weights (W ~ N(0, scale^2/d), b ~ N(0, scale^2)).
-    gamma: ridge regularization (> 0).
-    temperature: softmax temperature on the ridge outputs (> 0).
-    compensate_imbalance: serve predictions from a head trained on the real statistics plus
-        Gaussian pseudo-samples that top every class up to the largest class count.
-    max_pseudo_per_class: at most this many pseudo-samples are drawn per class and refresh;
-        when more are owed each is weighted (owed / drawn), an unbiased Monte Carlo stand-in.
-    refresh_every: every this many learned samples R is re-solved exactly from (G, B)
-        (bounds Woodbury rounding drift) and the pseudo-samples are redrawn. Refresh points
-        are at fixed sample positions (and right after a class first appears), so the
-        state does not depend on how the stream was cut into batches.
-    adapt_discount: on a drift event multiply the old statistics (G, B, counts, class
-        statistics) by this factor in (0, 1] and re-solve, so that what comes after the
-        drift outweighs what came before. Off (None) by default because it gives up the
-        point of this learner: after a discount W is no longer the ridge solution of the
-        stream, it depends on when drifts were detected, and merged workers must have
-        discounted at the same moments to add up to a meaningful joint model. The win is
-        faster recovery under real concept drift; the cost is exactness, mergeability and
-        a D^3 re-solve per drift.
-    seed: seeds the expansion and the pseudo-sample draws.
+    expansion_size
+        D, width of the fixed random ReLU layer (``RandomReLU`` seeded by ``seed``); 0 or None
+        means identity (ridge on the inputs themselves). Accuracy levels off as D grows (on
+        low-dimensional inputs well below the default) while a single-sample update costs D^2
+        (benchmarks/README.md, "Design figures of the learners").
+    expansion_scale
+        Scale of the random weights (W ~ N(0, scale^2/d), b ~ N(0, scale^2)).
+    gamma
+        Ridge regularization (> 0).
+    temperature
+        Softmax temperature on the ridge outputs (> 0).
+    compensate_imbalance
+        Serve predictions from a head trained on the real statistics plus Gaussian
+        pseudo-samples that top every class up to the largest class count.
+    max_pseudo_per_class
+        At most this many pseudo-samples are drawn per class and refresh; when more are owed
+        each is weighted (owed / drawn), an unbiased Monte Carlo stand-in.
+    refresh_every
+        Every this many learned samples R is re-solved exactly from (G, B) (bounds Woodbury
+        rounding drift) and the pseudo-samples are redrawn. Refresh points are at fixed sample
+        positions (and right after a class first appears), so the state does not depend on
+        how the stream was cut into batches.
+    adapt_discount
+        On a drift event multiply the old statistics (G, B, counts, class statistics) by this
+        factor in (0, 1] and re-solve, so that what comes after the drift outweighs what came
+        before. Off (None) by default because it gives up the point of this learner: after a
+        discount W is no longer the ridge solution of the stream, it depends on when drifts
+        were detected, and merged workers must have discounted at the same moments to add up
+        to a meaningful joint model. The win is faster recovery under real concept drift; the
+        cost is exactness, mergeability and a D^3 re-solve per drift.
+    seed
+        Seeds the expansion and the pseudo-sample draws.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 4))
+    >>> y = (X[:, 0] * X[:, 1] > 0).astype(int)       # not linear in X: the expansion helps
+    >>> whole = AnalyticRidge(expansion_size=64)
+    >>> whole.learn(X, y)
+    >>> float(np.mean(whole.predict(X) == y)) > 0.85
+    True
+
+    Two shards merge into the model of all the data, to rounding:
+
+    >>> a, b = AnalyticRidge(expansion_size=64), AnalyticRidge(expansion_size=64)
+    >>> a.learn(X[:200], y[:200])
+    >>> b.learn(X[200:], y[200:])
+    >>> a.merge(b)
+    >>> bool(np.allclose(a.weights, whole.weights, rtol=0, atol=1e-9))
+    True
     """
 
     batch_invariant = True

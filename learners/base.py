@@ -1,22 +1,23 @@
 """The learner protocol every online learner and feature map in ocld follows.
 
 Batch-first on numpy arrays: a single sample is a batch of one. Learners are pure
-numerical objects: this package never imports ``stream``, Kafka, Redis, files or
+numerical objects: this package never imports ``ocld.stream``, Kafka, Redis, files or
 sockets (a test enforces it). Randomness only through a ``seed`` argument.
 
 State goes out through :meth:`Learner.to_state` as a :class:`LearnerState`: arrays plus
 JSON-able parameters and metadata, nested through ``children``. Nothing in a state
 executes code when it is loaded; a learner that can only be pickled (river models)
 says so with ``uses_pickle = True`` and is refused by
-:func:`learners.registry.learner_from_state` unless pickle is explicitly allowed.
+:func:`ocld.learners.registry.learner_from_state` unless pickle is explicitly allowed.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Hashable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class DriftEvent:
 class LearnerState:
     """Everything needed to rebuild a learner: no code, no pickle (except ``uses_pickle`` kinds).
 
-    kind:     registry name of the class (``learners.registry``)
+    kind:     registry name of the class (``ocld.learners.registry``)
     params:   constructor arguments, JSON-able
     arrays:   named numpy arrays (any dtype numpy can round-trip from raw bytes)
     meta:     JSON-able extras (class labels, counters, learned scalars)
@@ -59,7 +60,7 @@ class LearnerState:
     params: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    children: dict[str, "LearnerState"] = field(default_factory=dict)
+    children: dict[str, LearnerState] = field(default_factory=dict)
 
 
 class Component(ABC):
@@ -92,7 +93,7 @@ class Component(ABC):
 
     @classmethod
     @abstractmethod
-    def from_state(cls, state: LearnerState) -> "Component": ...
+    def from_state(cls, state: LearnerState) -> Component: ...
 
 
 def check_X(X: Any, n_features: int | None) -> np.ndarray:
@@ -121,7 +122,7 @@ def finite_features(X: Any, n_features: int | None, clip: float, learning: bool)
     return np.clip(Phi, -clip, clip)
 
 
-def encode_batch(index: "ClassIndex", y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_batch(index: ClassIndex, y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(column index of every label, classes known before each sample, classes known after it),
     growing ``index`` (class-incremental); checks there is one label per row."""
     y = np.asarray(y, dtype=object).reshape(-1)

@@ -3,7 +3,7 @@
 After Titsias et al., "Kalman Filter for Online Classification of Non-Stationary Data"
 (ICLR 2024). The head receives features ``phi`` (from a feature Pipeline) and regresses
 one-hot targets. Pure numpy/scipy, float64; this module never does I/O and never
-imports ``stream``.
+imports ``ocld.stream``.
 
 Model (one sub-head; ``H`` sub-heads with different forgetting run side by side)::
 
@@ -44,7 +44,8 @@ Phi(x) ~ sigmoid(sqrt(8/pi) x) this is ``softmax(mu * 2 / sqrt(pi v))``, which w
 for any number of classes. Logit differences are clipped at -30 (no probability below
 ~1e-13, never NaN). ``proba="mean"`` gives softmax(mu) for comparison. (The MacKay form
 softmax(mu / sqrt(1 + pi v / 8)) treats mu as a logit, which a one-hot regression mean is
-not: on elec its log-loss was 0.420, softmax(mu) 0.417, this form 0.220.)
+not, and its log-loss is no better than softmax(mu); the form above roughly halves it:
+benchmarks/README.md, "Design figures of the learners".)
 
 Forgetting learned online (Titsias et al.): treating the previous posterior (m, A) as
 fixed, the one-step predictive is y_c ~ N(g mu_c, S) with mu = phi^T m,
@@ -61,8 +62,8 @@ one ascent step ``delta += lr * grad`` (projected to [0, delta_max]) is taken at
 aligned boundary.
 
 Variance calibration (``scale_rate`` > 0): one-hot targets are not Gaussian, so the
-modelled predictive variance S is off by a stream-dependent factor (on elec the squared
-residuals are about half of S). Scaling s0 and s2 together by tau leaves the posterior
+modelled predictive variance S is off by a stream-dependent factor (the squared residuals
+can be far smaller than S). Scaling s0 and s2 together by tau leaves the posterior
 mean unchanged and scales every covariance by tau, so tau is a free noise scale of the
 same model; each sub-head keeps a running estimate tau (mean of r^2 / S over the known
 columns, folded in at each aligned boundary with weight ``scale_rate``) and uses tau * S
@@ -71,9 +72,9 @@ in the delta gradient above (the r terms are divided by tau) and in the probabil
 Several sub-heads (``g`` a list of initial forgetting factors), each learning its own
 delta by the gradient above, are combined by exponential weights on their squared
 prequential error (``weights ∝ exp(-eta * cumulative sum_c r_c^2)``). The Gaussian
-one-hot likelihood alone ranks forgetting factors badly across streams (on weather it
-asks for g ~ 0.995 although g ~ 1 classifies best; on elec it drifts to g = 1 without
-calibration), so each sub-head's delta is confined to its own band (``delta_bounds``):
+one-hot likelihood alone ranks forgetting factors badly across streams (on some it asks
+for more forgetting than classifies best, on others for none at all without calibration),
+so each sub-head's delta is confined to its own band (``delta_bounds``):
 the exponential weights choose the band (the order of magnitude of the forgetting), the
 likelihood gradient chooses g inside it. ``forgetting_`` reports the weight-averaged g.
 
@@ -180,32 +181,73 @@ def _auto_bounds(delta0: list[float], delta_max: float) -> list[list[float]]:
 class KalmanHead(Learner):
     """Linear head whose weights are tracked by a Kalman filter with learned forgetting.
 
+    Learns one-hot targets of the features it is given (put feature maps in front with a
+    Pipeline); classes may appear at any time. Exact prequential and batch-cut invariant.
+
     Parameters
     ----------
-    g: initial forgetting factor, or a list of them (one sub-head each, mixed by
-        exponential weights). 1.0 = no forgetting.
-    learn_g: learn each sub-head's delta = -2 log g online (else g stays fixed).
-    lr: gradient-ascent step on delta per unit of summed per-sample gradient.
-    block_size: delta and tau are constant within aligned blocks of this many labelled samples.
-    delta_max: upper bound of delta (g >= exp(-delta_max / 2)).
-    delta_bounds: one [lo, hi] band for each sub-head's delta, or "auto" (see ``_auto_bounds``).
-    s0: prior variance of each weight (and stationary variance of the drift process).
-    s2: observation noise variance on the one-hot targets.
-    eta: exponential-weights rate of the sub-head mixture (on squared error).
-    scale_rate: how fast the predictive-variance calibration tau follows (0 = tau stays 1).
-    max_log_weight_gap: at each aligned block boundary (``block_size``), a sub-head's log-weight is
-        raised to at least the best one's minus this (applied there, not per chunk, so the mixture
-        weights do not depend on the batch cut).
-    proba: "probit" (see module docstring) or "mean" (softmax of the predictive mean).
-    adapt_delta, adapt_samples: what ``adapt`` does (delta >= adapt_delta for that many samples).
-    adapt_restart: ``adapt`` also restarts slower sub-heads from the recently best one.
-    recent_window: samples (about) in the moving average of squared error that picks it.
-    max_chunk: largest block solved at once. Per sample a chunk of B rows costs about
-        4 D^2 + 3 B D + B^2 / 3 flops per sub-head, so small chunks avoid the B^2 terms. With the
-        shipped config (D = 135, 3 sub-heads) 64 learned about twice as many samples per second
-        as 256; 32 and 128 were slower than 64.
-    feature_clip: features are clipped to +- this value.
-    history_size: how many (sample, g) points of the forgetting history are kept.
+    g
+        Initial forgetting factor in (0, 1], or a list of them: one sub-head each, mixed by
+        exponential weights. 1.0 = no forgetting.
+    learn_g
+        Learn each sub-head's delta = -2 log g online (False: g stays fixed).
+    lr
+        Gradient-ascent step on delta per unit of summed per-sample gradient.
+    block_size
+        delta and tau are constant within aligned blocks of this many labelled samples.
+    delta_max
+        Upper bound of delta (g >= exp(-delta_max / 2)).
+    delta_bounds
+        One [lo, hi] band for each sub-head's delta, or "auto" (see ``_auto_bounds``).
+    s0
+        Prior variance of each weight (and stationary variance of the drift process).
+    s2
+        Observation noise variance on the one-hot targets.
+    eta
+        Exponential-weights rate of the sub-head mixture (on squared error).
+    scale_rate
+        How fast the predictive-variance calibration tau follows (0: tau stays 1).
+    max_log_weight_gap
+        At each aligned block boundary (``block_size``) a sub-head's log-weight is raised to at
+        least the best one's minus this (there, not per chunk, so the mixture weights do not
+        depend on the batch cut).
+    proba
+        "probit" (see the module docstring) or "mean" (softmax of the predictive mean).
+    adapt_delta
+        On ``adapt``, every sub-head forgets with delta >= this for ``adapt_samples`` samples.
+    adapt_samples
+        Labelled samples of that forced forgetting (0: none).
+    adapt_restart
+        On ``adapt``, restart the slower sub-heads from the recently best one.
+    recent_window
+        Samples (about) in the moving average of squared error that picks the best sub-head.
+    max_chunk
+        Largest block solved at once. Per sample a chunk of B rows costs about
+        4 D^2 + 3 B D + B^2 / 3 flops per sub-head, so small chunks avoid the B^2 terms, while
+        very small ones pay numpy's per-call overhead more often (the default was the fastest
+        at the shipped size: benchmarks/README.md, "Learner speed").
+    feature_clip
+        Features are clipped to +- this value.
+    history_size
+        How many (sample, g) points of the forgetting history are kept.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3))
+    >>> y = np.where(X[:, 0] - X[:, 1] > 0, "up", "down")
+    >>> head = KalmanHead(g=[1.0, 0.999])               # two sub-heads, forgetting learned
+    >>> proba = head.learn_predict(X, y)                # row i predicted before row i is learned
+    >>> head.classes_                                   # columns of proba, in order of appearance
+    ['up', 'down']
+    >>> predicted = np.array(head.classes_)[proba.argmax(axis=1)]
+    >>> float(np.mean(predicted[100:] == y[100:])) > 0.9
+    True
+    >>> head.predict([[2.0, -2.0, 0.0]])
+    array(['up'], dtype=object)
+    >>> bool(np.all(head.forgetting_heads_ <= 1.0))     # g of each sub-head for the next sample
+    True
     """
 
     batch_invariant: ClassVar[bool] = True
@@ -686,7 +728,7 @@ class KalmanHead(Learner):
         return LearnerState("KalmanHead", self._get_params(), arrays, meta)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "KalmanHead":
+    def from_state(cls, state: LearnerState) -> KalmanHead:
         params = dict(state.params)
         obj = cls(**params)
         obj._index = ClassIndex(list(state.meta.get("classes", [])))

@@ -5,9 +5,9 @@ A linear tracker for concepts that drift slowly and unevenly: an extended Kalman
 & Lauritzen 1990 and MacKay 1992) over the weights of a logistic regression, with a
 random-walk transition whose variance is learned per feature. It sits next to the
 Titsias-style ``KalmanHead`` (learners/kalman.py), which uses a Gaussian likelihood on
-one-hot targets and one forgetting factor for all weights; on river's rotating
-Hyperplane (2 of 10 weights drift) that costs accuracy against a plain SGD logistic
-regression, while this filter learns that only those weights move.
+one-hot targets and one forgetting factor for all weights; where only some weights drift
+(river's rotating Hyperplane: 2 of 10), that costs accuracy against a plain SGD logistic
+regression, while this filter learns which weights move and how fast.
 Pure numpy, float64; no I/O.
 
 Model, one filter per class (one-vs-rest; a binary stream gives two mirror-image
@@ -50,11 +50,9 @@ at ``q0`` (a random-walk EKF with isotropic drift).
 
 ``adapt(event)``: a drift event with rising error adds ``adapt_inflation * p0`` to every
 filter's covariance diagonal: the weights get more uncertainty at once, so the next
-samples move them fast, while the means are kept. 0 disables it. With the shipped ADWIN
-monitor (``benchmarks/drift_adaptation.py``, stream seeds 0 / 42 / 7) the default 0.1
-raised SEA's accuracy over the 1,000 samples after each switch by 0.028 / 0.013 / 0.016
-and Agrawal's by 0.052 / 0.070 / 0.066; 1.0 gave about the same there but cost 10 samples
-in 50,000 on the hyperplane of seed 0, where ADWIN raised three false alarms (0.1: one).
+samples move them fast, while the means are kept. 0 disables it. The default is small:
+it recovers after an abrupt switch about as well as a large one, while a false alarm
+costs less (docs/drift.md, "Adaptation").
 """
 
 from __future__ import annotations
@@ -78,34 +76,63 @@ from ocld.learners.base import (
 )
 
 # From this many covariance entries (C * D * D) on, the rank-1 downdate runs as one in-place
-# BLAS dger per class instead of one numpy expression with [C, D, D] temporaries (at
-# D = 512, C = 10: 0.33 ms against 10 ms per sample). Below it the numpy form is faster.
+# BLAS dger per class instead of one numpy expression with [C, D, D] temporaries, which cost
+# far more once they leave the cache (benchmarks/README.md, "Learner speed"). Below it the
+# numpy form is faster.
 _DGER_MIN = 4096
 
 
 class KalmanLogistic(Learner):
     """Extended-Kalman logistic regression (one-vs-rest) with per-feature drift learned online.
 
+    A linear tracker for low-dimensional inputs (each class keeps a D x D covariance).
+    Exact prequential and batch-cut invariant; classes may appear at any time.
+
     Parameters
     ----------
-    p0: prior variance of every weight (features should be standardized: put a
+    p0
+        Prior variance of every weight (features should be standardized: put a
         ``Standardizer`` in front).
-    q0: initial drift variance per feature and sample (the bias included).
-    learn_q: learn the drift variances by the moment estimate in the module docstring.
-    q_lag, q_step: lag and spacing (labelled samples) of the moment estimate;
-        ``q_lag`` must be a multiple of ``q_step``.
-    q_rate: weight of each new estimate in the running q.
-    q_noise: how much of the filter's own variance (diag P now and ``q_lag`` ago) is
-        taken off the squared move. 1 is right if the estimation errors at the two ends
-        were independent; they are positively correlated when the gain is small, so the
-        noise in the move is smaller. 0.5 measured better on river's Hyperplane for stream
-        seeds 42, 7 and 0 (0.9390 / 0.9370 / 0.9404 against 0.9381 / 0.9361 / 0.9388, through
-        ``ocld evaluate``'s code path with adapt_inflation 0.5 to 2) and the same on SEA and
-        Agrawal.
-    q_min, q_max: bounds on each learned variance.
-    adapt_inflation: on a drift event with rising error, P += adapt_inflation * p0 * I.
-    fit_intercept: append a constant feature 1.
-    feature_clip: features are clipped to +- this value.
+    q0
+        Initial drift variance per feature and sample (the bias included).
+    learn_q
+        Learn the drift variances by the moment estimate in the module docstring.
+    q_lag
+        Lag (labelled samples) of the moment estimate; a multiple of ``q_step``.
+    q_step
+        Spacing (labelled samples) of the moment estimate.
+    q_rate
+        Weight of each new estimate in the running q.
+    q_noise
+        How much of the filter's own variance (diag P now and ``q_lag`` ago) is taken off the
+        squared move. 1 is right if the estimation errors at the two ends were independent;
+        they are positively correlated when the gain is small, so the noise in the move is
+        smaller, hence the default below 1 (benchmarks/README.md, "Design figures of the
+        learners").
+    q_min, q_max
+        Bounds on each learned variance.
+    adapt_inflation
+        On a drift event with rising error, P += adapt_inflation * p0 * I.
+    fit_intercept
+        Append a constant feature 1.
+    feature_clip
+        Features are clipped to +- this value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3))
+    >>> y = (X[:, 0] + 0.5 * X[:, 2] > 0).astype(int)
+    >>> model = KalmanLogistic()
+    >>> proba = model.learn_predict(X, y)         # row i predicted before row i is learned
+    >>> model.classes_                            # columns of proba, in order of appearance
+    [1, 0]
+    >>> predicted = np.array(model.classes_)[proba.argmax(axis=1)]
+    >>> float(np.mean(predicted[100:] == y[100:])) > 0.95
+    True
+    >>> model.drift_variance_.shape               # learned per class and feature (last: the bias)
+    (2, 4)
     """
 
     batch_invariant: ClassVar[bool] = True
@@ -351,7 +378,7 @@ class KalmanLogistic(Learner):
         return LearnerState("KalmanLogistic", self._get_params(), arrays, meta)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "KalmanLogistic":
+    def from_state(cls, state: LearnerState) -> KalmanLogistic:
         obj = cls(**dict(state.params))
         obj._index = ClassIndex(list(state.meta.get("classes", [])))
         obj.n_seen = int(state.meta.get("n_seen", 0))

@@ -13,12 +13,12 @@ matrices and precision-weighted means, subtracting the shared prior k-1 times), 
 networks by weight averaging. Both are approximate (the Kalman heads forget at different
 rates, networks are not linear in their weights) and are not offered here.
 
-Pure: no I/O. ``stream.client`` and the daemon read the states from Redis.
+Pure: no I/O. ``ocld.stream.client`` and the daemon read the states from Redis.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,7 +63,8 @@ def check_mergeable(learners: list[Learner]) -> None:
                     f"feature map {j} ({a.kind}) differs between replica models 0 and {i}: it learns from the data "
                     f"(a Standardizer keeps a running mean per replica), so their statistics are in different feature "
                     f"spaces and do not add up. For an exact global model use feature maps without learned state "
-                    f"(drop {a.kind} from learner.features; AnalyticRidge's own random ReLU expansion is fixed by its seed)")
+                    f"(drop {a.kind} from learner.features; AnalyticRidge's own random ReLU expansion is fixed by "
+                    f"its seed)")
 
 
 def summed_statistics(heads: list[AnalyticRidge]) -> dict[str, Any] | None:
@@ -104,7 +105,9 @@ def fold_external(learner: Learner, others: list[Learner]) -> None:
     statistics are folded into its head; the statistics it learns and snapshots stay its own)."""
     if others:
         check_mergeable([learner] + others)
-    head_of(learner).set_external(summed_statistics([head_of(x) for x in others]))  # type: ignore[attr-defined,arg-type]
+    # check_mergeable: every head is an AnalyticRidge
+    head = cast(AnalyticRidge, head_of(learner))
+    head.set_external(summed_statistics([cast(AnalyticRidge, head_of(x)) for x in others]))
 
 
 __all__ = ["MergeError", "check_mergeable", "fold_external", "head_of", "merge_global", "summed_statistics"]

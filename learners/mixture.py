@@ -2,7 +2,7 @@
 
 Every member (a head behind its own feature maps, built as a config builds it) learns
 every labelled sample; the mixture predicts with a weighted average of the members'
-probabilities. Pure numpy; this module never does I/O and never imports ``stream``.
+probabilities. Pure numpy; this module never does I/O and never imports ``ocld.stream``.
 
 Calibration first: member k's probabilities p are replaced by
 
@@ -128,7 +128,7 @@ class OnlineMixture(Learner):
     ----------
     members
         One ``{name, params, features}`` mapping per member, in the form of a config's
-        ``learner`` section (a head from ``learners.registry.HEADS`` behind optional feature
+        ``learner`` section (a head from ``ocld.learners.registry.HEADS`` behind optional feature
         maps). Default: KalmanHead, KalmanLogistic and AnalyticRidge behind their shipped
         feature maps (``DEFAULT_MEMBERS``).
     eta
@@ -183,7 +183,7 @@ class OnlineMixture(Learner):
     """
 
     batch_invariant: ClassVar[bool] = True  # when every member is (the shipped heads are)
-    exact_prequential: ClassVar[bool] = True  # type: ignore[misc]
+    exact_prequential: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -506,7 +506,7 @@ class OnlineMixture(Learner):
         return LearnerState("OnlineMixture", self._get_params(), arrays, meta, children)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "OnlineMixture":
+    def from_state(cls, state: LearnerState) -> OnlineMixture:
         from ocld.learners.registry import component_from_state
 
         obj = cls(**state.params)

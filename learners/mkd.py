@@ -12,8 +12,8 @@ Predictions come from a third network whose weights are the average of student a
 teacher. With ``mkd=False`` the same class is plain experience replay (no teacher, no
 distillation, predictions from the student).
 
-This module never imports ``stream``, files or sockets, and torch is imported lazily
-(inside functions), so ``import learners.mkd`` and the registry work without torch.
+This module never imports ``ocld.stream``, files or sockets, and torch is imported lazily
+(inside functions), so ``import ocld.learners.mkd`` and the registry work without torch.
 
 Design choices (see also the class docstring):
 - BatchNorm (``batchnorm=True``): the student trains in train mode (batch statistics,
@@ -37,7 +37,7 @@ Design choices (see also the class docstring):
   new class apart from drift is the learning core's job, for every learner
   (``ocld.core.runtime.LearningCore``: error-drift adaptation is suspended for a while
   after a new class's first sample); the former ``adapt_guard_new_class`` is deprecated.
-  ``benchmarks/drift_adaptation.py`` measures it.
+  ``benchmarks/drift_adaptation.py`` measures what adapting gains.
 - Test-then-train, sample by sample: the stream is learned in groups of ``learn_every``
   labelled samples, aligned to this learner's own count (not to how the stream was cut
   into batches): after each group, ``iterations`` gradient steps on the group joined by a
@@ -48,18 +48,20 @@ Design choices (see also the class docstring):
   in float64 so that rows predicted together or apart agree to rounding. A class's output
   row is added right after its first sample was predicted.
 - Defaults (Adam, lr 3e-3, replay batch 32, buffer 200) were chosen on the
-  class-incremental digits stream (``benchmarks/digits_cl.py``): plain SGD (lr 0.05-0.1,
-  one step) underfits a single pass badly, Adam gives the strongest ER baseline and the
-  strongest ER+MKD among those tried. ``optimizer="sgd"`` (with ``momentum``) is available.
+  class-incremental digits stream (``benchmarks/digits_cl.py``): plain SGD with one step
+  per batch underfits a single pass badly, and Adam gave the strongest experience replay
+  and the strongest replay + distillation among the settings tried (benchmarks/README.md,
+  "Class-incremental digits"). ``optimizer="sgd"`` (with ``momentum``) is available.
 - Never NaN: inputs are cleaned (NaN -> 0, +-Inf and large values clipped to
   ``input_clip``), gradients are clipped to norm ``clip_norm``, and a step whose loss
   is not finite is skipped.
 - State: student, teacher and optimizer tensors (Adam moments and step counts included)
-  as float arrays, the torch RNG state as uint8, scalars stored with shape (1,); the
-  averaged prediction network is recomputed, not stored.
+  as float arrays, the torch RNG state as uint8, 0-d tensors stored with shape (1,) (the
+  layout of every MomentumKD snapshot so far) and reshaped on restore; the averaged
+  prediction network is recomputed, not stored.
 - Speed: these networks are small; run the process with ``torch.set_num_threads(1)``
   on shared cores (intra-op threads mostly add contention).
-- Replay buffer: ``buffers.reservoir.Reservoir`` (uniform reservoir sampling) or, with
+- Replay buffer: ``ocld.buffers.reservoir.Reservoir`` (uniform reservoir sampling) or, with
   ``buffer_kind="class_balanced"``, ``ClassBalancedReservoir``; it stores class indices
   as labels and is saved as a child state. Replay draws happen before the incoming batch
   is added (the batch is already in the loss once).
@@ -74,7 +76,8 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -142,7 +145,7 @@ def body_factory(fn: Callable[[int], Any]) -> Callable[[int], Any]:
 
 @body_factory
 def identity_body(n_features: int) -> Any:
-    """No hidden layer: MomentumKD over a linear softmax head (``learners.mkd.identity_body``)."""
+    """No hidden layer: MomentumKD over a linear softmax head (``ocld.learners.mkd.identity_body``)."""
     return _torch().nn.Identity()
 
 
@@ -158,7 +161,7 @@ def _import_factory(path: str) -> Callable[[int], Any]:
         raise ValueError(
             f"model_factory {path!r} is not a body factory; decorate it with @ocld.learners.mkd.body_factory"
         )
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 class MomentumKD(Learner):
@@ -200,6 +203,20 @@ class MomentumKD(Learner):
 
     Shapes: X [n, d] float (any numeric), y [n] labels; ``predict_proba`` returns float64
     [n, len(classes_)].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 4))
+    >>> y = (X[:, 0] > 0).astype(int)
+    >>> model = MomentumKD(hidden=[16], buffer_size=50, replay_batch=16, learn_every=20, iterations=3)
+    >>> proba = model.learn_predict(X, y)   # each row predicted by the network of the groups before it
+    >>> predicted = np.array(model.classes_)[proba.argmax(axis=1)]
+    >>> float(np.mean(predicted[200:] == y[200:])) > 0.85
+    True
+    >>> model.n_steps                       # 3 gradient steps after each complete group of 20
+    60
     """
 
     batch_invariant: ClassVar[bool] = True
@@ -295,7 +312,7 @@ class MomentumKD(Learner):
         self._opt: Any = None
         self._predictor: Any = None
         self._predictor_stale = True
-        self._buffer: Any = None  # buffers.reservoir.Reservoir, built with the network
+        self._buffer: Any = None  # ocld.buffers.reservoir.Reservoir, built with the network
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -614,8 +631,9 @@ class MomentumKD(Learner):
         }
         if self._student is not None:
             torch = _torch()
-            # Scalars (Adam's step, BatchNorm's num_batches_tracked) are stored with shape (1,)
-            # and reshaped on restore: the snapshot codec need not keep 0-d shapes.
+            # 0-d tensors (Adam's step, BatchNorm's num_batches_tracked) are stored with shape (1,)
+            # and reshaped to the tensor's shape on restore. The snapshot codec keeps 0-d arrays,
+            # but every MomentumKD snapshot so far has this layout, so it stays.
             for name, t in self._student.state_dict().items():
                 arrays[f"student.{name}"] = np.atleast_1d(t.detach().cpu().numpy()).copy()
             if self._teacher is not None:
@@ -639,7 +657,7 @@ class MomentumKD(Learner):
         return LearnerState("MomentumKD", self._params_json(), arrays, meta, children)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "MomentumKD":
+    def from_state(cls, state: LearnerState) -> MomentumKD:
         obj = cls(**state.params)
         meta = state.meta
         obj._index = ClassIndex(list(meta.get("classes", [])))

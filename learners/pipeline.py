@@ -63,7 +63,7 @@ class Pipeline(Learner):
         return LearnerState("Pipeline", {}, {}, {"n_steps": len(self.steps)}, children)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "Pipeline":
+    def from_state(cls, state: LearnerState) -> Pipeline:
         from ocld.learners.registry import component_from_state
 
         steps = [component_from_state(state.children[f"step{i}"]) for i in range(int(state.meta["n_steps"]))]

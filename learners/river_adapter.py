@@ -18,9 +18,9 @@ binary-only model raises a ``ValueError`` saying to wrap it in
 ``river.multiclass.OneVsRestClassifier``.
 
 State: river models can only be pickled, so ``uses_pickle = True`` and the model is
-stored as pickle bytes in a uint8 array; ``learners.registry.learner_from_state``
+stored as pickle bytes in a uint8 array; ``ocld.learners.registry.learner_from_state``
 refuses such a state unless ``allow_pickle`` is set. This module never imports
-``stream``, files or sockets; river is imported lazily.
+``ocld.stream``, files or sockets; river is imported lazily.
 """
 
 from __future__ import annotations
@@ -89,13 +89,41 @@ def build_river_model(model: str | list[dict[str, Any]], params: dict[str, Any] 
 
 
 class RiverLearner(Learner):
-    """Wraps a river classifier. Example::
+    """Any river classifier behind the ocld learner protocol, one sample at a time (for baselines).
 
-        RiverLearner(model="river.forest.ARFClassifier", params={"n_models": 10, "seed": 42}, scale=True)
+    Parameters
+    ----------
+    model
+        Dotted path under ``river.`` (``"river.forest.ARFClassifier"``) or a pipeline spec
+        ``[{model, params}, ...]``.
+    params
+        Constructor arguments of ``model`` (nested ``{model, params}`` values are built).
+    scale
+        Put ``river.preprocessing.StandardScaler`` in front.
 
-    model:  dotted path under ``river.`` or a pipeline spec ``[{model, params}, ...]``
-    params: constructor arguments of ``model`` (nested ``{model, params}`` values are built)
-    scale:  put ``river.preprocessing.StandardScaler`` in front
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 2))
+    >>> y = np.where(X[:, 0] > 0, "a", "b")
+    >>> model = RiverLearner("river.linear_model.LogisticRegression", scale=True)
+    >>> proba = model.learn_predict(X, y)     # learn_one / predict_proba_one per row
+    >>> model.classes_
+    ['a', 'b']
+    >>> model.predict([[2.0, 0.0], [-2.0, 0.0]])
+    array(['a', 'b'], dtype=object)
+
+    Its state holds the pickled river model, so restoring it needs ``allow_pickle``:
+
+    >>> from ocld.learners.registry import PickleRefused, learner_from_state
+    >>> try:
+    ...     learner_from_state(model.to_state())
+    ... except PickleRefused:
+    ...     print("refused")
+    refused
+    >>> learner_from_state(model.to_state(), allow_pickle=True).predict([[2.0, 0.0]])
+    array(['a'], dtype=object)
     """
 
     uses_pickle: ClassVar[bool] = True
@@ -214,7 +242,7 @@ class RiverLearner(Learner):
         return LearnerState("RiverLearner", params, {"model_pickle": blob}, meta)
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "RiverLearner":
+    def from_state(cls, state: LearnerState) -> RiverLearner:
         """Unpickles: reach this only through ``learner_from_state(..., allow_pickle=True)``."""
         obj = cls(**state.params)
         obj._model = pickle.loads(np.asarray(state.arrays["model_pickle"], dtype=np.uint8).tobytes())  # noqa: S301

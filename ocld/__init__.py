@@ -2,18 +2,29 @@
 
 Kafka records feed online learners (test-then-train); a drift monitor tells them to adapt;
 Redis holds versioned snapshots of the whole learning state with the Kafka offsets they
-cover, and the live status, metrics and drift history. The package has three parts, each a
+cover, and the live status, metrics and drift history. The package has four parts, each a
 folder of the repository installed under this namespace:
 
-- ``ocld.learners`` and ``ocld.buffers``: pure numerical code (no I/O);
-- ``ocld.stream``: the runtime and everything that touches Kafka, Redis, files and HTTP.
+- ``ocld.learners`` and ``ocld.buffers``: online learners, feature maps, replay buffers and
+  running statistics, pure numerical code (no I/O);
+- ``ocld.core``: the pure runtime (learning core, drift monitors, metrics, record codec,
+  snapshot format);
+- ``ocld.stream``: everything that touches Kafka, Redis, files and HTTP (the daemon, the CLI,
+  the state client).
 
 The public API is re-exported here (imported on first use, so ``import ocld`` stays light):
 
+>>> import numpy as np
 >>> import ocld
 >>> cfg = ocld.parse_config({"name": "example", "messages": {"n_features": 2}})
->>> cfg.learner.name
-'KalmanHead'
+>>> cfg.learner.name                          # the default: an online mixture of the three heads
+'OnlineMixture'
+>>> model = ocld.build_learner("KalmanLogistic", features=[{"name": "Standardizer"}])
+>>> X = np.random.default_rng(0).normal(size=(200, 2))
+>>> y = (X[:, 0] > 0).astype(int)
+>>> proba = model.learn_predict(X, y)         # test-then-train: row i predicted, then learned
+>>> model.predict([[3.0, 0.0], [-3.0, 0.0]]).tolist()
+[1, 0]
 
 One BLAS/OpenMP thread by default (set before numpy loads): the learners' matrices are
 small, and on a busy machine a multi-threaded OpenBLAS spins and runs many times slower.
