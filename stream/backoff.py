@@ -12,9 +12,18 @@ Nothing here knows Kafka or Redis; callers say which errors are worth another tr
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
 
 T = TypeVar("T")
 
@@ -62,7 +71,7 @@ def retry_call(fn: Callable[[], T], what: str, retry_on: Callable[[BaseException
         log.warning("%s failed (%s: %s); retry %d in %.1f s", what, type(exc).__name__, text, state.attempt_number,
                     delay)
 
-    stop = stop_after_attempt(attempts) if attempts is not None else stop_after_delay(deadline_s or 0.0)
+    stop: stop_base = stop_after_attempt(attempts) if attempts is not None else stop_after_delay(deadline_s or 0.0)
     if attempts is not None and deadline_s is not None:
         stop = stop | stop_after_delay(deadline_s)
     retrying = Retrying(stop=stop, wait=wait_exponential(multiplier=first, min=first, max=cap),
