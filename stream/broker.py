@@ -12,11 +12,13 @@ fetch high watermark (``consumer.highwater``) or by consuming, never from end_of
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ocld.stream.config import KafkaConfig
 
 log = logging.getLogger("ocld.broker")
+T = TypeVar("T")
 
 
 def client_kwargs(kafka: KafkaConfig, bootstrap: str | None = None) -> dict[str, Any]:
@@ -34,8 +36,8 @@ def client_kwargs(kafka: KafkaConfig, bootstrap: str | None = None) -> dict[str,
     return kw
 
 
-def retry(what: str, fn, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0,
-          kafka: KafkaConfig | None = None):
+def retry(what: str, fn: Callable[[], T], attempts: int = 8, first_delay: float = 0.5, max_delay: float = 8.0,
+          kafka: KafkaConfig | None = None) -> T:
     """Call ``fn`` with backoff on connection errors (``stream.backoff``); one log line per retry.
 
     Errors retrying cannot fix (authentication, a security-protocol mismatch) are raised at
@@ -65,7 +67,8 @@ def kafka_failure(exc: BaseException, kafka: KafkaConfig) -> Exception:
     from ocld.stream.errors import FatalConfigError
 
     security = f"security_protocol={kafka.security_protocol}" + (
-        f", sasl_mechanism={kafka.sasl_mechanism}, sasl_username={kafka.sasl_username!r}" if kafka.sasl_mechanism else "")
+        f", sasl_mechanism={kafka.sasl_mechanism}, sasl_username={kafka.sasl_username!r}"
+        if kafka.sasl_mechanism else "")
     text = str(exc.args[0]) if getattr(exc, "args", None) else str(exc)  # kafka-python's str() repeats the class
     first = text.splitlines()[0][:200] if text else ""
     if _auth_failure(exc):
@@ -86,7 +89,8 @@ def ensure_topics(kafka: KafkaConfig, topics: dict[str, int], bootstrap: str | N
         admin = KafkaAdminClient(**client_kwargs(kafka, bootstrap), client_id="ocld-admin")
         try:
             existing = set(admin.list_topics())
-            new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing]
+            new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()
+                   if name not in existing]
             if new:
                 try:
                     admin.create_topics(new)
