@@ -15,6 +15,7 @@ record over (benchmarks/README.md, "Daemon hot path").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,7 +76,7 @@ class Codec:
         return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
     # -- decoding --------------------------------------------------------------------
-    def widths(self, values: list[bytes | None]) -> list[int]:
+    def widths(self, values: Sequence[bytes | None]) -> list[int]:
         """The number of features of every record that carries a list of them (or an object, when
         the config names the features), in order; for inferring the width (``ocld.core.schema``)."""
         out = []
@@ -93,7 +94,7 @@ class Codec:
                 out.append(len(self.features))
         return out
 
-    def decode(self, values: list[bytes | None]) -> Decoded:
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
         rows: list[int] = []
         xs: list[Any] = []
         ys: list[Any] = []
