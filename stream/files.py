@@ -24,9 +24,10 @@ import csv
 import gzip
 import io
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -321,7 +322,8 @@ def read_table(path: str | Path, label_column: str | None = None) -> Table:
     path = Path(path)
     if is_jsonl(path):
         return _read_jsonl_table(path)
-    xs, ys, ids, tss, tasks, lines = [], [], [], [], [], []
+    xs: list[Any] = []
+    ys, ids, tss, tasks, lines = [], [], [], [], []
     skipped: list[tuple[int, RowProblem]] = []
     layout: list[CsvLayout] = []
     for line, item in iter_rows(path, label_column, layout):
