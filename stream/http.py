@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -80,7 +81,7 @@ class DaemonMetrics:
         if latest_status is not None:
             from ocld.stream.status import StatusCollector
 
-            r.register(StatusCollector(pipeline, latest_status))  # type: ignore[arg-type]
+            r.register(StatusCollector(pipeline, latest_status))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -124,7 +125,8 @@ class SeriesReader:
             entries = self.r.xrange(key, min=f"({since}", max="+", count=self.limit)
         else:
             entries = list(reversed(self.r.xrevrange(key, count=self.limit)))
-        out = [{"id": eid.decode(), **{k.decode(): decode_field(v) for k, v in fields.items()}} for eid, fields in entries]
+        out = [{"id": eid.decode(), **{k.decode(): decode_field(v) for k, v in fields.items()}}
+               for eid, fields in entries]
         return out, (out[-1]["id"] if out else since)
 
 
@@ -214,7 +216,7 @@ class HealthServer:
             return 503, orjson.dumps({"error": f"Redis unreachable ({type(exc).__name__})"}), _JSON
         return 200, orjson.dumps(body, option=_JSON_OPTS), _JSON
 
-    def start(self) -> "HealthServer":
+    def start(self) -> HealthServer:
         self._thread.start()
         log.info("HTTP endpoint on http://%s:%d (/ the dashboard, /metrics, /healthz)", self.host, self.port)
         return self
