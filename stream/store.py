@@ -48,7 +48,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, cast
 
 import orjson
 import redis
@@ -59,6 +60,20 @@ from ocld.stream.faults import fault_point
 from ocld.stream.lease import GUARD, Lease
 
 log = logging.getLogger("ocld.store")
+
+
+# Every client here is built without decode_responses, so replies are bytes; redis-py's annotations also cover
+# str replies and the asyncio client, so these say to mypy what a reply here is (no conversion).
+def _hash(reply: Any) -> dict[bytes, bytes]:
+    return cast("dict[bytes, bytes]", reply)
+
+
+def _members(reply: Any) -> list[bytes]:
+    return cast("list[bytes]", reply)
+
+
+def _value(reply: Any) -> bytes | None:
+    return cast("bytes | None", reply)
 
 
 def connect(url: str, password: str | None = None, username: str | None = None, timeout: float = 5.0,
@@ -511,8 +526,8 @@ class SnapshotStore:
 
     def registry(self) -> dict[str, dict[str, Any]]:
         """"topic:partition" -> {"offset", "owner", "epoch"} for every partition any replica claimed."""
-        offsets = {k.decode(): int(v) for k, v in self.r.hgetall(self.keys.partition_offsets).items()}
-        owners = {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
+        offsets = {k.decode(): int(v) for k, v in _hash(self.r.hgetall(self.keys.partition_offsets)).items()}
+        owners = {k.decode(): v.decode() for k, v in _hash(self.r.hgetall(self.keys.partition_owners)).items()}
         out: dict[str, dict[str, Any]] = {}
         for tp in sorted(set(offsets) | set(owners)):
             owner, epoch = parse_token(owners.get(tp, "|0"))
@@ -521,11 +536,11 @@ class SnapshotStore:
 
     def owners(self) -> dict[str, str]:
         """"topic:partition" -> "replica|epoch" claims."""
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.partition_owners).items()}
+        return {k.decode(): v.decode() for k, v in _hash(self.r.hgetall(self.keys.partition_owners)).items()}
 
     def prune(self) -> None:
         k = self.keys
-        versions = [int(v) for v in self.r.zrevrange(k.versions, 0, -1)]
+        versions = [int(v) for v in _members(self.r.zrevrange(k.versions, 0, -1))]
         pinned = {int(v) for v in self.r.smembers(k.pinned)}
         if self.max_pinned is not None and len(pinned) > self.max_pinned:
             # A daemon that adapts often (false alarms included) would otherwise pin without bound.
@@ -541,7 +556,7 @@ class SnapshotStore:
     def clean_orphans(self) -> int:
         """Delete chunks of versions that never became complete (crash before the switch)."""
         k = self.keys
-        complete = {int(v) for v in self.r.zrange(k.versions, 0, -1)}
+        complete = {int(v) for v in _members(self.r.zrange(k.versions, 0, -1))}
         latest = self.latest_version() or 0
         current = int(self.r.get(k.version) or 0)
         orphans: set[int] = set()
@@ -576,19 +591,19 @@ class SnapshotStore:
 
     def latest_info(self) -> dict[str, str]:
         """The ``latest`` hash (version, writer, offsets, ...), empty when there is none."""
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(self.keys.latest).items()}
+        return {k.decode(): v.decode() for k, v in _hash(self.r.hgetall(self.keys.latest)).items()}
 
     def versions(self) -> list[int]:
-        return [int(v) for v in self.r.zrevrange(self.keys.versions, 0, -1)]
+        return [int(v) for v in _members(self.r.zrevrange(self.keys.versions, 0, -1))]
 
     def read(self, version: int) -> fmt.Snapshot:
         k = self.keys
-        manifest = self.r.get(k.manifest(version))
+        manifest = _value(self.r.get(k.manifest(version)))
         if manifest is None:
             raise fmt.CorruptSnapshot(f"version {version} has no manifest")
         try:
             n = len(fmt.parse_manifest(manifest)["chunks"])
-            chunks = self.r.mget([k.chunk(version, i) for i in range(n)]) if n else []
+            chunks = cast("list[bytes | None]", self.r.mget([k.chunk(version, i) for i in range(n)])) if n else []
             snap = fmt.decode(manifest, chunks)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, fmt.CorruptSnapshot):
@@ -621,7 +636,7 @@ class SnapshotStore:
         return None
 
     def manifest_info(self, version: int) -> dict[str, Any]:
-        manifest = self.r.get(self.keys.manifest(version))
+        manifest = _value(self.r.get(self.keys.manifest(version)))
         if manifest is None:
             raise fmt.CorruptSnapshot(f"version {version} has no manifest")
         m = fmt.parse_manifest(manifest)
@@ -634,6 +649,9 @@ class SnapshotStore:
         offsets move back for the partitions this replica owns (or nobody does). Returns those."""
         info = self.manifest_info(version)
         self.read(version)  # verify checksums before switching
+        manifest = _value(self.r.get(self.keys.manifest(version)))
+        if manifest is None:  # deleted since it was read
+            raise fmt.CorruptSnapshot(f"version {version} has no manifest")
         fps = info["info"].get("fingerprints") or {}
         k = self.keys
         with self.guard._held() as lease:
@@ -641,7 +659,7 @@ class SnapshotStore:
                 "version": str(version), "offsets": orjson.dumps(info["offsets"]).decode(),
                 "fingerprints": orjson.dumps(fps).decode(), "created_at": repr(float(info["created_at"])),
                 "samples_seen": str(info["info"].get("samples_seen", 0)),
-                "checksum": fmt.checksum(self.r.get(k.manifest(version))), "writer": _token(lease.value),
+                "checksum": fmt.checksum(manifest), "writer": _token(lease.value),
             }
             offsets = {tp_field(t, int(p)): str(int(o)) for t, ps in info["offsets"].items() for p, o in ps.items()}
             reply = self.r.eval(_SET_LATEST, 6, k.lease, k.latest, k.partition_owners, k.partition_offsets,
