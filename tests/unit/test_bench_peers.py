@@ -5,7 +5,7 @@
   config/river-lr.yaml learner scores on the same records;
 - the table's medians and ratios are per round, and a failed round is a note, not a crash;
 - an ocld config is the shipped file with only name, topic, data_dir and ``--set`` changed;
-- the ``>>>`` examples of the module run.
+- the ``>>>`` examples of the module run, and benchmarks/scaling.py's data is seeded.
 """
 
 from __future__ import annotations
@@ -124,3 +124,17 @@ def test_ocld_config_is_the_shipped_file_with_overrides(peers: ModuleType, tmp_p
     assert (cfg.name, cfg.kafka.topic, cfg.kafka.max_batch, cfg.learner_process) == (
         "ocld-kalman-1234", "peers.elec", 1000, True)
     assert cfg.data_dir == str(tmp_path / "ocld")
+
+
+def test_scaling_data_is_seeded() -> None:
+    """benchmarks/scaling.py's synthetic records: the same every run, the width asked for, both labels."""
+    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "benchmarks" / "scaling.py")
+    assert spec is not None and spec.loader is not None
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    assert doctest.testmod(scaling).failed == 0
+    import orjson
+
+    records = [orjson.loads(v) for v in scaling.synthetic_values(500, 64)]
+    assert records == [orjson.loads(v) for v in scaling.synthetic_values(500, 64)]
+    assert {len(r["x"]) for r in records} == {64} and {r["y"] for r in records} == {0, 1}
