@@ -449,7 +449,8 @@ class SnapshotStore:
             registry_offsets = {tp_field(t, int(p)): int(o) for t, ps in snap.offsets.items() for p, o in ps.items()}
         snap_fps = snap.info.get("fingerprints") or {}
         if fingerprints is None:
-            fingerprints = {tp: (snap_fps.get(parse_tp(tp)[0]) or {}).get(str(parse_tp(tp)[1])) for tp in registry_offsets}
+            fingerprints = {tp: (snap_fps.get(parse_tp(tp)[0]) or {}).get(str(parse_tp(tp)[1]))
+                            for tp in registry_offsets}
         latest = {
             "version": str(version),
             "offsets": orjson.dumps({t: {str(p): o for p, o in ps.items()} for t, ps in snap.offsets.items()}).decode(),
@@ -626,7 +627,8 @@ class SnapshotStore:
             except fmt.NewerSnapshotFormat:
                 raise  # not damage: falling back (or starting fresh) would re-learn what a newer ocld learned
             except fmt.CorruptSnapshot as exc:
-                log.error("snapshot version %d of pipeline %r is unusable (%s); trying an older version", v, self.pipeline, exc)
+                log.error("snapshot version %d of pipeline %r is unusable (%s); trying an older version", v,
+                          self.pipeline, exc)
                 continue
             if v != latest:
                 log.warning("fell back from snapshot version %d to %d", latest, v)
@@ -649,12 +651,12 @@ class SnapshotStore:
         offsets move back for the partitions this replica owns (or nobody does). Returns those."""
         info = self.manifest_info(version)
         self.read(version)  # verify checksums before switching
-        manifest = _value(self.r.get(self.keys.manifest(version)))
-        if manifest is None:  # deleted since it was read
-            raise fmt.CorruptSnapshot(f"version {version} has no manifest")
         fps = info["info"].get("fingerprints") or {}
         k = self.keys
         with self.guard._held() as lease:
+            manifest = _value(self.r.get(k.manifest(version)))
+            if manifest is None:  # deleted since it was read
+                raise fmt.CorruptSnapshot(f"version {version} has no manifest")
             latest = {
                 "version": str(version), "offsets": orjson.dumps(info["offsets"]).decode(),
                 "fingerprints": orjson.dumps(fps).decode(), "created_at": repr(float(info["created_at"])),
