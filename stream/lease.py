@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 import redis
@@ -124,7 +124,7 @@ class Lease:
         return False
 
     def holder(self) -> bytes | None:
-        return self.r.get(self.key)
+        return cast("bytes | None", self.r.get(self.key))  # the client is built without decode_responses
 
     def acquire_or_replace_stale(self) -> bool:
         """Take the lease, or replace it when its holder is provably dead: a process of this very
