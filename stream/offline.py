@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 
 from ocld.core.codec import Decoded
+from ocld.core.runtime import LearningCore, limit_threads
 from ocld.stream.config import Config
 from ocld.stream.files import RowProblem, Table, read_table
-from ocld.core.runtime import LearningCore, limit_threads
 
 log = logging.getLogger("ocld.evaluate")
 
