@@ -32,9 +32,9 @@ import signal
 import traceback
 from typing import Any
 
-from ocld.learners.base import LearnerState
 from ocld.core.codec import Decoded
 from ocld.core.runtime import BatchResult, LearningCore, limit_threads
+from ocld.learners.base import LearnerState
 
 log = logging.getLogger(__name__)
 
