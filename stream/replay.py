@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
-from ocld.stream.broker import client_kwargs, ensure_topics, retry
 from ocld.core.codec import Codec
+from ocld.stream.broker import client_kwargs, ensure_topics, retry
 from ocld.stream.config import KafkaConfig
 from ocld.stream.files import DataFileError, RowProblem, check_readable, iter_rows
 
@@ -78,7 +78,7 @@ class ReplaySummary:
         return text
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="rec", disable=not enabled, mininterval=0.5, leave=enabled)
@@ -205,7 +205,7 @@ def record(topic: str, out: str | Path, kafka: KafkaConfig, *, limit: int | None
         with open(out, "wb") as fh:
             while len(done) < len(tps) and (limit is None or written < limit):
                 batch = consumer.poll(timeout_ms=500)
-                for tp, recs in batch.items():
+                for recs in batch.values():
                     for r in recs:
                         if limit is not None and written >= limit:
                             break
