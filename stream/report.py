@@ -71,7 +71,8 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
     curve = result.get("curve") or {}
     n = curve.get("n") or []
     weights = curve.get("weights")
-    weights = weights if isinstance(weights, dict) and weights and all(len(v) == len(n) for v in weights.values()) else None
+    if not (isinstance(weights, dict) and weights and all(len(v) == len(n) for v in weights.values())):
+        weights = None
     rows = 1 + bool(weights) + continual
     fig, axes = plt.subplots(rows, 1, figsize=(10, 4.2 + 3.0 * (rows - 1)), dpi=90, squeeze=False)
     ax = axes[0][0]
@@ -142,7 +143,8 @@ def plot_run(result: dict[str, Any], path: str | Path, title: str | None = None,
         ax.set_ylabel("test accuracy per task")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=5, loc="lower left")
-        ax.set_title(f"continual evaluation every {result.get('eval_every')} samples: final {result['final_accuracy']:.3f}, "
+        ax.set_title(f"continual evaluation every {result.get('eval_every')} samples: "
+                     f"final {result['final_accuracy']:.3f}, "
                      f"AAA {_f(result.get('aaa'))}, min-ACC {_f(result.get('min_acc'))}, "
                      f"WC-ACC {_f(result.get('wc_acc'))}, forgetting {_f(result.get('forgetting'))}", fontsize=9)
     return _save(fig, path)
