@@ -11,8 +11,8 @@ queued, unacknowledged outputs itself at ``max_buffer_bytes``. When the cap is r
 flushes (backpressure on the daemon loop, at most ``max_block_ms``); if that does not make
 room (broker gone), the record is dropped and counted in ``dlq_dropped`` /
 ``predictions_dropped`` (status and /metrics), never raised into the loop, and later
-records are dropped at once until the queue drains (no second long block). A failed ``flush`` raises ``kafka.errors.KafkaError``: the
-daemon then postpones the snapshot, so offsets never move past unflushed outputs.
+records are dropped at once until the queue drains (no second long block). A failed ``flush`` raises
+``kafka.errors.KafkaError``: the daemon then postpones the snapshot, so offsets never move past unflushed outputs.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class Sink:
 
         self.dlq_topic = dlq_topic
         self.predictions_topic = predictions_topic
-        self.producer = retry("connecting the output producer to the broker", attempts=3, kafka=kafka, fn=lambda: KafkaProducer(
-            **client_kwargs(kafka), linger_ms=20, max_block_ms=max_block_ms, client_id="ocld-sink"))
+        self.producer = retry("connecting the output producer to the broker", attempts=3, kafka=kafka,
+                              fn=lambda: KafkaProducer(**client_kwargs(kafka), linger_ms=20, max_block_ms=max_block_ms,
+                                                       client_id="ocld-sink"))
         self.max_buffer_bytes = max_buffer_bytes
         self.max_block_ms = max_block_ms
         self.queued_bytes = 0  # outputs sent to the producer and not yet acknowledged
