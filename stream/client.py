@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 
+from ocld.core.snapshot import CorruptSnapshot
 from ocld.learners.base import Learner
 from ocld.learners.merge import merge_global
 from ocld.learners.registry import learner_from_state
-from ocld.core.snapshot import CorruptSnapshot
 from ocld.stream.config import redact_url
 from ocld.stream.errors import OcldError
 from ocld.stream.store import Keys, SnapshotStore, connect, replica_names
@@ -217,7 +217,7 @@ class StateClient:
         snaps = self.replica_snapshots(pipeline)
         model = self._merged(pipeline, snaps)
         head = getattr(model, "head", model)
-        stats = head.sufficient_statistics()  # type: ignore[attr-defined,union-attr]
+        stats = head.sufficient_statistics()  # type: ignore[union-attr]
         records: dict[str, int] = {}
         for s in snaps.values():
             for tp, n in (s.info.get("partition_records") or {}).items():
@@ -253,9 +253,9 @@ class StateClient:
         if not lease.try_acquire():
             if not force:
                 raise RollbackRefused(
-                    f"pipeline {pipeline!r} has a running daemon ({describe(holder)} holds its lease): it would overwrite "
-                    "'latest' with its next snapshot. Stop it (SIGTERM), run the rollback, then start it again; or "
-                    "pass --force to take the lease from it (it then stops without writing more)")
+                    f"pipeline {pipeline!r} has a running daemon ({describe(holder)} holds its lease): it would "
+                    "overwrite 'latest' with its next snapshot. Stop it (SIGTERM), run the rollback, then start it "
+                    "again; or pass --force to take the lease from it (it then stops without writing more)")
             lease.value = lease._new_value()
             self.r.set(k.lease, lease.value, px=lease.ttl_ms)
             lease.state = "held"
