@@ -11,10 +11,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from ocld.learners.base import Learner
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ class KafkaConfig(_Model):
     ssl_keyfile: str | None = None
 
     @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> "KafkaConfig":
+    def _heartbeat_below_session(self) -> KafkaConfig:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError(
                 f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
@@ -120,9 +123,10 @@ class MessagesConfig(_Model):
         "settle an inferred width after this long even if fewer records came (a slow stream)"))
 
     @model_validator(mode="after")
-    def _width_consistent(self) -> "MessagesConfig":
+    def _width_consistent(self) -> MessagesConfig:
         if self.features is not None and self.n_features is not None and len(self.features) != self.n_features:
-            raise ValueError(f"n_features ({self.n_features}) disagrees with the {len(self.features)} names in features")
+            raise ValueError(f"n_features ({self.n_features}) disagrees with the {len(self.features)} names in "
+                             "features")
         return self
 
 
@@ -162,7 +166,8 @@ class DriftConfig(_Model):
     window: int = Field(2000, ge=10, description=(
         "recent errors kept: the reference of an event's direction (rising) for detectors without a mean estimate, "
         "and what a snapshot written before detectors had an exact state is restored from"))
-    adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled samples")
+    adapt_grid: int = Field(100, ge=1, description="adaptation takes effect at the next multiple of this many labelled "
+                                                   "samples")
     cooldown: int = Field(0, ge=0, description="error events within this many labelled samples after an adapting one "
                                                "are recorded but not adapted to (breaks detect-forget-detect cascades)")
     adapt_on_fall: bool = Field(False, description="also adapt on error events where the error rate fell (ADWIN "
@@ -173,7 +178,7 @@ class DriftConfig(_Model):
     input: InputDriftConfig = Field(default_factory=InputDriftConfig)
 
     @model_validator(mode="after")
-    def _detectors_build(self) -> "DriftConfig":
+    def _detectors_build(self) -> DriftConfig:
         from ocld.core.drift import make_detector
 
         make_detector(self.detector, self.params)
@@ -250,7 +255,7 @@ class Config(_Model):
         return spec
 
     @model_validator(mode="after")
-    def _declared_width_fits(self) -> "Config":
+    def _declared_width_fits(self) -> Config:
         width = self.messages.n_features or (len(self.messages.features) if self.messages.features else None)
         if width is None:
             return self
@@ -266,7 +271,7 @@ class Config(_Model):
         return self
 
     @model_validator(mode="after")
-    def _fold_needs_analytic(self) -> "Config":
+    def _fold_needs_analytic(self) -> Config:
         if self.scale.fold_global_every_s is not None and self.learner.name != "AnalyticRidge":
             raise ValueError(f"scale.fold_global_every_s needs learner AnalyticRidge (its statistics add up exactly), "
                              f"not {self.learner.name}; remove scale.fold_global_every_s")
@@ -289,12 +294,12 @@ class Config(_Model):
     def uses_pickle(self) -> bool:
         return self.learner.name == "RiverLearner"
 
-    def build_learner(self):  # -> learners.base.Learner
+    def build_learner(self) -> Learner:
         from ocld.learners.registry import build_learner
 
         return build_learner(self.learner.name, self.learner.params, [f.model_dump() for f in self.learner.features])
 
-    def with_services(self, bootstrap: str | None = None, redis_url: str | None = None) -> "Config":
+    def with_services(self, bootstrap: str | None = None, redis_url: str | None = None) -> Config:
         """A copy with the broker and/or Redis replaced (CLI flags, test fixtures)."""
         update: dict[str, Any] = {}
         if bootstrap:
@@ -421,7 +426,8 @@ def apply_environment(cfg: Config) -> Config:
             update={"kafka": cfg.kafka.model_copy(update={"sasl_password": SecretStr(env["OCLD_KAFKA_SASL_PASSWORD"])})}
         )
     if env.get("OCLD_REDIS_PASSWORD"):
-        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"password": SecretStr(env["OCLD_REDIS_PASSWORD"])})})
+        redis_password = SecretStr(env["OCLD_REDIS_PASSWORD"])
+        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"password": redis_password})})
     return cfg
 
 
