@@ -271,9 +271,11 @@ def tables(results: dict[str, dict[str, dict[str, Any]]], streams: list[str], mo
                          f"(min {min(ratios):.1f}x, median {float(np.median(ratios)):.1f}x, max {max(ratios):.1f}x).")
         lines.append("")
 
-    drift_rows = [(s, m, len(results[s][m]["drift_events"])) for s in streams for m in models if m in results.get(s, {})]
+    drift_rows = [(s, m, len(results[s][m]["drift_events"])) for s in streams for m in models
+                  if m in results.get(s, {})]
     if drift_rows:
-        lines.append("Error drift events per run (each config's monitor: ADWIN, plus a one-sided Page-Hinkley test for KalmanHead; ocld learners adapt on them; river models ignore them): "
+        lines.append("Error drift events per run (each config's monitor: ADWIN, plus a one-sided Page-Hinkley test for "
+                     "KalmanHead; ocld learners adapt on them; river models ignore them): "
                      + "; ".join(f"{s}: " + ", ".join(f"{m} {n}" for s2, m, n in drift_rows if s2 == s)
                                  for s in streams if results.get(s)))
         lines.append("")

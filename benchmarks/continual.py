@@ -54,7 +54,8 @@ def variant(path: str, **params: Any) -> Config:
     cfg = load_config(ROOT / "config" / path)
     cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"adapt": False})})
     if params:
-        cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"params": {**cfg.learner.params, **params}})})
+        learner = cfg.learner.model_copy(update={"params": {**cfg.learner.params, **params}})
+        cfg = cfg.model_copy(update={"learner": learner})
     return cfg
 
 

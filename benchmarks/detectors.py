@@ -53,7 +53,8 @@ class RiverErrorMonitor:
 
         classes = {"ADWIN": drift.ADWIN, "PageHinkley": drift.PageHinkley}
         self.names = [detector] + [a["detector"] for a in also]
-        self.detectors: list[Any] = [classes[detector](**params)] + [classes[a["detector"]](**a["params"]) for a in also]
+        self.detectors: list[Any] = ([classes[detector](**params)]
+                                     + [classes[a["detector"]](**a["params"]) for a in also])
         self.n_seen = 0
 
     def update(self, values: np.ndarray) -> list[tuple[int, str, bool | None]]:
@@ -103,7 +104,8 @@ def _new_error_monitor(errors: np.ndarray, batch: int) -> list:
     from ocld.core.drift import DriftMonitor
 
     m = DriftMonitor("ADWIN", {}, also=KALMAN_ALSO)
-    return [(e.index, e.detector, e.rising) for a in range(0, errors.size, batch) for e in m.update(errors[a:a + batch])]
+    return [(e.index, e.detector, e.rising) for a in range(0, errors.size, batch)
+            for e in m.update(errors[a:a + batch])]
 
 
 def _old_input_detectors(Z: np.ndarray, per_poll: int) -> list:

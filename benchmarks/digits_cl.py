@@ -22,8 +22,9 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| **mean** | " + " | ".join(f"**{np.mean([r[c] for r in rows]):.3f}**" for c in cols) + " |")
     gain = np.mean([r["ER+MKD"] - r["ER"] for r in rows])
     print(f"\nER+MKD - ER: {100 * gain:+.1f} points (mean over {len(rows)} seeds)")
-    print("learning speed (samples/s, torch threads = %d): " % args.threads
+    print(f"learning speed (samples/s, torch threads = {args.threads:d}): "
           + ", ".join(f"{k} {np.mean(v):,.0f}" for k, v in speeds.items()))
 
 

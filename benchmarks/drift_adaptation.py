@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                          ",".join(str(s) for s in seeds)))
 
     seeded = ", ".join(LEARNERS[k] for k in args.seeded if k in args.learners)
-    print(f"\n{args.n:,} samples per synthetic stream (elec: 45,312), stream seed {args.seed}; each config's error monitor on the 0/1 error (ADWIN; KalmanHead also a one-sided Page-Hinkley test); "
+    print(f"\n{args.n:,} samples per synthetic stream (elec: 45,312), stream seed {args.seed}; each config's error "
+          "monitor on the 0/1 error (ADWIN; KalmanHead also a one-sided Page-Hinkley test); "
           f"post-drift = mean accuracy over the {POST:,} samples after each known drift"
           + (f"; {seeded}: mean over learner seeds {', '.join(map(str, args.seeds))}" if seeded else "") + ".\n")
     print("| stream | learner | learner seeds | accuracy adapt on | accuracy adapt off | post-drift on "

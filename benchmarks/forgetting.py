@@ -174,9 +174,10 @@ def main() -> None:
     arf_sps, arf_acc = arf_speed(X_elec, y_elec, args.arf_samples)
 
     print("## Kalman head, shipped config (config/kalman.yaml), exact prequential, batches of 100\n")
-    print("| stream | accuracy | log-loss probit | log-loss softmax(mean) | accuracy softmax(mean) | final g (per head) | mixture weights | pipeline samples/s |")
+    print("| stream | accuracy | log-loss probit | log-loss softmax(mean) | accuracy softmax(mean) "
+          "| final g (per head) | mixture weights | pipeline samples/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, X, y, res, res_mean, head in rows:
+    for name, _X, _y, res, res_mean, head in rows:
         gh = ", ".join(f"{v:.5f}" for v in head.forgetting_heads_)
         w = ", ".join(f"{v:.2f}" for v in head.weights_)
         print(
@@ -188,7 +189,8 @@ def main() -> None:
     print("| speed on elec | samples/s |")
     print("|---|---|")
     print(f"| KalmanHead.learn_predict alone, D={width}, 3 sub-heads, batch 100 | {speed_head:,.0f} |")
-    print(f"| river ARFClassifier(n_models=10), first {args.arf_samples} samples (accuracy {arf_acc:.3f}) | {arf_sps:,.0f} |")
+    print(f"| river ARFClassifier(n_models=10), first {args.arf_samples} samples (accuracy {arf_acc:.3f}) "
+          f"| {arf_sps:,.0f} |")
     print(f"| ratio head / ARF | {speed_head / arf_sps:.0f}x |")
     print(f"| ratio full pipeline (Standardizer + RFF + head) / ARF | {rows[0][3]['samples_per_s'] / arf_sps:.0f}x |")
 

@@ -49,9 +49,10 @@ import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
@@ -130,7 +131,8 @@ def _penguins() -> DataSet:
             nums = [r["bill_length_mm"], r["bill_depth_mm"], r["flipper_length_mm"], r["body_mass_g"], r["year"]]
             if "NA" in nums or r["sex"] not in ("male", "female"):
                 continue
-            X.append([float(v) for v in nums] + [float(r["island"] == i) for i in islands] + [float(r["sex"] == "male")])
+            X.append([float(v) for v in nums] + [float(r["island"] == i) for i in islands]
+                     + [float(r["sex"] == "male")])
             y.append(r["species"])
     return _shuffled(np.asarray(X), y, "palmerpenguins")
 
@@ -270,7 +272,8 @@ def table(results: dict[str, dict[str, dict[str, Any]]], info: dict[str, DataSet
         worst = min(margins, key=lambda t: t[1])
         lines.append("")
         lines.append(f"{TITLES['ocld']} beats river's best default model on {wins}/{len(margins)} sets "
-                     f"({100 * wins / len(margins):.0f} %); median margin {100 * float(np.median([m for _, m in margins])):+.1f} "
+                     f"({100 * wins / len(margins):.0f} %); "
+                     f"median margin {100 * float(np.median([m for _, m in margins])):+.1f} "
                      f"points; worst {worst[0]} {100 * worst[1]:+.1f} points.")
     speed = [(name, row["ocld"]["cpu_samples_per_s"] / row["arf"]["cpu_samples_per_s"])
              for name, row in results.items() if "ocld" in row and "arf" in row]

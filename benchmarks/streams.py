@@ -17,14 +17,15 @@ attributes (elevel, car, zipcode) come out as integer codes. Labels are 0/1 ints
 Pure generators (no Kafka, no Redis); ``write_csv`` is the one helper that writes a file.
 
     python benchmarks/streams.py sea 10000 0 --csv /tmp/sea.csv
-"""
+"""  # noqa: E501 (the Markdown table above cannot wrap)
 
 from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

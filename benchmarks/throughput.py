@@ -36,8 +36,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = min(raw_best, core) if child else 1.0 / (1.0 / raw_best + 1.0 / core)
         el = d["elapsed"]
         rest = el - d["decode"] - d["process"] - d["housekeeping"]
-        share = lambda s: f"{100 * s / el:.0f}%"  # noqa: E731
+        share = lambda s, el=el: f"{100 * s / el:.0f}%"  # noqa: E731
         cpu_cells = (f"{cpu:.1f} (daemon's thread only) | | " if child else
                      f"{cpu:.1f} (core {core_cpu:.1f}) | {cpu - core_cpu - raw_cpu:+.1f} | ")
         print(f"| daemon, {label} | {d['rate']:,.0f} | {d['rate'] / raw_best:.2f} | {core:,.0f} | "
