@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval in ms (default: Python's 5)")
     args = ap.parse_args(argv)
 
+    from ocld.core.runtime import limit_threads
     from ocld.stream.config import load_config
     from ocld.stream.files import read_table
-    from ocld.core.runtime import limit_threads
 
     limit_threads()
     if args.switch_ms is not None:

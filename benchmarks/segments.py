@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     import ocld.learners.kalman
     import ocld.learners.logistic
     from ocld.core.codec import Decoded
+    from ocld.core.runtime import LearningCore, limit_threads
     from ocld.stream.config import load_config
     from ocld.stream.files import read_table
-    from ocld.core.runtime import LearningCore, limit_threads
 
     limit_threads()
     classes = {"KalmanHead": ocld.learners.kalman.KalmanHead, "KalmanLogistic": ocld.learners.logistic.KalmanLogistic}
