@@ -71,7 +71,8 @@ FAULT_POINTS = ("snapshot.after_chunk", "snapshot.before_switch", "snapshot.afte
 LEARNERS: dict[str, dict[str, Any]] = {
     "KalmanHead": {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False},
                    "features": [{"name": "Standardizer"},
-                                {"name": "RandomFourierFeatures", "params": {"n_components": 48, "scale": 0.5, "seed": 0}}]},
+                                {"name": "RandomFourierFeatures",
+                                 "params": {"n_components": 48, "scale": 0.5, "seed": 0}}]},
     "AnalyticRidge": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0, "adapt_discount": 0.01},
                       "features": []},
     "KalmanLogistic": {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Standardizer"}]},
@@ -221,8 +222,8 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
     cfg = orjson.loads(cfg_path.read_bytes())
     every_samples = int(cfg["snapshot"]["every_samples"])
     max_batch = int(cfg["kafka"]["max_batch"])
-    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap, "--redis", redis_url,
-           "--until-idle", "1.0", "--max-seconds", str(run_timeout)]
+    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap, "--redis",
+           redis_url, "--until-idle", "1.0", "--max-seconds", str(run_timeout)]
     runs: list[dict[str, Any]] = []
     killed = 0
     # Every fault point and the external kill come once, in a random order; further kills are drawn at random.
@@ -238,7 +239,8 @@ def run_with_kills(cfg_path: Path, name: str, bootstrap: str, redis_url: str, n_
         # Spread the kills over what is left: each lands within ``span`` samples of the restart.
         span = max(1, remaining // (kills - killed + 1)) if killed < kills else 0
         if killed < kills and remaining > every_samples:
-            mode = plan[killed] if killed < len(plan) else rng.choice(["external"] + [f"fault:{p}" for p in FAULT_POINTS])
+            mode = (plan[killed] if killed < len(plan)
+                    else rng.choice(["external"] + [f"fault:{p}" for p in FAULT_POINTS]))
             if mode.startswith("fault:"):
                 # the k-th hit of the point (snapshots come every ``every_samples`` labelled samples)
                 point = mode.split(":", 1)[1]
@@ -311,8 +313,8 @@ def final_state(redis_url: str, name: str) -> tuple[Any, dict[str, Any]]:
     return snap.parts["learner"], snap.info
 
 
-def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, bootstrap: str, redis_url: str, work: Path,
-             every_samples: int, uninterrupted: bool, verbose: bool = False,
+def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, bootstrap: str, redis_url: str,
+             work: Path, every_samples: int, uninterrupted: bool, verbose: bool = False,
              learner_process: bool = False, switches: int = 0) -> dict[str, Any]:
     """``learner_process``: the killed daemons learn in a child process (the uninterrupted one in-process).
     The learner runs with its shipped config's drift block (``SHIPPED_DRIFT``), adaptation on."""
@@ -338,7 +340,8 @@ def run_case(learner: str, spec: dict[str, Any], n: int, kills: int, seed: int, 
     result.update(runs=runs, kills=sum(r["rc"] == -signal.SIGKILL for r in runs),
                   killed_seconds=round(time.monotonic() - t0, 1), labelled_seen=int(info["labelled_seen"]),
                   status_labelled=_status(redis_url, tag).get("labelled_seen"),
-                  max_diff_vs_reference=state_max_diff(state, ref), weights_diff_vs_reference=weights_max_diff(state, ref))
+                  max_diff_vs_reference=state_max_diff(state, ref),
+                  weights_diff_vs_reference=weights_max_diff(state, ref))
     if uninterrupted:
         clean = f"{tag}u"
         cfg_u = work / f"{clean}.yaml"
@@ -382,12 +385,14 @@ def main(argv: list[str] | None = None) -> int:
             for learner in args.learners:
                 print(f"{learner}: {args.records:,} records, {args.switches} concept switches, {args.kills} kills "
                       f"(seed {args.seed}), drift block of config/{SHIPPED_DRIFT[learner]}.yaml", flush=True)
-                res = run_case(learner, LEARNERS[learner], args.records, args.kills, args.seed, broker.bootstrap, redis_srv.url, work,
+                res = run_case(learner, LEARNERS[learner], args.records, args.kills, args.seed, broker.bootstrap,
+                               redis_srv.url, work,
                                args.every_samples, not args.no_uninterrupted, verbose=True,
                                learner_process=args.learner_process, switches=args.switches)
                 rows.append(res)
     print()
-    header = ("learner", "records", "labelled", "drift events (adapted)", "kills", "labelled_seen", "weights max|w-w_ref|",
+    header = ("learner", "records", "labelled", "drift events (adapted)", "kills", "labelled_seen",
+              "weights max|w-w_ref|",
               "state max diff vs ref*", "state max diff vs uninterrupted*", "killed runs s", "clean run s", "ok")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
@@ -398,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
               and r.get("max_diff_vs_uninterrupted", 0.0) <= 1e-9 and r["kills"] >= args.kills)
         ok_all &= ok
         print(" | ".join(str(v) for v in (
-            r["learner"], f"{r['records']:,}", f"{r['labelled']:,}", f"{r['drift_events']} ({r['adaptations']})", r["kills"],
+            r["learner"], f"{r['records']:,}", f"{r['labelled']:,}", f"{r['drift_events']} ({r['adaptations']})",
+            r["kills"],
             f"{r['labelled_seen']:,}",
-            f"{r['weights_diff_vs_reference']:.2e}", f"{r['max_diff_vs_reference']:.2e}", f"{r.get('max_diff_vs_uninterrupted', float('nan')):.2e}",
+            f"{r['weights_diff_vs_reference']:.2e}", f"{r['max_diff_vs_reference']:.2e}",
+            f"{r.get('max_diff_vs_uninterrupted', float('nan')):.2e}",
             r["killed_seconds"], r.get("uninterrupted_seconds", "-"), "yes" if ok else "NO")))
     print("\n* every float array of the learner state; |a-b| / max(1, |b|): absolute for entries up to 1, relative "
           "for large running sums")
