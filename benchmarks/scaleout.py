@@ -41,7 +41,8 @@ LEARNERS: dict[str, dict[str, Any]] = {
     # No Standardizer: every replica's feature map must be identical for the statistics to add up.
     "analytic": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0}, "features": []},
     "kalman": {"name": "KalmanHead", "params": {},
-               "features": [{"name": "RandomFourierFeatures", "params": {"n_components": 128, "scale": 0.5, "seed": 0}}]},
+               "features": [{"name": "RandomFourierFeatures",
+                             "params": {"n_components": 128, "scale": 0.5, "seed": 0}}]},
 }
 
 
