@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,8 @@ def make_config(broker: str, redis_url: str, name: str, tmp_path: Path):
             "messages": {"n_features": 6},
             "learner": {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False},
                         "features": [{"name": "Standardizer"},
-                                     {"name": "RandomFourierFeatures", "params": {"n_components": 32, "scale": 0.5, "seed": 0}}]},
+                                     {"name": "RandomFourierFeatures",
+                                      "params": {"n_components": 32, "scale": 0.5, "seed": 0}}]},
             "drift": {"enabled": True, "adapt": True},
             "status": {"interval_s": 0.2, "metrics_every_s": 0.5},
             "data_dir": str(tmp_path / "data"),
