@@ -160,7 +160,8 @@ class MemorySnapshotStore:
             owner, _, epoch = (old or "|0").rpartition("|")
             reg = self.db.offsets.get(tp)
             writer = self.db.writers.get(tp)
-            ours = writer == self.replica if writer is not None else (reg is None or old is None or owner == self.replica)
+            ours = (writer == self.replica if writer is not None
+                    else (reg is None or old is None or owner == self.replica))
             if ours:
                 pos, fp = (mine or {}).get((t, p), (None, None))
                 if pos is None:
