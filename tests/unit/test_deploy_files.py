@@ -198,7 +198,8 @@ def test_grafana_is_provisioned_with_the_dashboard():
     assert grafana["profiles"] == ["monitoring"]
     mounted = {m.split(":")[1]: (ROOT / m.split(":")[0]).resolve() for m in grafana["volumes"] if m.startswith("./")}
     assert mounted["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
-    [datasource] = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    [datasource] = datasources["datasources"]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     [provider] = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "ocld.yml").read_text())["providers"]
     assert mounted[provider["options"]["path"]] == DASHBOARD.parent
