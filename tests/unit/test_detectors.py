@@ -231,7 +231,9 @@ def test_ddm_matches_river(params, stream):
 def test_kswin_is_rivers_detector():
     values = STREAMS["short"]()
     bounds = _cuts(values.size, seed=7, largest=300)
-    read = lambda d: (float(d.p_value),)
+    def read(d):
+        return (float(d.p_value),)
+
     expected, theirs = _river_run(river_drift.KSWIN(alpha=1e-4, seed=3), values, bounds, read)
     found, ours = _ours_run(KSWIN(alpha=1e-4, seed=3), values, bounds, read)
     assert found == expected and expected
@@ -242,7 +244,8 @@ def test_kswin_is_rivers_detector():
 def _state_bits(state: LearnerState) -> tuple:
     """A detector state as comparable bits: params, meta and every array's dtype, shape and bytes."""
     return (state.kind, state.params, state.meta,
-            {k: (np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes()) for k, a in state.arrays.items()})
+            {k: (np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes())
+             for k, a in state.arrays.items()})
 
 
 def _through_snapshot(state: LearnerState) -> LearnerState:
