@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocld.core.codec import Codec
-from ocld.stream.config import parse_config
 from ocld.core.runtime import LearningCore
+from ocld.stream.config import parse_config
 
 D = 6
 MAX_BYTES = 4096
@@ -200,7 +200,8 @@ def test_fuzz_decode_and_learn_never_crash(raw):
 LEARNERS = {
     "KalmanHead": ("KalmanHead", {}, []),
     "KalmanHead+Standardizer+RFF": ("KalmanHead", {}, [{"name": "Standardizer"},
-                                                       {"name": "RandomFourierFeatures", "params": {"n_components": 16}}]),
+                                                       {"name": "RandomFourierFeatures",
+                                                        "params": {"n_components": 16}}]),
     "AnalyticRidge": ("AnalyticRidge", {"expansion_size": 32}, []),
     "AnalyticRidge+imbalance": ("AnalyticRidge", {"expansion_size": 32, "compensate_imbalance": True},
                                 [{"name": "Standardizer"}]),
