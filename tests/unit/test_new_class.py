@@ -20,7 +20,7 @@ from ocld.core.codec import Decoded
 from ocld.core.drift import DriftMonitor
 from ocld.core.metrics import PrequentialMetrics
 from ocld.core.runtime import LearningCore, PendingTable
-from ocld.learners.base import DriftEvent, Learner, LearnerState, encode_batch, ClassIndex
+from ocld.learners.base import ClassIndex, DriftEvent, Learner, LearnerState, encode_batch
 from ocld.stream.config import load_config
 from ocld.stream.files import Table, read_table
 from ocld.stream.offline import evaluate_arrays
@@ -123,7 +123,7 @@ class Recorder(Learner):
         return LearnerState("Recorder", {}, {}, {"classes": list(self.index.classes), "calls": list(self.calls)})
 
     @classmethod
-    def from_state(cls, state: LearnerState) -> "Recorder":
+    def from_state(cls, state: LearnerState) -> Recorder:
         obj = cls()
         obj.index = ClassIndex(list(state.meta["classes"]))
         obj.calls = list(state.meta["calls"])
@@ -160,7 +160,8 @@ def _labels(n: int) -> list[Any]:
     return y
 
 
-def _drive(core: LearningCore, y: list[Any], cut: int, start: int = 0, stop: int | None = None) -> list[tuple[int, str]]:
+def _drive(core: LearningCore, y: list[Any], cut: int, start: int = 0,
+           stop: int | None = None) -> list[tuple[int, str]]:
     out = []
     stop = len(y) if stop is None else stop
     for a in range(start, stop, cut):
