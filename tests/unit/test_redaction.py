@@ -123,7 +123,8 @@ def test_cli_failures_scrub_every_known_secret():
     cases = [
         (AuthenticationError("WRONGPASS for Url-Pw-1"), "refused the credentials"),
         (SaslAuthenticationFailedError("bad secret Sasl-Pw-2"), "refused the credentials"),
-        (KafkaTimeoutError("Unable to bootstrap from ['broker:9092']"), "no answer from the Kafka broker at broker:9092"),
+        (KafkaTimeoutError("Unable to bootstrap from ['broker:9092']"),
+         "no answer from the Kafka broker at broker:9092"),
         (ValueError("echoed Cfg/Pw and Cfg%2FPw"), "echoed *** and ***"),
     ]
     for exc, expected in cases:
