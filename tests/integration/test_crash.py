@@ -25,8 +25,16 @@ import orjson
 import pytest
 
 from benchmarks.crash_equivalence import (
-    FAULT_POINTS, final_state, make_stream, pipeline_config, reference_run, reference_state, run_with_kills,
-    shipped_drift, state_max_diff, weights_max_diff,
+    FAULT_POINTS,
+    final_state,
+    make_stream,
+    pipeline_config,
+    reference_run,
+    reference_state,
+    run_with_kills,
+    shipped_drift,
+    state_max_diff,
+    weights_max_diff,
 )
 from ocld.stream.client import StateClient
 from tests.conftest import ROOT
@@ -51,8 +59,8 @@ LOGISTIC = {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Stand
     (KALMAN, "kalman", 8_000, 4, 4, 11, True),
     (LOGISTIC, "logistic", 8_000, 3, 4, 7, False),
 ], ids=["KalmanHead", "AnalyticRidge", "KalmanHead-learner-process", "KalmanLogistic"])
-def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, config, n, switches, kills, seed, child, broker,
-                                                                   redis_url, name, tmp_path):
+def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, config, n, switches, kills, seed, child,
+                                                                   broker, redis_url, name, tmp_path):
     """With adaptation on (the drift block of ``config``). ``child``: with ``learner_process: true``
     (the SIGKILL hits the daemon; its learner process must not matter)."""
     values, X, y = make_stream(n, seed, switches=switches)
@@ -94,7 +102,8 @@ def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tm
     produce(broker, topic, values)
     cfg_path = tmp_path / "cfg.yaml"
     drift = shipped_drift("kalman")
-    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, KALMAN, every_samples=1_000_000, drift=drift)).decode())
+    pipeline_cfg = pipeline_config(name, topic, KALMAN, every_samples=1_000_000, drift=drift)
+    cfg_path.write_text(orjson.dumps(pipeline_cfg).decode())
     cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
            "--until-idle", "1.0", "--max-seconds", "90"]
     client = StateClient(redis_url)
