@@ -19,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -39,7 +40,8 @@ KALMAN = {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "feat
 class DaemonProcess:
     """``ocld run`` as a child process with its log in a file."""
 
-    def __init__(self, cfg: dict[str, Any], tmp: Path, bootstrap: str, redis_url: str, env: dict[str, str] | None = None):
+    def __init__(self, cfg: dict[str, Any], tmp: Path, bootstrap: str, redis_url: str,
+                 env: dict[str, str] | None = None):
         import os
 
         self.cfg_path = tmp / f"{cfg['name']}.yaml"
@@ -59,7 +61,8 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.log[-3000:]}")
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n"
+                                     f"{self.log[-3000:]}")
             try:
                 if cond():
                     return
@@ -154,7 +157,8 @@ def test_redis_stopped_for_10s_mid_run(broker, name, tmp_path):
         assert rc == 0, log[-3000:]
         assert "snapshot failed: Redis unreachable" in log or "status update failed, Redis unreachable" in log
         assert "Redis answers again" in log and "covers everything learned during the outage" in log
-        assert "degraded" in states and states.index("degraded") < len(states) - 1 - states[::-1].index("running"), states
+        last_running = len(states) - 1 - states[::-1].index("running")
+        assert "degraded" in states and states.index("degraded") < last_running, states
         print(f"\nRedis outage: states seen after restart {states}, last_outage_s={status['last_outage_s']}, "
               f"committed offset during outage {committed_during}")
         assert status["redis_outages"] == 1
