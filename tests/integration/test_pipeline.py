@@ -56,7 +56,8 @@ def test_replay_run_status_query_and_load_learner(make_config, broker, redis_url
 
     restored = client.load_learner(cfg.name)
     probe = X[:200] + 0.01
-    np.testing.assert_allclose(restored.predict_proba(probe), daemon.core.learner.predict_proba(probe), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(restored.predict_proba(probe), daemon.core.learner.predict_proba(probe), rtol=0,
+                               atol=1e-12)
     assert list(restored.predict(probe)) == list(daemon.core.learner.predict(probe))
 
     # The offline evaluator runs the same core: the same accuracy as the daemon reported.
