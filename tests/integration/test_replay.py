@@ -56,7 +56,8 @@ def test_predictions_topic_gets_every_predict_only_record(make_config, broker, n
     # Predict-only rows use the model as it was before their batch: keep them out of the first batches.
     cfg = make_config(kafka={"predictions_topic": f"{name}.pred", "max_batch": 100})
     X, y = elec_records(300)
-    values = encode_rows(X[:200], y[:200]) + [orjson.dumps({"x": X[i].tolist(), "id": f"q{i}"}) for i in range(200, 300)]
+    values = encode_rows(X[:200], y[:200]) + [orjson.dumps({"x": X[i].tolist(), "id": f"q{i}"})
+                                               for i in range(200, 300)]
     produce(broker, cfg.kafka.topic, values)
     summary = Daemon(cfg).run(until_idle_s=0.5, max_seconds=120, install_signals=False)
     assert summary["labelled_seen"] == 200
