@@ -21,7 +21,13 @@ import orjson
 import pytest
 
 from benchmarks.scaleout import (
-    LEARNERS, Replica, covered, labelled_stream, pipeline_config, replica_states, wait_covered,
+    LEARNERS,
+    Replica,
+    covered,
+    labelled_stream,
+    pipeline_config,
+    replica_states,
+    wait_covered,
 )
 from ocld.learners.registry import build_learner
 from ocld.stream.client import StateClient
@@ -339,6 +345,7 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker,
         info = client.snapshot_info(name, replica="x")["latest"]["info"]
         assert info["labelled_seen"] == 3000
         assert sum(info["partition_records"].values()) == 3000
-        assert {tp: e["offset"] for tp, e in client.partitions(name).items()} == {f"{topic}:0": 1500, f"{topic}:1": 1500}
+        offsets = {tp: e["offset"] for tp, e in client.partitions(name).items()}
+        assert offsets == {f"{topic}:0": 1500, f"{topic}:1": 1500}
     finally:
         rds.stop()
