@@ -26,11 +26,11 @@ import numpy as np
 import orjson
 import pytest
 
+from ocld.core.snapshot import CorruptSnapshot, Snapshot
 from ocld.learners.base import LearnerState
 from ocld.learners.registry import PickleRefused
 from ocld.stream.client import StateClient
 from ocld.stream.embedded import EmbeddedRedis
-from ocld.core.snapshot import CorruptSnapshot, Snapshot
 from ocld.stream.store import SnapshotStore, connect
 from tests.conftest import ROOT
 from tests.helpers import elec_records, encode_rows, produce, read_topic
@@ -113,8 +113,8 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
         cfg_path.write_text(orjson.dumps(cfg.model_dump(mode="json", exclude={"redis"}) | {
             "redis": {"url": rds.url, "username": "ocld"}}).decode())
         env = {**os.environ, "OCLD_REDIS_PASSWORD": SECRET}
-        cmd = [sys.executable, "-m", "ocld.stream.cli", "--log-level", "debug", "run", str(cfg_path), "--until-idle", "0.5",
-               "--max-seconds", "60"]
+        cmd = [sys.executable, "-m", "ocld.stream.cli", "--log-level", "debug", "run", str(cfg_path), "--until-idle",
+               "0.5", "--max-seconds", "60"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
@@ -145,8 +145,8 @@ def test_redis_password_and_acl_user_never_leak(make_config, broker, tmp_path):
 
         # The password inside the URL is redacted wherever the URL is shown.
         url_with_pw = f"redis://ocld:{SECRET}@127.0.0.1:{rds.port}/0"
-        q = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "status", cfg.name, "--redis", url_with_pw, "--json"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        q = subprocess.run([sys.executable, "-m", "ocld.stream.cli", "status", cfg.name, "--redis", url_with_pw,
+                            "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert q.returncode == 0, q.stderr[-1000:]
         assert orjson.loads(q.stdout)[cfg.name]["labelled_seen"] == 300
         _assert_no_secret("the status command", q.stdout + q.stderr)
@@ -169,7 +169,8 @@ def test_secrets_are_secret_strings_in_config_and_errors(monkeypatch):
     kw = client_kwargs(cfg.kafka)
     assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kw["sasl_plain_username"] == "ocld" and kw["sasl_plain_password"] == SECRET
-    assert kw["ssl_cafile"] == "/etc/ca.pem" and kw["ssl_certfile"] == "/etc/c.pem" and kw["ssl_keyfile"] == "/etc/k.pem"
+    assert kw["ssl_cafile"] == "/etc/ca.pem"
+    assert kw["ssl_certfile"] == "/etc/c.pem" and kw["ssl_keyfile"] == "/etc/k.pem"
     for shown in (repr(cfg), str(cfg), cfg.model_dump_json(), str(cfg.model_dump())):
         _assert_no_secret("the printed config", shown)
     with pytest.raises(ConfigError) as err:
