@@ -88,7 +88,8 @@ def _bits(state: LearnerState) -> tuple:
     """A state tree as comparable bits: kind, params, meta, every array's dtype, shape and bytes."""
     return (state.kind, orjson.dumps(state.params, option=orjson.OPT_SERIALIZE_NUMPY),
             orjson.dumps(state.meta, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
-            {k: (np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes()) for k, a in state.arrays.items()},
+            {k: (np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes())
+             for k, a in state.arrays.items()},
             {k: _bits(c) for k, c in state.children.items()})
 
 
@@ -337,9 +338,11 @@ def test_adaptation_switch_and_kinds():
     ev_off = _drive(off, X, y, 500)
     kinds = {e.kind for e in ev_on}
     assert kinds == {"error", "input"}
-    assert [(e.index, e.kind) for e in ev_on if e.kind == "input"] == [(e.index, e.kind) for e in ev_off if e.kind == "input"]
+    inputs_on = [(e.index, e.kind) for e in ev_on if e.kind == "input"]
+    assert inputs_on == [(e.index, e.kind) for e in ev_off if e.kind == "input"]
     assert off.learner.calls == []  # adaptation off: events recorded, learner untouched
-    assert [c[0].kind for c in on.learner.calls] == ["error"] * sum(e.kind == "error" for e in ev_on)  # input: adapt off by default
+    # input events: adaptation is off by default
+    assert [c[0].kind for c in on.learner.calls] == ["error"] * sum(e.kind == "error" for e in ev_on)
     assert on.status_fields()["drift_count_error"] == sum(e.kind == "error" for e in ev_on)
     assert on.status_fields()["drift_count_input"] == sum(e.kind == "input" for e in ev_on) >= 1
     assert on.action_for(ev_on[0]) in ("adapt", "none")
@@ -476,7 +479,6 @@ def test_a_no_op_adaptation_does_not_start_the_cooldown():
 
 def _shipped_kalman_monitor() -> DriftMonitor:
     from ocld.stream.config import load_config
-
     from tests.conftest import ROOT
 
     d = load_config(ROOT / "config" / "kalman.yaml").drift
@@ -559,7 +561,8 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
     for i in range(n):  # 2 classes, a third from sample 1,130 on; the concept flips at 2,000
         s = X[i] @ w[i >= 2000]
         y.append("c" if i >= 1130 and X[i, 3] > 1.0 else ("a" if s > 0 else "b"))
-    cls = {"KalmanHead": ocld.learners.kalman.KalmanHead, "KalmanLogistic": ocld.learners.logistic.KalmanLogistic}[learner]
+    cls = {"KalmanHead": ocld.learners.kalman.KalmanHead,
+           "KalmanLogistic": ocld.learners.logistic.KalmanLogistic}[learner]
     monkeypatch.setattr(cls, "joint_segments", property(lambda self: True))
     fast, ev_fast, err_fast, calls_fast = _speculation_run(X, y, 500, learner, monkeypatch, inner)
     monkeypatch.setattr(cls, "joint_segments", property(lambda self: False))
@@ -574,7 +577,8 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
     assert sum(calls_fast) > fast.labelled_seen == sum(calls_slow)
     assert ev_fast == ev_slow
     assert err_fast == err_slow
-    assert fast.labelled_seen == slow.labelled_seen and fast.learner.classes_ == slow.learner.classes_ == ["a", "b", "c"]
+    assert fast.labelled_seen == slow.labelled_seen
+    assert fast.learner.classes_ == slow.learner.classes_ == ["a", "b", "c"]
     a, b = fast.to_parts(), slow.to_parts()
     for key, value in b["metrics"].meta.items():
         if key.startswith("delay_"):  # label delays are wall-clock times (no ts in these records)
@@ -590,7 +594,6 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
 # -- the learning core restored anywhere, on the shipped configs ----------------------------------------
 def _elec() -> tuple[np.ndarray, list]:
     from ocld.stream.files import read_table
-
     from tests.conftest import ROOT
 
     table = read_table(ROOT / "data" / "elec.csv")
@@ -636,7 +639,6 @@ def test_core_restored_at_random_points_equals_the_uninterrupted_run_with_adapta
     events with the same actions, several of them adaptations. With the detectors rebuilt from recent
     errors (the format before this one), the detections after a restart moved and this failed."""
     from ocld.stream.config import load_config
-
     from tests.conftest import ROOT
 
     cfg = load_config(ROOT / "config" / f"{config}.yaml")
