@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ocld.core.codec import Decoded
-from ocld.stream.config import parse_config
 from ocld.core.runtime import LearningCore
+from ocld.stream.config import parse_config
 from ocld.stream.worker import LearnerProcessError, RemoteCore
 from tests.conftest import ROOT
 
@@ -148,7 +148,8 @@ def test_a_sigkilled_daemon_leaves_no_learner_process():
             "from stream.config import parse_config\nfrom stream.worker import RemoteCore\n"
             "core = RemoteCore(parse_config({}))\nprint(core.labelled_seen, core._proc.pid, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == -signal.SIGKILL, out.stderr
     seen, pid = (int(v) for v in out.stdout.split())
     assert seen == 0
