@@ -53,7 +53,7 @@ class RedisClusterProcs:
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
-    def start(self) -> "RedisClusterProcs":
+    def start(self) -> RedisClusterProcs:
         for node in self.nodes:
             node.start()
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
@@ -97,7 +97,7 @@ class RedisClusterProcs:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> "RedisClusterProcs":
+    def __enter__(self) -> RedisClusterProcs:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
