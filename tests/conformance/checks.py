@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -242,7 +243,7 @@ def learn_in_cuts(obj: Learner, X: np.ndarray, y: np.ndarray, cut: int, prequent
 
 def feed(buffer: Component, X: np.ndarray, y: np.ndarray) -> None:
     """Buffers take batches through ``add`` (reservoirs) or ``update`` (statistics)."""
-    method = getattr(buffer, "add", None) or getattr(buffer, "update")
+    method = getattr(buffer, "add", None) or buffer.update
     method(X, y)
 
 
