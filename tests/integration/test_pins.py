@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ocld.core.snapshot import Snapshot
 from ocld.learners.base import LearnerState
 from ocld.stream.config import parse_config
-from ocld.core.snapshot import Snapshot
 from ocld.stream.store import SnapshotStore, connect
 
 pytestmark = pytest.mark.integration
