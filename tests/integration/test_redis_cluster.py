@@ -11,8 +11,8 @@ twice either way (checked on the learner's statistics against a one-pass referen
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
