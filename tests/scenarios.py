@@ -25,9 +25,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -75,7 +76,7 @@ def encode(X: np.ndarray, y: list[int]) -> list[bytes]:
 class DaemonProc:
     """``ocld run`` as a child process, its output in a log file."""
 
-    def __init__(self, env: "Env", cfg: dict[str, Any], *args: str, tag: str = "") -> None:
+    def __init__(self, env: Env, cfg: dict[str, Any], *args: str, tag: str = "") -> None:
         self.env = env
         n = len(env.daemons)
         self.cfg_path = env.work / f"cfg{n}.yaml"
@@ -289,7 +290,7 @@ def _dlq_count(env: Env) -> int:
     return int(env.status().get("dlq_count") or 0)
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str, env: "Env | None" = None) -> Any:
+def _wait(pred: Callable[[], Any], timeout: float, what: str, env: Env | None = None) -> Any:
     from tests.helpers import wait_until
 
     try:
