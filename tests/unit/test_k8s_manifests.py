@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+
 from ocld.stream import cli
 from ocld.stream.config import parse_config
 
