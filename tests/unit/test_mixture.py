@@ -207,9 +207,9 @@ def test_default_config_builds_the_mixture() -> None:
 def test_weights_reach_the_metrics_stream_and_the_report(tmp_path: Path) -> None:
     """LearningCore.learner_metrics() carries the member weights (what the daemon writes to the
     metrics stream); ocld report's picture reads them back from those points and draws them."""
+    from ocld.core.codec import Decoded
     from ocld.core.metrics import PrequentialMetrics
     from ocld.core.runtime import LearningCore, PendingTable
-    from ocld.core.codec import Decoded
     from ocld.stream import report
 
     X, y = stream(600, seed=4)
