@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from ocld.learners.base import LearnerState
 from ocld.core import snapshot as fmt
+from ocld.learners.base import LearnerState
 
 
 def _snap() -> fmt.Snapshot:
