@@ -16,10 +16,12 @@ Nothing here does I/O: the daemon builds a Status and publishes it through ``str
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 GROUPS = ("health", "progress", "model quality", "data quality", "durability", "scale-out")
 
@@ -27,7 +29,7 @@ GROUPS = ("health", "progress", "model quality", "data quality", "durability", "
 def _f(default: Any, group: str, doc: str, metric: str | None = None, kind: str = "", unit: str = "") -> Any:
     """A status field: its group (``ocld status`` sections), what it means, and, when it is exported to
     Prometheus, the metric's name and kind ("counter" or "gauge")."""
-    extra = {"group": group}
+    extra: JsonDict = {"group": group}
     if metric:
         extra["metric"] = metric
         extra["kind"] = kind or "gauge"
@@ -133,7 +135,7 @@ class Status(BaseModel):
         return out
 
     @classmethod
-    def from_redis(cls, raw: dict[Any, Any]) -> "Status":
+    def from_redis(cls, raw: dict[Any, Any]) -> Status:
         """The typed status from a Redis hash (fields it does not know are kept as extras)."""
         data: dict[str, Any] = {}
         for key, value in raw.items():
@@ -181,11 +183,11 @@ def markdown_table() -> str:
     for group, fields in fields_by_group().items():
         for name, info in fields:
             extra = info.json_schema_extra or {}
-            metric = f"`{extra['metric']}`" + (" (counter)" if extra.get("kind") == "counter" else "") \
-                if extra.get("metric") else ""
+            metric = (f"`{extra['metric']}`" + (" (counter)" if extra.get("kind") == "counter" else "")
+                      if extra.get("metric") else "")
             lines.append(f"| {group} | `{name}` | {info.description} | {metric} |")
-    lines.append("| model quality | `forgetting`, `mixture_weights` | learner figures: KalmanHead's effective forgetting "
-                 "factor, an online mixture's member weights | |")
+    lines.append("| model quality | `forgetting`, `mixture_weights` | learner figures: KalmanHead's effective "
+                 "forgetting factor, an online mixture's member weights | |")
     return "\n".join(lines)
 
 
@@ -257,8 +259,8 @@ class StatusCollector:
         if status is None:
             return
         for name, info in Status.model_fields.items():
-            extra = info.json_schema_extra or {}
-            metric = extra.get("metric")
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            metric = str(extra.get("metric") or "")
             if not metric:
                 continue
             value = getattr(status, name)
