@@ -69,8 +69,16 @@ from ocld.stream.ownership import Incident, Ownership, Positions, is_permission_
 from ocld.stream.sink import Sink
 from ocld.stream.source import KafkaSource, Polled
 from ocld.stream.status import Status
-from ocld.stream.store import (Keys, LeaseLost, SnapshotStore, StatusStore, connect, migrate_layout, old_layout_keys,
-                               tp_field)
+from ocld.stream.store import (
+    Keys,
+    LeaseLost,
+    SnapshotStore,
+    StatusStore,
+    connect,
+    migrate_layout,
+    old_layout_keys,
+    tp_field,
+)
 from ocld.stream.worker import LearnerProcessError, RemoteCore
 
 log = logging.getLogger("ocld.daemon")
@@ -92,8 +100,8 @@ class Daemon:
         self.cfg = cfg
         limit_threads()
         r = cfg.redis
-        self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None, r.username,
-                             cluster=r.cluster)
+        self.redis = connect(r.url.get_secret_value(), r.password.get_secret_value() if r.password else None,
+                             r.username, cluster=r.cluster)
         self.replica = cfg.scale.replica_id
         self.lease = Lease(self.redis, Keys(cfg.name, r.namespace, self.replica).lease, r.lease_ttl)
         self.store = SnapshotStore(self.redis, cfg.name, r.namespace, cfg.snapshot.keep, cfg.snapshot.chunk_bytes,
@@ -363,8 +371,8 @@ class Daemon:
                                    "cramjam/python-snappy ship with ocld) and start it again") from None
             raise
         if self._deferred is not None:
-            exc, self._deferred = self._deferred, None
-            raise exc
+            deferred, self._deferred = self._deferred, None
+            raise deferred
         if polled.reconnected:
             self._drain()
             self.intake.discard()
@@ -424,7 +432,7 @@ class Daemon:
             self.source.retry_claims()
         if self.fold is not None and now >= self._timers.fold_at:
             self._timers.fold_at = now + float(self.cfg.scale.fold_global_every_s or 0)
-            self.fold.fold(self.core.learner)  # type: ignore[union-attr]  (no learner process with folding)
+            self.fold.fold(self.core.learner)  # type: ignore[union-attr]  # no learner process with folding
 
     def _probe_broker(self) -> None:
         """While no records arrive, check that the broker still accepts connections (log changes once).
@@ -513,7 +521,7 @@ class Daemon:
             outcome = self.checkpointer.commit(self._take, self.sink, self.source, self.ownership,
                                                self.counters.records, self.core.labelled_seen, final, force)
             if outcome == "fenced":
-                self._rewind(self.checkpointer.error)  # type: ignore[arg-type]
+                self._rewind(self.checkpointer.error)
                 return False
             if outcome == "missing" and attempt == 1:
                 self._reestablish(f"the partition claims vanished ({self.checkpointer.error})")
