@@ -408,7 +408,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ("log-loss", f"{summary['log_loss']:.4f}"), ("drift events", summary["drift_count"]),
             ("dead-lettered", summary["dlq_count"]),
             ("learning time", f"{summary['elapsed_s']:.1f} s"),
-            ("throughput", f"{summary['records_seen'] / max(summary['elapsed_s'], 1e-9):,.0f} records/s (incl. start-up)"),
+            ("throughput",
+             f"{summary['records_seen'] / max(summary['elapsed_s'], 1e-9):,.0f} records/s (incl. start-up)"),
             ("snapshot version", summary["model_version"]), ("status in Redis", status.get("state")),
         ])
         if not args.keep_running:
