@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ocld.stream.broker import client_kwargs, retry
 from ocld.stream.config import Config
