@@ -111,7 +111,7 @@ class KafkaSource:
         source = self
 
         class _Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):  # type: ignore[override]
+            def on_partitions_revoked(self, revoked: Any) -> None:
                 if revoked and source.on_revoke is not None:
                     source.on_revoke(list(revoked))
                 source.unclaimed -= set(revoked)
@@ -119,7 +119,7 @@ class KafkaSource:
                 for tp in revoked:
                     source._verify.pop((tp.topic, tp.partition), None)
 
-            def on_partitions_assigned(self, assigned):  # type: ignore[override]
+            def on_partitions_assigned(self, assigned: Any) -> None:
                 source._seek(list(assigned))
 
         self.consumer.subscribe([self.topic], listener=_Listener())
