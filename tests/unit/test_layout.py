@@ -1,4 +1,4 @@
-"""The import rule of DESIGN.md: ``learners/``, ``buffers/`` and ``core/`` are pure code.
+"""The purity rule of docs/architecture.md: ``learners/``, ``buffers/`` and ``core/`` are pure code.
 
 They never import ``stream``, Kafka, Redis, sockets or HTTP clients, and never open files.
 Checked on the syntax tree (imports at any level, including inside functions, and
