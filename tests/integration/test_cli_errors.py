@@ -23,8 +23,7 @@ import yaml
 
 from ocld.stream.embedded import EmbeddedRedis, free_port
 from ocld.stream.store import Keys
-from tests.conftest import ROOT
-from tests.helpers import read_topic, wait_until
+from tests.helpers import ROOT, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 

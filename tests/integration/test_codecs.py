@@ -19,8 +19,7 @@ import pytest
 
 from ocld.stream.client import StateClient
 from ocld.stream.daemon import Daemon
-from tests.conftest import ROOT
-from tests.helpers import elec_records, encode_rows, produce_librdkafka
+from tests.helpers import ROOT, elec_records, encode_rows, produce_librdkafka
 
 pytestmark = pytest.mark.integration
 

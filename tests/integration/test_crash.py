@@ -10,21 +10,20 @@ uninterrupted pass is the learning core over all labelled records, so it adapts 
 restarted daemon must adapt at the same samples: the drift monitor's exact state is in the
 snapshot. Each stream is chosen so that the uninterrupted pass adapts (checked).
 
-The long version (100,000 records, 12 kills, three learners, compared with an uninterrupted
-daemon run as well) is ``python benchmarks/crash_equivalence.py``.
+The harness is ``tests/crash.py``. The long version (100,000 records, 12 kills, three learners,
+compared with an uninterrupted daemon run as well) is ``python benchmarks/crash_equivalence.py``.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 
 import orjson
 import pytest
 
-from benchmarks.crash_equivalence import (
+from ocld.stream.client import StateClient
+from tests.crash import (
     FAULT_POINTS,
     final_state,
     make_stream,
@@ -36,9 +35,7 @@ from benchmarks.crash_equivalence import (
     state_max_diff,
     weights_max_diff,
 )
-from ocld.stream.client import StateClient
-from tests.conftest import ROOT
-from tests.helpers import produce
+from tests.helpers import ROOT, DaemonProcess, produce, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +66,9 @@ def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, config,
     assert [a for _, _, a in events].count("adapt") >= 1, events  # the crash runs must adapt to mean anything
     topic = f"{name}.in"
     produce(broker, topic, values)
-    cfg_path = tmp_path / "cfg.yaml"
     cfg = pipeline_config(name, topic, spec, every_samples=n // 10, drift=drift)
     cfg["learner_process"] = child
-    cfg_path.write_text(orjson.dumps(cfg).decode())
+    cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
 
     runs = run_with_kills(cfg_path, name, broker, redis_url, len(y), kills, seed, tmp_path / "logs", run_timeout=90)
     modes = [r["mode"] for r in runs]
@@ -100,40 +96,36 @@ def test_sigterm_stops_cleanly_with_a_final_snapshot(broker, redis_url, name, tm
     values, X, y = make_stream(50_000, 11)
     topic = f"{name}.in"
     produce(broker, topic, values)
-    cfg_path = tmp_path / "cfg.yaml"
     drift = shipped_drift("kalman")
-    pipeline_cfg = pipeline_config(name, topic, KALMAN, every_samples=1_000_000, drift=drift)
-    cfg_path.write_text(orjson.dumps(pipeline_cfg).decode())
-    cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(cfg_path), "--bootstrap", broker, "--redis", redis_url,
-           "--until-idle", "1.0", "--max-seconds", "90"]
+    cfg_path = write_config(tmp_path / "cfg.yaml", pipeline_config(name, topic, KALMAN, every_samples=1_000_000,
+                                                                   drift=drift))
+    daemon = DaemonProcess(cfg_path, broker, redis_url, tmp_path / "logs",
+                           args=["--until-idle", "1.0", "--max-seconds", "90"])
     client = StateClient(redis_url)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def learned_1000() -> bool:
+        st = client.status(name)
+        return daemon.alive() and st.get("pid") == daemon.pid and (st.get("labelled_seen") or 0) >= 1000
+
+    daemon.start()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            st = client.status(name)
-            if st.get("pid") == proc.pid and (st.get("labelled_seen") or 0) >= 1000:
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.01)
-        out, err = proc.communicate(timeout=60)
+        wait_until(learned_1000, 90, "the daemon to learn 1,000 samples", every=0.01)
+        rc = daemon.term(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-2000:]
-    assert "received SIGTERM" in err
+        daemon.kill()
+    assert rc == 0, daemon.log[-2000:]
+    assert "received SIGTERM" in daemon.log
     status = client.status(name)
     assert status["state"] == "stopped"
     assert 1000 <= status["labelled_seen"] < len(y), "stopped mid-stream"
     # The final snapshot covers everything consumed: nothing learned in memory was lost.
     _, info = final_state(redis_url, name)
-    assert info["labelled_seen"] == status["labelled_seen"] == orjson.loads(out)["labelled_seen"]
+    assert info["labelled_seen"] == status["labelled_seen"] == orjson.loads(daemon.stdout)["labelled_seen"]
     offsets = client.snapshot_info(name)["latest"]["offsets"]
     assert int(offsets[topic]["0"]) == info["records_seen"]
     assert status["model_version"] == info["version"]
 
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(daemon.cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     state, info = final_state(redis_url, name)
     assert info["labelled_seen"] == len(y)

@@ -17,12 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from benchmarks.scaleout import LEARNERS, Replica, labelled_stream, pipeline_config, produce_partitioned
 from ocld.stream.client import StateClient
-from tests.helpers import wait_until
+from tests.helpers import committed, wait_until, write_config
+from tests.scaleout import LEARNERS, Replica, labelled_stream, pipeline_config, produce_partitioned
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +31,8 @@ N2 = 4000  # learned by both after the rebalance
 
 
 def _committed(broker: str, group: str, topic: str) -> dict[str, int | None]:
-    """The group's committed offset per partition, as a monitoring tool reads it (no group join)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
-    try:
-        return {str(p): consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
-    finally:
-        consumer.close()
+    """The group's committed offset per partition, keyed as a snapshot's offsets are."""
+    return {str(p): offset for p, offset in committed(broker, group, topic, PARTITIONS).items()}
 
 
 def _snapshot_offsets(client: StateClient, name: str, replica: str, topic: str) -> dict[str, int]:
@@ -54,7 +47,7 @@ def _statuses(client: StateClient, name: str) -> dict[str, dict[str, Any]]:
 def _assigned(client: StateClient, name: str, replica: Replica) -> int:
     """Partitions the running process of ``replica`` reports as assigned (0 if not running yet)."""
     s = _statuses(client, name).get(replica.replica, {})
-    if replica.proc is None or s.get("pid") != replica.proc.pid or s.get("state") != "running":
+    if replica.pid is None or s.get("pid") != replica.pid or s.get("state") != "running":
         return 0
     return len(s.get("partitions") or [])
 
@@ -70,8 +63,7 @@ def test_rebalance_commits_the_snapshot_offsets_to_the_group(broker, redis_url, 
     produce_partitioned(broker, topic, values[:N1], PARTITIONS)
     cfg = pipeline_config(name, topic, LEARNERS["analytic"], PARTITIONS, every_samples=1_000_000)
     cfg["snapshot"]["every_seconds"] = 3600.0  # snapshots (and commits) only on revocation and at shutdown
-    cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(orjson.dumps(cfg).decode())
+    cfg_path = write_config(tmp_path / "cfg.json", cfg)
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     r0, r1 = (Replica(f"r{i}", cfg_path, broker, redis_url, log_dir) for i in range(2))

@@ -14,8 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocld.stream.daemon import Daemon
-from ocld.stream.embedded import EmbeddedRedis
-from tests.helpers import elec_records, encode_rows, produce
+from tests.helpers import elec_records, encode_rows, produce, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +37,12 @@ def _samples(text: str) -> dict[str, float]:
     return out
 
 
-def _wait(cond, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+def _metric(base: str, name: str) -> float:
+    return _samples(_get(base + "/metrics")[1].decode())[name]
 
 
-def test_metrics_and_healthz(make_config, broker, tmp_path):
-    rds = EmbeddedRedis(tmp_path / "redis")
-    rds.start()
-    cfg = make_config(redis={"url": rds.url}, http={"port": 0, "max_snapshot_age_s": 30},
+def test_metrics_and_healthz(make_config, broker, own_redis):
+    cfg = make_config(redis={"url": own_redis.url}, http={"port": 0, "max_snapshot_age_s": 30},
                       snapshot={"every_samples": 500, "every_seconds": 60})
     X, y = elec_records(2000)
     values = encode_rows(X, y) + [b"{oops", b'{"x": [1], "y": 0}', b'{"id": "nobody", "y": 1}']
@@ -59,9 +51,10 @@ def test_metrics_and_healthz(make_config, broker, tmp_path):
     thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False, "max_seconds": 120}, daemon=True)
     thread.start()
     try:
-        _wait(lambda: daemon.http is not None and daemon.core.labelled_seen == 2000 and daemon.dlq_count == 3)
+        wait_until(lambda: daemon.http is not None and daemon.core.labelled_seen == 2000 and daemon.dlq_count == 3, 60,
+                   "2,000 samples learned and 3 dead letters")
         base = f"http://127.0.0.1:{daemon.http.port}"
-        _wait(lambda: _get(base + "/healthz")[0] == 200)
+        wait_until(lambda: _get(base + "/healthz")[0] == 200, 60, "/healthz ready")
         code, body = _get(base + "/healthz")
         health = orjson.loads(body)
         assert health["ready"] and health["kafka"] and health["redis"] and health["reasons"] == []
@@ -82,26 +75,24 @@ def test_metrics_and_healthz(make_config, broker, tmp_path):
         assert m["ocld_snapshot_duration_seconds_count"] >= 1
         assert 0 <= m["ocld_snapshot_age_seconds"] < 60
         assert "ocld_drift_events_total" in m and "ocld_consumer_lag_records" in m
-        _wait(lambda: _samples(_get(base + "/metrics")[1].decode())["ocld_consumer_lag_records"] == 0, timeout=10)
+        wait_until(lambda: _metric(base, "ocld_consumer_lag_records") == 0, 10, "no consumer lag")
         assert m["ocld_degraded"] == 0
         assert _get(base + "/nothing")[0] == 404
 
         # Redis gone: not ready, and the answer says why (within a second: no hanging probe).
-        rds.stop()
+        own_redis.stop()
         produce(broker, cfg.kafka.topic, encode_rows(X[:10], y[:10]))  # unsnapshotted work
         t0 = time.monotonic()
         code, body = _get(base + "/healthz")
         assert code == 503 and time.monotonic() - t0 < 10
         health = orjson.loads(body)
         assert not health["ready"] and not health["redis"] and "Redis unreachable" in health["reasons"]
-        _wait(lambda: _samples(_get(base + "/metrics")[1].decode())["ocld_degraded"] == 1, timeout=30)
-        rds = EmbeddedRedis(tmp_path / "redis", port=rds.port)
-        rds.start()
-        _wait(lambda: _get(base + "/healthz")[0] == 200, timeout=60)
+        wait_until(lambda: _metric(base, "ocld_degraded") == 1, 30, "ocld_degraded 1 while Redis is down")
+        own_redis.start()
+        wait_until(lambda: _get(base + "/healthz")[0] == 200, 60, "/healthz ready again with Redis back")
     finally:
         daemon.stop()
         thread.join(60)
-        rds.stop()
     assert not thread.is_alive()
 
 
@@ -114,9 +105,9 @@ def test_healthz_not_ready_when_unsnapshotted_work_is_too_old(make_config, broke
     thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False, "max_seconds": 60}, daemon=True)
     thread.start()
     try:
-        _wait(lambda: daemon.http is not None and daemon.core.labelled_seen == 300)
+        wait_until(lambda: daemon.http is not None and daemon.core.labelled_seen == 300, 60, "300 samples learned")
         base = f"http://127.0.0.1:{daemon.http.port}"
-        _wait(lambda: _get(base + "/healthz")[0] == 503, timeout=10)
+        wait_until(lambda: _get(base + "/healthz")[0] == 503, 10, "/healthz not ready: unsnapshotted work too old")
         health = orjson.loads(_get(base + "/healthz")[1])
         assert any("unsnapshotted work" in r for r in health["reasons"]), health
         assert health["kafka"] and health["redis"]

@@ -14,91 +14,32 @@ Documented rules checked here (see stream/daemon.py):
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
-from benchmarks.crash_equivalence import final_state, make_stream, pipeline_config, reference_state, state_max_diff
 from ocld.stream.client import StateClient
-from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from tests.conftest import ROOT
-from tests.helpers import produce
+from ocld.stream.embedded import EmbeddedBroker, free_port
+from tests.crash import final_state, make_stream, pipeline_config, reference_state, state_max_diff
+from tests.helpers import DaemonProcess, committed, produce, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
 KALMAN = {"name": "KalmanHead", "params": {"g": 0.9995, "learn_g": False}, "features": [{"name": "Standardizer"}]}
 
 
-class DaemonProcess:
-    """``ocld run`` as a child process with its log in a file."""
-
-    def __init__(self, cfg: dict[str, Any], tmp: Path, bootstrap: str, redis_url: str,
-                 env: dict[str, str] | None = None):
-        import os
-
-        self.cfg_path = tmp / f"{cfg['name']}.yaml"
-        self.cfg_path.write_text(orjson.dumps(cfg).decode())
-        self.log_path = tmp / f"{cfg['name']}.log"
-        self.log_fh = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "ocld.stream.cli", "run", str(self.cfg_path), "--bootstrap", bootstrap,
-               "--redis", redis_url, "--max-seconds", "150"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log_fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, what: str, cond: Callable[[], bool], timeout: float = 60.0, every: float = 0.05) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n"
-                                     f"{self.log[-3000:]}")
-            try:
-                if cond():
-                    return
-            except Exception:
-                pass
-            time.sleep(every)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log[-3000:]}")
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.log_fh.close()
-        return rc
+def _daemon(cfg: dict, tmp_path, bootstrap: str, redis_url: str) -> DaemonProcess:
+    """``ocld run`` of ``cfg`` as a child process, started (at most 150 s)."""
+    cfg_path = write_config(tmp_path / f"{cfg['name']}.yaml", cfg)
+    return DaemonProcess(cfg_path, bootstrap, redis_url, tmp_path, args=["--max-seconds", "150"]).start()
 
 
-def _status(url: str, name: str) -> dict[str, Any]:
+def _status(url: str, name: str) -> dict:
     return StateClient(url).status(name)
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return consumer.committed(TopicPartition(topic, 0))
-    finally:
-        consumer.close()
-
-
-def test_redis_stopped_for_10s_mid_run(broker, name, tmp_path):
+def test_redis_stopped_for_10s_mid_run(broker, own_redis, name, tmp_path):
     n = 4000
     values, X, y = make_stream(n, 21, bad=0.0)
     topic = f"{name}.in"
@@ -106,11 +47,8 @@ def test_redis_stopped_for_10s_mid_run(broker, name, tmp_path):
     cfg = pipeline_config(name, topic, KALMAN, every_samples=300)
     cfg["snapshot"]["keep"] = 100  # keep every version: the test reads the one before the outage
     cfg["status"]["interval_s"] = 0.5  # "degraded" stays visible at least this long after Redis returns
-    redis_port = free_port()
-    rds = EmbeddedRedis(tmp_path / "redis", port=redis_port)
-    rds.start()
-    url = rds.url
-    daemon = DaemonProcess(cfg, tmp_path, broker, url)
+    url = own_redis.url
+    daemon = _daemon(cfg, tmp_path, broker, url)
     feeder_stop = threading.Event()
 
     def feed() -> None:  # records keep flowing during the outage: 100 every 0.25 s
@@ -121,63 +59,60 @@ def test_redis_stopped_for_10s_mid_run(broker, name, tmp_path):
 
     feeder = threading.Thread(target=feed, daemon=True)
     try:
-        daemon.wait_for("500 samples learned", lambda: _status(url, name)["labelled_seen"] >= 500)
+        wait_until(lambda: daemon.alive() and _status(url, name)["labelled_seen"] >= 500, 60, "500 samples learned")
         feeder.start()
         t_stop = time.time()
-        rds.stop()  # a real stop (SIGTERM, append-only file flushed)
+        own_redis.stop()  # a real stop (SIGTERM, append-only file flushed)
+        # The outage itself: Redis stays down for 10 s on purpose (the offsets committed meanwhile are read
+        # half-way through).
         time.sleep(5)
-        committed_during = _committed(broker, f"ocld-{name}", topic)
+        committed_during = committed(broker, f"ocld-{name}", topic)[0]
         time.sleep(5)
         assert daemon.proc.poll() is None, "the daemon survives a 10 s Redis outage"
-        rds = EmbeddedRedis(tmp_path / "redis", port=redis_port)
-        rds.start()
+        own_redis.start()
         t_back = time.time()
         states: list[str] = []
         watcher = StateClient(url)
 
         def caught_up() -> bool:
+            daemon.alive()
             st = watcher.status(name)
             if not states or states[-1] != st.get("state"):
                 states.append(st.get("state"))
             return st.get("state") == "running" and st["labelled_seen"] == len(y)
 
         feeder.join(60)
-        daemon.wait_for("catching up after the outage", caught_up, timeout=90, every=0.005)
+        wait_until(caught_up, 90, "catching up after the outage", every=0.005)
         status = _status(url, name)
-        rc = daemon.terminate()
+        rc = daemon.term()
     finally:
         feeder_stop.set()
-        if daemon.proc.poll() is None:
-            daemon.terminate()
-        rds.stop()
-        rds = EmbeddedRedis(tmp_path / "redis", port=redis_port)
-        rds.start()
-    try:
-        log = daemon.log
-        assert rc == 0, log[-3000:]
-        assert "snapshot failed: Redis unreachable" in log or "status update failed, Redis unreachable" in log
-        assert "Redis answers again" in log and "covers everything learned during the outage" in log
-        last_running = len(states) - 1 - states[::-1].index("running")
-        assert "degraded" in states and states.index("degraded") < last_running, states
-        print(f"\nRedis outage: states seen after restart {states}, last_outage_s={status['last_outage_s']}, "
-              f"committed offset during outage {committed_during}")
-        assert status["redis_outages"] == 1
-        assert 9.0 < status["last_outage_s"] < 60, status  # first failed write -> durable catch-up snapshot
-        # Offsets committed during the outage never pass the last snapshot made before it.
-        client = StateClient(url)
-        store = client.store(name)
-        before = [v for v in store.versions() if store.manifest_info(v)["created_at"] < t_stop]
-        assert before, "a snapshot was made before the outage"
-        snap_offset = int(store.manifest_info(max(before))["offsets"][topic]["0"])
-        assert committed_during is None or committed_during <= snap_offset
-        after = [v for v in store.versions() if store.manifest_info(v)["created_at"] > t_back]
-        assert after, "snapshots resumed after the outage"
-        # No sample lost or learned twice.
-        state, info = final_state(url, name)
-        assert info["labelled_seen"] == len(y)
-        assert state_max_diff(state, reference_state(KALMAN, X, y)) <= 1e-9
-    finally:
-        rds.stop()
+        daemon.kill()
+    # Read what Redis kept on disk: stopped and started again, it loads its append-only file.
+    own_redis.stop()
+    own_redis.start()
+    log = daemon.log
+    assert rc == 0, log[-3000:]
+    assert "snapshot failed: Redis unreachable" in log or "status update failed, Redis unreachable" in log
+    assert "Redis answers again" in log and "covers everything learned during the outage" in log
+    assert "degraded" in states and states.index("degraded") < len(states) - 1 - states[::-1].index("running"), states
+    print(f"\nRedis outage: states seen after restart {states}, last_outage_s={status['last_outage_s']}, "
+          f"committed offset during outage {committed_during}")
+    assert status["redis_outages"] == 1
+    assert 9.0 < status["last_outage_s"] < 60, status  # first failed write -> durable catch-up snapshot
+    # Offsets committed during the outage never pass the last snapshot made before it.
+    client = StateClient(url)
+    store = client.store(name)
+    before = [v for v in store.versions() if store.manifest_info(v)["created_at"] < t_stop]
+    assert before, "a snapshot was made before the outage"
+    snap_offset = int(store.manifest_info(max(before))["offsets"][topic]["0"])
+    assert committed_during is None or committed_during <= snap_offset
+    after = [v for v in store.versions() if store.manifest_info(v)["created_at"] > t_back]
+    assert after, "snapshots resumed after the outage"
+    # No sample lost or learned twice.
+    state, info = final_state(url, name)
+    assert info["labelled_seen"] == len(y)
+    assert state_max_diff(state, reference_state(KALMAN, X, y)) <= 1e-9
 
 
 def test_broker_unreachable_at_start_up_then_appears(redis_url, name, tmp_path):
@@ -185,17 +120,17 @@ def test_broker_unreachable_at_start_up_then_appears(redis_url, name, tmp_path):
     bootstrap = f"127.0.0.1:{port}"
     values, X, y = make_stream(1500, 22, bad=0.0)
     topic = f"{name}.in"
-    daemon = DaemonProcess(pipeline_config(name, topic, KALMAN, every_samples=500), tmp_path, bootstrap, redis_url)
+    daemon = _daemon(pipeline_config(name, topic, KALMAN, every_samples=500), tmp_path, bootstrap, redis_url)
     try:
-        daemon.wait_for("the start-up wait", lambda: "unreachable at start-up (attempt 2)" in daemon.log, timeout=60)
+        wait_until(lambda: daemon.alive() and "unreachable at start-up (attempt 2)" in daemon.log, 60,
+                   "the start-up wait")
         with EmbeddedBroker(tmp_path / "broker", port=port):
             produce(bootstrap, topic, values)
-            daemon.wait_for("all samples learned", lambda: _status(redis_url, name)["labelled_seen"] == len(y),
-                            timeout=90)
-            rc = daemon.terminate()
+            wait_until(lambda: daemon.alive() and _status(redis_url, name)["labelled_seen"] == len(y), 90,
+                       "all samples learned")
+            rc = daemon.term()
     finally:
-        if daemon.proc.poll() is None:
-            daemon.terminate()
+        daemon.kill()
     log = daemon.log
     assert rc == 0, log[-3000:]
     assert "unreachable at start-up (attempt 1); retry in 0.5 s" in log, log[-3000:]
@@ -204,35 +139,33 @@ def test_broker_unreachable_at_start_up_then_appears(redis_url, name, tmp_path):
     assert info["labelled_seen"] == len(y)
 
 
-def test_broker_restarted_mid_run(redis_url, name, tmp_path):
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
+def test_broker_restarted_mid_run(redis_url, own_broker, name, tmp_path):
+    bootstrap = own_broker.bootstrap
     values, X, y = make_stream(3000, 23, bad=0.0, unlabelled=0.0)
     topic = f"{name}.in"
-    b = EmbeddedBroker(tmp_path / "broker", port=port)
-    b.start()
-    daemon = DaemonProcess(pipeline_config(name, topic, KALMAN, every_samples=500), tmp_path, bootstrap, redis_url)
+    daemon = _daemon(pipeline_config(name, topic, KALMAN, every_samples=500), tmp_path, bootstrap, redis_url)
+    assigned = f"assigned {topic}[0]"  # the source's log line on each assignment of the partition
     try:
         produce(bootstrap, topic, values[:1000])
-        daemon.wait_for("first 1000 learned", lambda: _status(redis_url, name)["labelled_seen"] == 1000, timeout=90)
-        b.stop()
-        daemon.wait_for("the unreachable-broker log line", lambda: "is unreachable" in daemon.log, timeout=30)
-        b = EmbeddedBroker(tmp_path / "broker", port=port)
-        b.start()
+        wait_until(lambda: daemon.alive() and _status(redis_url, name)["labelled_seen"] == 1000, 90,
+                   "first 1000 learned")
+        assignments = daemon.log.count(assigned)
+        own_broker.stop()
+        wait_until(lambda: daemon.alive() and "is unreachable" in daemon.log, 30, "the unreachable-broker log line")
+        own_broker.start()
         # Memory storage: the topic is gone. Recreate it, let the consumer rejoin, then send new
         # records. The daemon keeps its position (1000, from its state): the new topic's offsets
         # 0..999 lie below it and are not seen; 1000.. are (measured: 1000 of the 2000 new ones).
         produce(bootstrap, topic, [])
-        daemon.wait_for("the reachable-again log line", lambda: "reachable again" in daemon.log, timeout=60)
-        time.sleep(1)
+        wait_until(lambda: daemon.alive() and "reachable again" in daemon.log, 60, "the reachable-again log line")
+        wait_until(lambda: daemon.alive() and daemon.log.count(assigned) > assignments, 60,
+                   "the consumer to rejoin the group on the restarted broker")
         produce(bootstrap, topic, values[1000:])
-        daemon.wait_for("records after the restart learned",
-                        lambda: _status(redis_url, name)["labelled_seen"] >= 2000, timeout=90)
-        rc = daemon.terminate()
+        wait_until(lambda: daemon.alive() and _status(redis_url, name)["labelled_seen"] >= 2000, 90,
+                   "records after the restart learned")
+        rc = daemon.term()
     finally:
-        if daemon.proc.poll() is None:
-            daemon.terminate()
-        b.stop()
+        daemon.kill()
     log = daemon.log
     assert rc == 0, log[-3000:]
     status = _status(redis_url, name)

@@ -14,8 +14,7 @@ from ocld.stream.client import StateClient
 from ocld.stream.daemon import Daemon
 from ocld.stream.offline import evaluate
 from ocld.stream.replay import replay
-from tests.conftest import ROOT
-from tests.helpers import elec_records, encode_rows, produce, read_topic
+from tests.helpers import ROOT, elec_records, encode_rows, produce, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ import pytest
 from ocld.stream.config import KafkaConfig
 from ocld.stream.daemon import Daemon
 from ocld.stream.replay import record, replay
-from tests.conftest import ROOT
-from tests.helpers import read_topic
+from tests.helpers import ROOT, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ import pytest
 from ocld.stream.client import RollbackRefused, StateClient
 from ocld.stream.daemon import Daemon
 from ocld.stream.store import Keys
-from tests.conftest import ROOT
-from tests.helpers import elec_records, encode_rows, produce
+from tests.helpers import ROOT, elec_records, encode_rows, produce
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ claimed by another cannot publish), and ``ocld status`` / ``ocld query --global`
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -20,18 +21,10 @@ import numpy as np
 import orjson
 import pytest
 
-from benchmarks.scaleout import (
-    LEARNERS,
-    Replica,
-    covered,
-    labelled_stream,
-    pipeline_config,
-    replica_states,
-    wait_covered,
-)
 from ocld.learners.registry import build_learner
 from ocld.stream.client import StateClient
-from tests.conftest import ROOT
+from tests.helpers import ROOT, wait_until, write_config
+from tests.scaleout import LEARNERS, Replica, covered, labelled_stream, pipeline_config, replica_states
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +46,7 @@ def _produce_flowing(bootstrap: str, topic: str, values: list[bytes], seconds: f
             producer.flush()
             lag = t0 + seconds * (start + step) / len(values) - time.monotonic()
             if lag > 0:
-                time.sleep(lag)
+                time.sleep(lag)  # on purpose: records keep flowing over ``seconds``
         producer.close()
 
     t = threading.Thread(target=run, daemon=True)
@@ -73,9 +66,8 @@ def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, r
     topic = f"{name}.in"
     ensure_topics(KafkaConfig(bootstrap=broker), {topic: PARTITIONS})
     spec = LEARNERS["analytic"]
-    cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(orjson.dumps(pipeline_config(name, topic, spec, PARTITIONS, every_samples=1500,
-                                                          fold_every_s=1.0)).decode())
+    cfg_path = write_config(tmp_path / "cfg.json", pipeline_config(name, topic, spec, PARTITIONS, every_samples=1500,
+                                                                   fold_every_s=1.0))
     logs = tmp_path / "logs"
     logs.mkdir()
     r0, r1, r2 = (Replica(f"r{i}", cfg_path, broker, redis_url, logs) for i in range(3))
@@ -85,24 +77,28 @@ def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, r
              (20, r0.kill), (22, r0.start), (25, r2.start), (29, r1.kill), (31, r1.start)]
     t0 = time.monotonic()
     for at, action in steps:
-        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        time.sleep(max(0.0, t0 + at - time.monotonic()))  # on purpose: each step at its second of the scenario
         action()
     producer.join(60)
     assert not producer.is_alive()
-    took = wait_covered(redis_url, name, topic, N, timeout=150)
     client = StateClient(redis_url)
-    # SIGTERM only once each replica runs its loop (a signal during start-up would just kill it)
-    # and has folded the others' statistics once (scale.fold_global_every_s).
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def ready_to_stop() -> bool:
+        """Each replica runs its loop (a SIGTERM during start-up would just kill it) and has folded
+        the others' statistics once (scale.fold_global_every_s)."""
         running = {s["replica"]: s for s in client.replicas(name)}
-        if all(running.get(r.replica, {}).get("pid") == r.proc.pid and running[r.replica].get("state") == "running"
-               and len(running[r.replica].get("folded_replicas") or []) == 2 for r in (r0, r1, r2)):
-            break
-        time.sleep(0.2)
-    replicas_status = client.replicas(name)
-    codes = [r.term() for r in (r0, r1, r2)]
-    assert took is not None, f"registry covers {covered(redis_url, name, topic)} of {N} records; logs in {logs}"
+        return all(running.get(r.replica, {}).get("pid") == r.pid and running[r.replica].get("state") == "running"
+                   and len(running[r.replica].get("folded_replicas") or []) == 2 for r in (r0, r1, r2))
+
+    try:
+        wait_until(lambda: covered(redis_url, name, topic) >= N, 150,
+                   f"the registry to cover all {N} records (logs in {logs})", every=0.1)
+        wait_until(ready_to_stop, 60, "every replica running and folded", every=0.2)
+        replicas_status = client.replicas(name)
+        codes = [r.term() for r in (r0, r1, r2)]
+    finally:
+        for r in (r0, r1, r2):
+            r.kill()
     assert codes == [0, 0, 0], codes  # clean SIGTERM exits
     assert sorted(s["replica"] for s in replicas_status) == ["r0", "r1", "r2"]
     # scale.fold_global_every_s: replicas fold the others' statistics into their heads.
@@ -217,9 +213,8 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     thread.start()
     client = StateClient(redis_url)
     tp = f"{cfg.kafka.topic}:0"
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and (client.partitions(cfg.name).get(tp, {}).get("offset") or 0) < 1000:
-        time.sleep(0.1)
+    wait_until(lambda: (client.partitions(cfg.name).get(tp, {}).get("offset") or 0) >= 1000, 40,
+               "a durable snapshot of the first 1,000 records", every=0.1)
     durable = client.snapshot_info(cfg.name, replica="a")["latest"]
     assert durable["info"]["labelled_seen"] == 1000
     # Replica "b" claims partition 0 (epoch 2): it would resume at offset 1000.
@@ -227,10 +222,10 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     claimed = other.claim([(cfg.kafka.topic, 0)])[(cfg.kafka.topic, 0)]
     assert (claimed["token"], claimed["offset"]) == ("b|2", 1000)
     produce(broker, cfg.kafka.topic, encode_rows(X[1000:2500], y[1000:2500]))  # "a" learns 1,000 more: due
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and daemon.fences == 0:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    wait_until(lambda: daemon.fences > 0, 40, "the next snapshot to be fenced", every=0.1)
+    # After the fence the daemon reloads its durable state and pauses the partition it lost.
+    wait_until(lambda: daemon.source is not None and daemon.source.owned() == set(), 10,
+               "the lost partition to be paused", every=0.1)
     owned = daemon.source.owned() if daemon.source is not None else None
     daemon.stop()
     thread.join(60)
@@ -274,78 +269,79 @@ def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redi
     assert orjson.loads(r.get(key))["pid"] == lease.pid
 
 
-def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(broker, name, tmp_path):
+def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_config, broker, own_redis, name,
+                                                                        caplog):
     """A rebalance during a Redis outage: the replica cannot claim the partitions it is given, so it
     leaves them paused; once Redis is back it claims them, seeks to the registry and learns every
     record exactly once."""
     from kafka import KafkaConsumer
 
-    from ocld.stream.config import parse_config
     from ocld.stream.daemon import Daemon
-    from ocld.stream.embedded import EmbeddedRedis, free_port
     from tests.helpers import elec_records, encode_rows, produce
 
-    port = free_port()
-    rds = EmbeddedRedis(tmp_path / "redis", port=port)
-    rds.start()
     topic = f"{name}.in"
-    cfg = parse_config({
-        "name": name, "scale": {"replica": "x"}, "drift": {"enabled": False}, "messages": {"n_features": 6},
-        "kafka": {"bootstrap": broker, "topic": topic, "partitions": 2, "max_wait_ms": 50,
-                  "session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000},
-        "redis": {"url": rds.url}, "status": {"interval_s": 0.2},
-        "learner": {"name": "AnalyticRidge", "params": {"expansion_size": 16, "seed": 0}, "features": []},
-        "snapshot": {"every_samples": 500, "every_seconds": 1.0}, "data_dir": str(tmp_path / "data"),
-    })
+    cfg = make_config(
+        scale={"replica": "x"}, drift={"enabled": False}, redis={"url": own_redis.url},
+        kafka={"partitions": 2, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000},
+        status={"interval_s": 0.2, "metrics_every_s": 5.0},
+        learner={"name": "AnalyticRidge", "params": {"expansion_size": 16, "seed": 0}, "features": []},
+        snapshot={"every_samples": 500, "every_seconds": 1.0})
     X, y = elec_records(3000)
     produce(broker, topic, encode_rows(X[:2000], y[:2000]), partitions=2)
+    caplog.set_level(logging.WARNING, logger="ocld")
     daemon = Daemon(cfg)
     thread = threading.Thread(target=lambda: daemon.run(max_seconds=120, install_signals=False))
     thread.start()
+    client = StateClient(own_redis.url)
+
+    def registry_covers() -> int:
+        return sum(int(e["offset"] or 0) for e in client.partitions(name).values())
+
+    def failed_claims() -> int:
+        return sum(r.getMessage().startswith("could not claim partitions") for r in caplog.records)
+
     intruder = None
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and (daemon.model_version is None or daemon.records_seen < 2000):
-            time.sleep(0.1)
-        time.sleep(1.5)  # a snapshot covers the 2,000 records
-        rds.stop()
+        wait_until(lambda: daemon.model_version is not None and daemon.records_seen >= 2000, 40,
+                   "the first 2,000 records learned", every=0.1)
+        wait_until(lambda: registry_covers() >= 2000, 30, "a snapshot covering the 2,000 records")
+        own_redis.stop()
         # A second group member forces a rebalance while Redis is down.
         intruder = KafkaConsumer(topic, bootstrap_servers=broker, group_id=cfg.group_id, enable_auto_commit=False,
                                  session_timeout_ms=3000, heartbeat_interval_ms=500, max_poll_interval_ms=5000)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (intruder.assignment() and daemon.source and daemon.source.unclaimed):
+
+        def intruder_joined() -> bool:
+            assert intruder is not None
+            if intruder.assignment() and daemon.source and daemon.source.unclaimed:
+                return True
             intruder.poll(timeout_ms=100, max_records=1)  # joins the group; what it reads is not committed
+            return False
+
+        wait_until(intruder_joined, 30, "the intruder to take a partition and the replica to leave its own unclaimed",
+                   every=0)
         paused = set(daemon.source.unclaimed) if daemon.source else set()
         intruder.close(autocommit=False)  # the partitions come back to "x", Redis still down
         intruder = None
         produce(broker, topic, encode_rows(X[2000:], y[2000:]), partitions=2)
-        # Wait for the group to hand both partitions back (the rejoin can take seconds on a busy machine; a
-        # fixed 4 s wait failed once in a full-suite run), then give the daemon time to (wrongly) consume.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (daemon.source and len(daemon.source.unclaimed) == 2):
-            time.sleep(0.1)
-        time.sleep(2)
-        assert daemon.source is not None and daemon.source.unclaimed  # nothing claimed, nothing consumed
-        rds = EmbeddedRedis(tmp_path / "redis", port=port)
-        rds.start()
-        deadline = time.monotonic() + 60
-        client = StateClient(rds.url)
-        while time.monotonic() < deadline:
-            reg = client.partitions(name) if daemon.source and not daemon.source.unclaimed else {}
-            if sum(int(e["offset"] or 0) for e in reg.values()) >= 3000:
-                break
-            time.sleep(0.2)
+        # The group hands both partitions back (the rejoin can take seconds on a busy machine).
+        wait_until(lambda: daemon.source and len(daemon.source.unclaimed) == 2, 30,
+                   "both partitions handed back to the replica, unclaimed", every=0.1)
+        # Nothing claimed, nothing consumed: the loop polls and retries the claims every ~50 ms, and twenty
+        # failed claims after the new records arrived mean twenty polls that could have returned them.
+        before = failed_claims()
+        wait_until(lambda: failed_claims() >= before + 20, 30, "twenty more failed claims while Redis is down")
+        assert daemon.source is not None and len(daemon.source.unclaimed) == 2
+        assert daemon.records_seen == 2000
+        own_redis.start()
+        wait_until(lambda: daemon.source and not daemon.source.unclaimed and registry_covers() >= 3000, 60,
+                   "the partitions claimed and every record covered by a snapshot", every=0.2)
     finally:
         if intruder is not None:
             intruder.close(autocommit=False)
         daemon.stop()
         thread.join(60)
-    try:
-        assert paused, "the rebalance during the outage left partitions unclaimed"
-        info = client.snapshot_info(name, replica="x")["latest"]["info"]
-        assert info["labelled_seen"] == 3000
-        assert sum(info["partition_records"].values()) == 3000
-        offsets = {tp: e["offset"] for tp, e in client.partitions(name).items()}
-        assert offsets == {f"{topic}:0": 1500, f"{topic}:1": 1500}
-    finally:
-        rds.stop()
+    assert paused, "the rebalance during the outage left partitions unclaimed"
+    info = client.snapshot_info(name, replica="x")["latest"]["info"]
+    assert info["labelled_seen"] == 3000
+    assert sum(info["partition_records"].values()) == 3000
+    assert {tp: e["offset"] for tp, e in client.partitions(name).items()} == {f"{topic}:0": 1500, f"{topic}:1": 1500}

@@ -32,8 +32,7 @@ from ocld.learners.registry import PickleRefused
 from ocld.stream.client import StateClient
 from ocld.stream.embedded import EmbeddedRedis
 from ocld.stream.store import SnapshotStore, connect
-from tests.conftest import ROOT
-from tests.helpers import elec_records, encode_rows, produce, read_topic
+from tests.helpers import ROOT, elec_records, encode_rows, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -237,22 +236,20 @@ def test_pending_table_is_capped_and_evictions_are_counted(make_config, broker, 
     assert status["predict_only"] == 300 and status["labelled_seen"] == 100 and status["predicted"] == 400
 
 
-def test_output_queue_is_capped_when_the_broker_is_gone(tmp_path):
+def test_output_queue_is_capped_when_the_broker_is_gone(own_broker):
     from ocld.stream.config import KafkaConfig
-    from ocld.stream.embedded import EmbeddedBroker
     from ocld.stream.sink import Sink
 
-    with EmbeddedBroker(tmp_path / "broker") as b:
-        produce(b.bootstrap, "q.dlq", [])
-        sink = Sink(KafkaConfig(bootstrap=b.bootstrap), "q.dlq", max_buffer_bytes=64 * 1024, max_block_ms=500)
-        sink.dead_letter(b"warm-up", "q", 0, 0, "bad")
-        sink.flush(10)
-        b.stop()
-        t0 = time.monotonic()
-        for i in range(2000):  # 2 MB of dead letters, 32x the cap
-            sink.dead_letter(b"z" * 1000, "q", 0, i, "bad")
-            assert sink.queued_bytes <= sink.max_buffer_bytes
-        elapsed = time.monotonic() - t0
+    produce(own_broker.bootstrap, "q.dlq", [])
+    sink = Sink(KafkaConfig(bootstrap=own_broker.bootstrap), "q.dlq", max_buffer_bytes=64 * 1024, max_block_ms=500)
+    sink.dead_letter(b"warm-up", "q", 0, 0, "bad")
+    sink.flush(10)
+    own_broker.stop()
+    t0 = time.monotonic()
+    for i in range(2000):  # 2 MB of dead letters, 32x the cap
+        sink.dead_letter(b"z" * 1000, "q", 0, i, "bad")
+        assert sink.queued_bytes <= sink.max_buffer_bytes
+    elapsed = time.monotonic() - t0
     assert sink.dlq_count == 2001
     assert sink.dlq_dropped > 1500, "the rest was dropped and counted, not queued"
     assert elapsed < 30, "one bounded wait, not one per record"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ocld.stream.config import ConfigError, load_config, parse_config, redact_url
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)

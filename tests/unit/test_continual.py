@@ -12,7 +12,7 @@ from ocld.stream.cli import main
 from ocld.stream.config import parse_config
 from ocld.stream.files import read_table
 from ocld.stream.offline import evaluate
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TRAIN = ROOT / "data" / "digits_train.csv"
 TEST = ROOT / "data" / "digits_test.csv"

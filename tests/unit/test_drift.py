@@ -479,7 +479,7 @@ def test_a_no_op_adaptation_does_not_start_the_cooldown():
 
 def _shipped_kalman_monitor() -> DriftMonitor:
     from ocld.stream.config import load_config
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     d = load_config(ROOT / "config" / "kalman.yaml").drift
     assert [a.detector for a in d.also] == ["PageHinkley"]
@@ -594,7 +594,7 @@ def test_learning_several_grid_segments_at_once_changes_nothing(monkeypatch, lea
 # -- the learning core restored anywhere, on the shipped configs ----------------------------------------
 def _elec() -> tuple[np.ndarray, list]:
     from ocld.stream.files import read_table
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     table = read_table(ROOT / "data" / "elec.csv")
     return table.X, table.y
@@ -639,7 +639,7 @@ def test_core_restored_at_random_points_equals_the_uninterrupted_run_with_adapta
     events with the same actions, several of them adaptations. With the detectors rebuilt from recent
     errors (the format before this one), the detections after a restart moved and this failed."""
     from ocld.stream.config import load_config
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     cfg = load_config(ROOT / "config" / f"{config}.yaml")
     assert cfg.drift.enabled and cfg.drift.adapt

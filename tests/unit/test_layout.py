@@ -198,6 +198,22 @@ def test_nothing_imports_the_generic_top_level_names() -> None:
     assert not bad, "import through the ocld namespace instead:\n" + "\n".join(bad)
 
 
+def test_tests_never_import_benchmarks() -> None:
+    """Shared test support lives under ``tests/`` (helpers, the crash and scale-out harness); benchmarks
+    may import it, tests never import a benchmark."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert not bad, "move what the test needs under tests/ instead:\n" + "\n".join(bad)
+
+
 def test_public_api_resolves() -> None:
     """Every name in ``ocld.__all__`` resolves, and ``import ocld`` itself loads neither Kafka nor Redis."""
     loaded = _modules_after("import ocld")
