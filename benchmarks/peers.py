@@ -35,6 +35,7 @@ class of highest probability among the classes seen before it is its label).
     nice -n 19 python benchmarks/peers.py               # 2 rounds, about 10 minutes on 2 busy cores
     python benchmarks/peers.py --rounds 1 --copies 1    # quick
     python benchmarks/peers.py --pipelines bare-kafka-python,ocld-kalman --set kafka.client=confluent
+    python benchmarks/peers.py --extra kalman.yaml:kafka.client=kafka-python   # one more ocld row
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``, in a virtual environment of its own:
 Quix Streams pins an older confluent-kafka). Writes the table to benchmarks/out/peers.md.
@@ -74,6 +75,7 @@ class Pipeline:
     label: str
     kind: str  # "bare", "peer" or "ocld"
     config: str | None = None  # ocld: the shipped config file under config/
+    overrides: tuple[str, ...] = ()  # ocld: KEY=VALUE changes to it (``--extra``)
 
 
 PIPELINES: dict[str, Pipeline] = {p.key: p for p in (
@@ -88,6 +90,28 @@ PIPELINES: dict[str, Pipeline] = {p.key: p for p in (
     Pipeline("ocld-default", "ocld run, config/default.yaml", "ocld", "default.yaml"),
 )}
 REFERENCE = "bare-kafka-python"
+
+
+def add_extra(spec: str) -> str:
+    """Register an ``--extra CONFIG[:KEY=VALUE,...]`` ocld row; its key.
+
+    >>> key = add_extra("kalman.yaml:kafka.client=kafka-python,learner_process=true")
+    >>> PIPELINES[key].label
+    'ocld run, config/kalman.yaml, kafka.client=kafka-python, learner_process=true'
+    >>> PIPELINES[key].overrides
+    ('kafka.client=kafka-python', 'learner_process=true')
+    >>> del PIPELINES[key]
+    """
+    config, _, rest = spec.partition(":")
+    if not (ROOT / "config" / config).is_file():
+        raise ValueError(f"--extra {spec!r}: no config/{config}")
+    overrides = tuple(item.strip() for item in rest.split(",") if item.strip())
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise ValueError(f"--extra {spec!r}: {bad} is not KEY=VALUE")
+    key = f"ocld-extra-{sum(k.startswith('ocld-extra-') for k in PIPELINES) + 1}"
+    PIPELINES[key] = Pipeline(key, ", ".join([f"ocld run, config/{config}", *overrides]), "ocld", config, overrides)
+    return key
 
 
 # -- what every pipeline shares -----------------------------------------------------------------------
@@ -450,13 +474,14 @@ def worker(a: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
     w = Window(a.records, [int(p) for p in a.server_pids.split(",") if p])
-    pipeline = PIPELINES[a.worker]
     try:
-        if pipeline.kind == "ocld":
-            assert pipeline.config is not None
-            run_ocld(a, w, pipeline.config)
-        else:
+        shipped = PIPELINES[a.worker].config if a.worker in PIPELINES else None
+        if a.ocld_config or shipped:
+            run_ocld(a, w, a.ocld_config or str(shipped))
+        elif a.worker in RUNNERS:
             RUNNERS[a.worker](a, w)
+        else:
+            raise ValueError(f"no pipeline {a.worker!r}")
         result = dict(w.result or {})
         if result.get("records", 0) < a.records:
             raise TimeoutError(f"learned {result.get('records', 0)} of {a.records} records in {a.timeout:.0f} s")
@@ -508,8 +533,12 @@ def spawn(key: str, *, bootstrap: str, redis_url: str, topic: str, records: int,
             "--redis", redis_url, "--topic", topic, "--records", str(records), "--group", group,
             "--result", str(result), "--workdir", str(run_dir), "--timeout", str(timeout),
             "--server-pids", ",".join(map(str, server_pids))]
-    for item in overrides or []:
-        argv += ["--set", item]
+    pipeline = PIPELINES[key]
+    if pipeline.kind == "ocld":
+        assert pipeline.config is not None
+        argv += ["--ocld-config", pipeline.config]
+        for item in [*(overrides or []), *pipeline.overrides]:
+            argv += ["--set", item]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     log_path = run_dir / "worker.log"
     with open(log_path, "wb") as log_file:
@@ -672,8 +701,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds each pipeline may take")
     ap.add_argument("--out", default=str(OUT / "peers.md"))
     # worker mode (one pipeline in this process; used by the harness itself)
-    ap.add_argument("--worker", choices=list(PIPELINES), help=argparse.SUPPRESS)
-    for flag in ("--bootstrap", "--redis", "--topic", "--group", "--result", "--workdir", "--server-pids"):
+    ap.add_argument("--extra", action="append", default=[], metavar="CONFIG[:KEY=VALUE,...]",
+                    help="one more ocld row: a config under config/ with changes, e.g. "
+                         "kalman.yaml:kafka.client=kafka-python; repeatable")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    for flag in ("--bootstrap", "--ocld-config", "--redis", "--topic", "--group", "--result", "--workdir",
+                 "--server-pids"):
         ap.add_argument(flag, default="", help=argparse.SUPPRESS)
     ap.add_argument("--records", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -686,6 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown pipeline(s) {unknown}; choose from {list(PIPELINES)}")
     keys = [REFERENCE] + [k for k in keys if k != REFERENCE]
+    try:
+        keys += [add_extra(spec) for spec in args.extra]
+    except ValueError as exc:
+        ap.error(str(exc))
 
     from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
