@@ -17,6 +17,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -69,11 +70,24 @@ def _running(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _redis_url(args: argparse.Namespace) -> str:
-    """--redis, else REDIS_URL, else the embedded Redis of a running daemon."""
+    """--redis, else REDIS_URL, else the embedded Redis of a running daemon, else (with --config of an
+    embedded pipeline whose daemon is stopped) its Redis started from its data folder for this command."""
     url = args.redis or os.environ.get("REDIS_URL")
     if not url:
         found = _running(args)
         url = found["redis"] if found else None
+    if not url and getattr(args, "config", None):
+        cfg = load_config(args.config)
+        if cfg.redis.url.get_secret_value() == "embedded":
+            from ocld.stream.embedded import EmbeddedRedis
+
+            data = Path(cfg.data_dir) / cfg.name / "redis"
+            if not data.exists():
+                raise ConfigError(f"pipeline {cfg.name!r} has never run on its embedded Redis here ({data} does not "
+                                  "exist): run the command in the folder `ocld run` ran in")
+            url = args.servers.enter_context(EmbeddedRedis(data)).url
+        else:
+            url = cfg.redis.url.get_secret_value()
     if not url:
         raise ConfigError("give --redis URL (or set REDIS_URL) to say which Redis holds the state: no daemon runs "
                           "on embedded servers here (`ocld env` prints the addresses of one that does)")
@@ -512,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="status of one or all pipelines, from Redis")
     sp.add_argument("pipeline", nargs="?")
     sp.add_argument("--redis")
+    sp.add_argument("--config", help="the pipeline's config: its Redis (an embedded one is started from its data "
+                    "folder while the daemon is stopped)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="S",
                     help="refresh every S seconds (default 1) until Ctrl-C")
@@ -524,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("query", help="metrics, drift history or snapshot info, from Redis")
     sp.add_argument("pipeline")
     sp.add_argument("--redis")
+    sp.add_argument("--config", help="the pipeline's config: its Redis (an embedded one is started from its data "
+                    "folder while the daemon is stopped)")
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument("--metrics", action="store_true")
     g.add_argument("--drift", action="store_true")
@@ -539,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pipeline")
     sp.add_argument("--to", type=int, required=True, metavar="VERSION", help="see `ocld query P --snapshot`")
     sp.add_argument("--redis")
+    sp.add_argument("--config", help="the pipeline's config: its Redis (an embedded one is started from its data "
+                    "folder while the daemon is stopped)")
     sp.add_argument("--force", action="store_true", help="roll back although the heartbeat says a daemon runs")
     sp.add_argument("--replica", default="", help="a named replica (scale.replica); default: the single-daemon keys")
     sp.set_defaults(func=cmd_rollback)
@@ -546,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="PNG: accuracy over time, drift events, forgetting factor")
     sp.add_argument("pipeline", nargs="?", help="read metric and drift streams from Redis")
     sp.add_argument("--redis")
+    sp.add_argument("--config", help="the pipeline's config: its Redis (an embedded one is started from its data "
+                    "folder while the daemon is stopped)")
     sp.add_argument("--from-json", metavar="FILE", help="an `ocld evaluate --json` result instead of Redis")
     sp.add_argument("--out", required=True, metavar="FILE.png")
     sp.add_argument("--count", type=int, default=10_000, help="newest metric points / drift events read")
@@ -564,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     from ocld.core.runtime import limit_threads
 
     limit_threads()
+    args.servers = contextlib.ExitStack()  # servers a command starts for itself (an embedded Redis at rest)
     try:
-        return int(args.func(args) or 0)
+        with args.servers:
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

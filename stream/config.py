@@ -44,6 +44,9 @@ class LearnerSpec(_Model):
 
 class KafkaConfig(_Model):
     bootstrap: str = "embedded"
+    client: Literal["confluent", "kafka-python"] = Field("confluent", description=(
+        "the consumer: confluent (librdkafka through confluent-kafka, the default: it hands a record over for a "
+        "fraction of kafka-python's CPU) or kafka-python (pure Python); the same exactly-once behaviour"))
     topic: str = "ocld.samples"
     partitions: int = Field(1, ge=1, description="partitions to create when the topic does not exist")
     group_id: str | None = None  # default: ocld-{pipeline}

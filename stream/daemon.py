@@ -605,7 +605,7 @@ class Daemon:
 
     def _on_revoke(self, revoked: list[Any]) -> None:
         log.info("partitions revoked: %s; snapshot and commit before giving them up",
-                 sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+                 sorted(f"{t}[{p}]" for t, p in revoked))
         try:
             self.intake.discard()
             self._checkpoint()
@@ -670,7 +670,7 @@ class Daemon:
             throughput=round(self._timers.throughput, 1),
             lag=lag if lag is not ... else (source.lag() if source else None), topic=self.cfg.kafka.topic,
             partitions=partitions if partitions is not ... else (
-                [f"{tp.topic}[{tp.partition}]" for tp in source.assignment()] if source else []),
+                [f"{t}[{p}]" for t, p in source.assignment()] if source else []),
             learn_seconds=round(float(getattr(self.core, "learn_seconds", 0.0)), 6), learner=self.cfg.learner.name,
             dlq_count=self.dlq_count,
             dlq_by_reason=dict(sink.dlq_by_reason) if sink else dict(self.counters.dlq.get("dlq_by_reason") or {}),

@@ -38,13 +38,11 @@ misreports end_offsets; see stream.broker).
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from ocld.stream.broker import client_kwargs, retry
 from ocld.stream.config import Config
+from ocld.stream.consumers import Batch, make_consumer
 
 log = logging.getLogger("ocld.source")
 
@@ -53,19 +51,12 @@ TP = tuple[str, int]
 Positions = dict[TP, tuple[int | None, str | None]]
 
 
-def fingerprint(record: Any) -> str:
-    """A short identity of one record: its timestamp and the CRC-32 of its key and value."""
-    key = record.key or b""
-    value = record.value or b""
-    return f"{record.timestamp}:{zlib.crc32(key):08x}:{zlib.crc32(value):08x}"
-
-
 @dataclass
 class Polled:
     """One poll: the record values in order, and where each came from (built only when asked)."""
 
     values: list[bytes | None]
-    parts: list[tuple[str, int, list[Any]]]  # (topic, partition, ConsumerRecords) in the order of ``values``
+    parts: list[tuple[str, int, Batch]]  # (topic, partition, records) in the order of ``values``
     next_offsets: dict[TP, int]
     fingerprints: dict[TP, str] = field(default_factory=dict)  # of each partition's last record in this poll
     resets: dict[TP, str] = field(default_factory=dict)  # partitions whose log was replaced: why
@@ -78,15 +69,13 @@ class Polled:
         """(topic, partition, offset) per value. Built on first use (dead letters, predictions),
         so the common path creates no per-record tuples."""
         if self._origin is None:
-            self._origin = [(t, p, r.offset) for t, p, recs in self.parts for r in recs]
+            self._origin = [(t, p, off) for t, p, batch in self.parts for off in batch.offsets()]
         return self._origin
 
 
 class KafkaSource:
     def __init__(self, cfg: Config, claim: Callable[[list[TP]], Positions],
-                 on_revoke: Callable[[list[Any]], None] | None = None) -> None:
-        from kafka import KafkaConsumer
-
+                 on_revoke: Callable[[list[TP]], None] | None = None) -> None:
         self.cfg = cfg
         self.topic = cfg.kafka.topic
         self.claim = claim
@@ -95,144 +84,98 @@ class KafkaSource:
         self.fingerprints: dict[TP, str | None] = {}  # of the record before ``offsets`` (None: unknown)
         self._fetched: dict[TP, int] = {}  # next offset the consumer will hand over (>= offsets)
         self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
-        self.unclaimed: set[Any] = set()  # assigned, claim failed: paused, retried
-        self.fenced: set[Any] = set()  # assigned, but another replica holds the claim: paused until reassigned
-        self._links: frozenset[Any] = frozenset()  # the consumer's connected broker links (see _link_marker)
-        k = cfg.kafka
-        self.consumer = retry("connecting to the broker", attempts=3, kafka=k, fn=lambda: KafkaConsumer(
-            **client_kwargs(k), group_id=cfg.group_id, client_id=f"ocld-{cfg.name}", enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=k.max_batch, fetch_max_wait_ms=max(k.max_wait_ms, 1),
-            session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms, fetch_max_bytes=k.fetch_max_bytes,
-            max_partition_fetch_bytes=min(k.fetch_max_bytes, 10 * 1024 * 1024),
-        ))
-        from kafka import ConsumerRebalanceListener
+        self.unclaimed: set[TP] = set()  # assigned, claim failed: paused, retried
+        self.fenced: set[TP] = set()  # assigned, but another replica holds the claim: paused until reassigned
+        self.consumer = make_consumer(cfg.kafka, cfg.group_id, f"ocld-{cfg.name}", cfg.kafka.max_batch)
+        self.consumer.subscribe(self.topic, on_assign=self._seek, on_revoke=self._revoked)
 
-        source = self
-
-        class _Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                if revoked and source.on_revoke is not None:
-                    source.on_revoke(list(revoked))
-                source.unclaimed -= set(revoked)
-                source.fenced -= set(revoked)
-                for tp in revoked:
-                    source._verify.pop((tp.topic, tp.partition), None)
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                source._seek(list(assigned))
-
-        self.consumer.subscribe([self.topic], listener=_Listener())
-        from kafka.record import util as record_util
-
-        if getattr(record_util, "crc32c_c", True) is None:
-            log.info("kafka-python checks record CRCs in pure Python (about half of the consumer's CPU time on "
-                     "small records); `pip install crc32c` makes that check nearly free")
+    def _revoked(self, revoked: list[TP]) -> None:
+        if revoked and self.on_revoke is not None:
+            self.on_revoke(revoked)
+        self.unclaimed -= set(revoked)
+        self.fenced -= set(revoked)
+        for tp in revoked:
+            self._verify.pop(tp, None)
 
     # -- positions ---------------------------------------------------------------------
-    def _seek(self, assigned: list[Any]) -> None:
+    def _seek(self, assigned: list[TP]) -> None:
         self.fenced -= set(assigned)
         if not assigned:
             return
         try:
-            positions = self.claim([(tp.topic, tp.partition) for tp in assigned])
+            positions = self.claim(list(assigned))
         except Exception as exc:  # Redis unreachable: do not consume what we could not claim
             log.warning("could not claim partitions %s (%s: %s); they stay paused and the claim is retried",
-                        sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned), type(exc).__name__,
+                        sorted(f"{t}[{p}]" for t, p in assigned), type(exc).__name__,
                         str(exc).splitlines()[0][:200] if str(exc) else "")
-            self.consumer.pause(*assigned)
+            self.consumer.pause(list(assigned))
             self.unclaimed |= set(assigned)
             return
         for tp in assigned:
-            offset, fp = positions.get((tp.topic, tp.partition), (None, None))
+            offset, fp = positions.get(tp, (None, None))
             self._position(tp, offset, fp)
         log.info("assigned %s", ", ".join(sorted(
-            f"{tp.topic}[{tp.partition}]@{self.offsets.get((tp.topic, tp.partition), self.cfg.kafka.start_from)}"
-            for tp in assigned)))
+            f"{t}[{p}]@{self.offsets.get((t, p), self.cfg.kafka.start_from)}" for t, p in assigned)))
 
-    def _position(self, tp: Any, offset: int | None, fp: str | None) -> None:
+    def _position(self, tp: TP, offset: int | None, fp: str | None) -> None:
         """Start ``tp`` at ``offset`` (checking the record before it against ``fp``), or where
         ``kafka.start_from`` says when there is no offset."""
-        key = (tp.topic, tp.partition)
-        self._verify.pop(key, None)
+        self._verify.pop(tp, None)
         if offset is None:
-            self.offsets.pop(key, None)
-            self.fingerprints.pop(key, None)
-            self._fetched.pop(key, None)
-            if self.cfg.kafka.start_from == "earliest":
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek_to_end(tp)
+            self.offsets.pop(tp, None)
+            self.fingerprints.pop(tp, None)
+            self._fetched.pop(tp, None)
+            self.consumer.seek(tp, "beginning" if self.cfg.kafka.start_from == "earliest" else "end")
             return
-        self.offsets[key] = offset
-        self.fingerprints[key] = fp
+        self.offsets[tp] = offset
+        self.fingerprints[tp] = fp
         if fp and offset > 0:
-            self._verify[key] = (offset, fp)
+            self._verify[tp] = (offset, fp)
             self.consumer.seek(tp, offset - 1)
-            self._fetched[key] = offset - 1
+            self._fetched[tp] = offset - 1
         else:
             self.consumer.seek(tp, offset)
-            self._fetched[key] = offset
+            self._fetched[tp] = offset
 
-    def reset_partition(self, key: TP) -> int:
+    def reset_partition(self, tp: TP) -> int:
         """The partition's log was replaced: learn the new one from its start. Returns the position
         now held (0 until the first record of the new log says where it starts)."""
-        tp = self._tp(key)
-        self._verify.pop(key, None)
-        self.consumer.seek_to_beginning(tp)  # resolved by the next fetch (no blocking request here)
-        self.offsets[key] = 0
-        self.fingerprints[key] = None
-        self._fetched.pop(key, None)  # unknown until the first record: no regression or gap check before it
+        self._verify.pop(tp, None)
+        self.consumer.seek(tp, "beginning")  # resolved by the next fetch (no blocking request here)
+        self.offsets[tp] = 0
+        self.fingerprints[tp] = None
+        self._fetched.pop(tp, None)  # unknown until the first record: no regression or gap check before it
         return 0
 
-    def _log_start(self, key: TP, timeout_ms: int = 2000) -> int | None:
-        """The first offset of the partition's log, or None when the broker does not say in time
-        (kafka-python's public call can block for ever on a partition that does not exist yet)."""
-        tp = self._tp(key)
-        try:
-            return int(self.consumer._fetcher.beginning_offsets([tp], timeout_ms)[tp])
-        except Exception:  # noqa: BLE001 (cannot tell)
-            return None
-
     def reverify(self) -> None:
-        """Check every owned partition's position against its fingerprint again (after the broker
-        came back: it may have come back with a new log)."""
-        for tp in self.consumer.assignment():
-            key = (tp.topic, tp.partition)
-            if tp in self.unclaimed or tp in self.fenced or key not in self.offsets:
-                continue
-            self._position(tp, self.offsets[key], self.fingerprints.get(key))
-
-    def _tp(self, key: TP) -> Any:
-        from kafka import TopicPartition
-
-        return TopicPartition(key[0], key[1])
+        """Put every owned partition back at its consumed position and check it against its fingerprint
+        again (after the broker came back: it may have come back with a new log). A partition with nothing
+        consumed yet goes back to where it started, so what was fetched and not consumed is read again."""
+        for tp in self.owned():
+            self._position(tp, self.offsets.get(tp), self.fingerprints.get(tp))
 
     def retry_claims(self) -> None:
         """Claim (and resume) partitions whose claim failed at assignment."""
         if not self.unclaimed:
             return
-        pending = sorted(self.unclaimed & set(self.consumer.assignment()), key=lambda tp: (tp.topic, tp.partition))
+        pending = sorted(self.unclaimed & self.consumer.assignment())
         self.unclaimed = set()
         if pending:
             self._seek(pending)
-            claimed = [tp for tp in pending if tp not in self.unclaimed]
-            if claimed:
-                self.consumer.resume(*claimed)
+            self.consumer.resume([tp for tp in pending if tp not in self.unclaimed])
 
     def fence(self, keys: set[TP]) -> None:
         """Stop consuming partitions another replica has claimed (until Kafka assigns them again)."""
-        lost = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in keys]
+        lost = sorted(self.consumer.assignment() & keys)
         if lost:
-            self.consumer.pause(*lost)
+            self.consumer.pause(lost)
             self.fenced |= set(lost)
 
     def reseek(self, positions: Positions) -> None:
         """Move owned partitions to the given positions (after the daemon reloaded its snapshot)."""
-        for tp in self.consumer.assignment():
-            key = (tp.topic, tp.partition)
-            if key in positions and tp not in self.fenced and tp not in self.unclaimed:
-                self._position(tp, *positions[key])
+        for tp in self.owned():
+            if tp in positions:
+                self._position(tp, *positions[tp])
 
     def forget(self, keep: set[TP]) -> None:
         """Drop the positions of partitions outside ``keep`` (no longer owned, and durable)."""
@@ -243,100 +186,84 @@ class KafkaSource:
 
     def owned(self) -> set[TP]:
         """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
-        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()
-                if tp not in self.unclaimed and tp not in self.fenced}
+        return {tp for tp in self.consumer.assignment() if tp not in self.unclaimed and tp not in self.fenced}
 
     # -- reading -----------------------------------------------------------------------
     def poll(self, timeout_ms: int | None = None) -> Polled:
         """The next batch (at most ``kafka.max_batch`` records), waiting up to ``timeout_ms`` (default
         ``kafka.max_wait_ms``) for one. Records of a partition found replaced are withheld."""
         k = self.cfg.kafka
-        records = self.consumer.poll(timeout_ms=k.max_wait_ms if timeout_ms is None else timeout_ms,
-                                     max_records=k.max_batch)
+        batches = self.consumer.poll(k.max_wait_ms if timeout_ms is None else timeout_ms, k.max_batch)
         out = Polled([], [], {})
-        links = self._link_marker()
-        if links != self._links:
-            new_link = bool(links - self._links)
-            self._links = links
-            if new_link and self.offsets:
-                # A connection was made again (the broker restarted, or a network cut healed): what this
-                # poll fetched may come from a new log at the old position. It is dropped (not consumed)
-                # and every position is checked against its fingerprint first (reverify).
-                out.reconnected = True
-                return out
-        for tp, recs in records.items():
-            key = (tp.topic, tp.partition)
-            if key in out.resets or not recs:
+        if self.consumer.reconnected() and self.offsets:
+            # A connection was made again (the broker restarted, or a network cut healed): what this poll
+            # fetched may come from a new log at the old position. It is dropped (not consumed) and every
+            # position is checked against its fingerprint first (reverify).
+            out.reconnected = True
+            return out
+        for tp, batch in batches.items():
+            if tp in out.resets:
                 continue
-            expected = self._fetched.get(key)
-            if key in self._verify:
-                recs = self._check_fingerprint(key, recs, out)
-                if not recs:
+            expected = self._fetched.get(tp)
+            if tp in self._verify:
+                checked = self._check_fingerprint(tp, batch, out)
+                if checked is None:
                     continue
-            elif expected is not None and recs[0].offset < expected:
-                out.resets[key] = (f"the log went back: offset {recs[0].offset} arrived after offset "
-                                   f"{expected - 1} (the topic was recreated or the broker lost its log)")
+                batch = checked
+            elif expected is not None and batch.first_offset < expected:
+                out.resets[tp] = (f"the log went back: offset {batch.first_offset} arrived after offset "
+                                  f"{expected - 1} (the topic was recreated or the broker lost its log)")
                 continue
-            elif expected is not None and recs[0].offset > expected:
-                self._check_gap(key, expected, out)
-            out.values += [r.value for r in recs]
-            out.parts.append((tp.topic, tp.partition, recs))
-            out.next_offsets[key] = self._fetched[key] = recs[-1].offset + 1
-            out.fingerprints[key] = fingerprint(recs[-1])
+            elif expected is not None and batch.first_offset > expected:
+                self._check_gap(tp, expected, out)
+            out.values += batch.values
+            out.parts.append((tp[0], tp[1], batch))
+            out.next_offsets[tp] = self._fetched[tp] = batch.last_offset + 1
+            out.fingerprints[tp] = batch.fingerprint(len(batch) - 1)
         for tp in self.consumer.assignment():
-            key = (tp.topic, tp.partition)
             hw = self.consumer.highwater(tp)
             # the position already read; while a claim is checked, the claimed position itself
-            reached = self._verify[key][0] if key in self._verify else self._fetched.get(key)
-            if hw is not None and reached is not None and hw < reached and key not in out.resets:
-                out.resets[key] = (f"the log ends at offset {hw}, below the position {reached} already learned "
-                                   "(the topic was recreated or the broker lost its log)")
+            reached = self._verify[tp][0] if tp in self._verify else self._fetched.get(tp)
+            if hw is not None and reached is not None and hw < reached and tp not in out.resets:
+                out.resets[tp] = (f"the log ends at offset {hw}, below the position {reached} already learned "
+                                  "(the topic was recreated or the broker lost its log)")
         if out.resets:
             keep = [i for i, (t, p, _) in enumerate(out.parts) if (t, p) not in out.resets]
             if len(keep) < len(out.parts):
                 out.parts = [out.parts[i] for i in keep]
-                out.values = [r.value for _, _, recs in out.parts for r in recs]
-                for key in out.resets:
-                    out.next_offsets.pop(key, None)
-                    out.fingerprints.pop(key, None)
+                out.values = [v for _, _, batch in out.parts for v in batch.values]
+                for tp in out.resets:
+                    out.next_offsets.pop(tp, None)
+                    out.fingerprints.pop(tp, None)
         return out
 
-    def _link_marker(self) -> frozenset[Any]:
-        """(node, connect time) of every connected broker link of the consumer: a new element means a
-        connection was made again. (kafka-python keeps its connections private; the pinned 2.2 series
-        has ``_client._conns`` and ``BrokerConnection.last_attempt``.)"""
-        try:
-            conns = self.consumer._client._conns
-            return frozenset((node, c.last_attempt) for node, c in list(conns.items()) if c.connected())
-        except Exception:  # noqa: BLE001 (another client version: positions are still checked at every claim)
-            return frozenset()
-
-    def _check_fingerprint(self, key: TP, recs: list[Any], out: Polled) -> list[Any]:
+    def _check_fingerprint(self, tp: TP, batch: Batch, out: Polled) -> Batch | None:
         """The first records after a claim: the one before the claimed position must be the record
-        the fingerprint names. Returns the records to learn (the checked one dropped)."""
-        position, fp = self._verify.pop(key)
-        first = recs[0]
-        if first.offset == position - 1:
-            if fingerprint(first) != fp:
-                out.resets[key] = (f"the record at offset {first.offset} is not the one learned there (the topic "
-                                   "was recreated or the broker lost its log)")
-                return []
-            return recs[1:]
-        if first.offset < position - 1:
-            out.resets[key] = (f"the log ends below offset {position - 1}, the last record learned (the topic "
-                               "was recreated or the broker lost its log)")
-            return []
+        the fingerprint names. Returns the records to learn (the checked one dropped), None for none."""
+        position, fp = self._verify.pop(tp)
+        first = batch.first_offset
+        if first == position - 1:
+            if batch.fingerprint(0) != fp:
+                out.resets[tp] = (f"the record at offset {first} is not the one learned there (the topic "
+                                  "was recreated or the broker lost its log)")
+                return None
+            rest = batch.drop_first()
+            return rest if len(rest) else None
+        if first < position - 1:
+            out.resets[tp] = (f"the log ends below offset {position - 1}, the last record learned (the topic "
+                              "was recreated or the broker lost its log)")
+            return None
         # The record before the position is gone: retention deleted it, and maybe more.
-        if first.offset > position:
-            out.gaps[key] = (position, first.offset)
-        return recs
+        if first > position:
+            out.gaps[tp] = (position, first)
+        return batch
 
-    def _check_gap(self, key: TP, expected: int, out: Polled) -> None:
+    def _check_gap(self, tp: TP, expected: int, out: Polled) -> None:
         """Offsets jumped forward: records lost to retention if the log now starts past ``expected``
         (gaps from transaction markers or compaction are not losses)."""
-        start = self._log_start(key)
+        start = self.consumer.log_start(tp, 2000)
         if start is not None and start > expected:
-            out.gaps[key] = (expected, start)
+            out.gaps[tp] = (expected, start)
 
     def advance(self, next_offsets: dict[TP, int], fingerprints: dict[TP, str] | None = None) -> None:
         self.offsets.update(next_offsets)
@@ -349,15 +276,8 @@ class KafkaSource:
             out.setdefault(t, {})[p] = o
         return out
 
-    def fingerprints_by_topic(self) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        for (t, p), fp in self.fingerprints.items():
-            if fp and (t, p) in self.offsets:
-                out.setdefault(t, {})[str(p)] = fp
-        return out
-
-    def assignment(self) -> list[Any]:
-        return sorted(self.consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    def assignment(self) -> list[TP]:
+        return sorted(self.consumer.assignment())
 
     def lag(self) -> int | None:
         """Records between our position and the high watermark over owned partitions (None if unknown)."""
@@ -366,17 +286,13 @@ class KafkaSource:
             hw = self.consumer.highwater(tp)
             if hw is None:
                 return None
-            pos = self.offsets.get((tp.topic, tp.partition), 0)
-            total += max(0, hw - pos)
+            total += max(0, hw - self.offsets.get(tp, 0))
         return total
 
     def commit(self, owned_only: bool = True) -> None:
         """Commit the snapshot's offsets to the group (monitoring only); failures are logged, not fatal."""
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        owned = {(tp.topic, tp.partition) for tp in self.assignment()}
-        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                   for (t, p), o in self.offsets.items() if not owned_only or (t, p) in owned}
+        owned = set(self.assignment())
+        payload = {tp: o for tp, o in self.offsets.items() if not owned_only or tp in owned}
         if not payload:
             return
         try:
@@ -386,6 +302,6 @@ class KafkaSource:
 
     def close(self) -> None:
         try:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
         except Exception as exc:
             log.warning("closing the consumer: %s", exc)

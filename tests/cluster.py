@@ -54,14 +54,18 @@ class RedisClusterProcs:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
     def start(self) -> RedisClusterProcs:
-        for node in self.nodes:
-            node.start()
-        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        out = subprocess.run([redis_cli(), "--cluster", "create", *addrs, "--cluster-replicas", str(self.replicas),
-                              "--cluster-yes"], capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-        self.wait_ok()
+        try:
+            for node in self.nodes:
+                node.start()
+            addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            out = subprocess.run([redis_cli(), "--cluster", "create", *addrs, "--cluster-replicas",
+                                  str(self.replicas), "--cluster-yes"], capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()  # no node left behind when the cluster cannot form
+            raise
         return self
 
     def info(self, node: EmbeddedRedis) -> dict[str, str]:

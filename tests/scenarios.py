@@ -36,6 +36,7 @@ import orjson
 from ocld.stream.store import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIENT = os.environ.get("OCLD_KAFKA_CLIENT", "confluent")  # the consumer backend the daemons use
 LEARNER = {"name": "AnalyticRidge", "params": {"expansion_size": 32, "seed": 0, "adapt_discount": None}, "features": []}
 
 
@@ -171,7 +172,7 @@ class Env:
         cfg: dict[str, Any] = {
             "name": self.name,
             "kafka": {"bootstrap": self.bootstrap, "topic": self.topic, "partitions": self.partitions,
-                      "max_batch": 500, "max_wait_ms": 50},
+                      "max_batch": 500, "max_wait_ms": 50, "client": CLIENT},
             "redis": {"url": self.redis_url, "lease_ttl_s": 3, "start_timeout_s": 5},
             "snapshot": {"every_samples": 1000, "every_seconds": 2, "keep": 50},
             "messages": {"n_features": 6},
@@ -338,8 +339,8 @@ def codec_library_missing(work: Path) -> Result:
         for v in encode(X, y):
             p.produce(env.topic, value=v)
         p.flush(30)
-        cfg_path = env.work / "nocodec.yaml"
-        cfg_path.write_text(orjson.dumps(env.config()).decode())
+        cfg_path = env.work / "nocodec.yaml"  # kafka-python decodes in Python (librdkafka has every codec built in)
+        cfg_path.write_text(orjson.dumps(env.config(kafka={"client": "kafka-python"})).decode())
         hide = ("import sys\nfor m in ('lz4', 'lz4.frame'):\n    sys.modules[m] = None\n"
                 "from ocld.stream.cli import main\nsys.exit(main(['run', sys.argv[1]]))")
         log_path = env.work / "nocodec.log"
@@ -587,7 +588,7 @@ def sasl_mismatch(work: Path) -> Result:
         rc = d.wait(120)
         took = time.monotonic() - t0
         d2 = env.daemon(cfg)
-        time.sleep(2.0)
+        _wait(lambda: "lease" in d2.log, 60, "the second daemon to start (its lease taken)")
         t1 = time.monotonic()
         d2.signal(signal.SIGTERM)
         rc2 = d2.wait(30)
