@@ -50,12 +50,17 @@ LOGISTIC = {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Stand
 # Streams (``switches``: abrupt concept changes): in the first three a detection depends on the detector's
 # history (Page-Hinkley's running sums; ADWIN's long window on the slow rotation); KalmanLogistic's adapts
 # right after a switch, then records cooldown and "improved" events.
+# Together the four take about a minute and a half: a plain ./scripts/test runs the quickest (about 15 s),
+# ./scripts/test --all (CI) all four.
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("spec, config, n, switches, kills, seed, child", [
-    (KALMAN, "kalman", 12_000, 0, 5, 3, False),
-    (RIDGE, "analytic", 8_000, 0, 4, 5, False),
-    (KALMAN, "kalman", 8_000, 4, 4, 11, True),
-    (LOGISTIC, "logistic", 8_000, 3, 4, 7, False),
-], ids=["KalmanHead", "AnalyticRidge", "KalmanHead-learner-process", "KalmanLogistic"])
+    pytest.param(KALMAN, "kalman", 12_000, 0, 5, 3, False, id="KalmanHead", marks=SLOW),
+    pytest.param(RIDGE, "analytic", 8_000, 0, 4, 5, False, id="AnalyticRidge", marks=SLOW),
+    pytest.param(KALMAN, "kalman", 8_000, 4, 4, 11, True, id="KalmanHead-learner-process"),
+    pytest.param(LOGISTIC, "logistic", 8_000, 3, 4, 7, False, id="KalmanLogistic", marks=SLOW),
+])
 def test_sigkill_at_random_moments_ends_in_the_uninterrupted_state(spec, config, n, switches, kills, seed, child,
                                                                    broker, redis_url, name, tmp_path):
     """With adaptation on (the drift block of ``config``). ``child``: with ``learner_process: true``

@@ -58,6 +58,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(1e-300, float(np.max(np.abs(b)))))
 
 
+@pytest.mark.slow  # a 31 s schedule of starts and kills, then the catch-up: about 40 s, more on a busy machine
 def test_three_replicas_start_stop_and_sigkill_learn_every_record_once(broker, redis_url, name, tmp_path):
     from ocld.stream.broker import ensure_topics
     from ocld.stream.config import KafkaConfig
