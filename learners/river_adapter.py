@@ -26,6 +26,7 @@ refuses such a state unless ``allow_pickle`` is set. This module never imports
 from __future__ import annotations
 
 import importlib
+import math
 import pickle
 from typing import Any, ClassVar
 
@@ -164,20 +165,19 @@ class RiverLearner(Learner):
         self.n_features = d
         self._names = [f"x{j}" for j in range(d)]
 
-    def _row(self, row: np.ndarray) -> dict[str, float]:
-        return dict(zip(self._names, row.tolist()))
-
-    def _proba_into(self, out: np.ndarray, features: dict[str, float], k: int) -> None:
-        """river's probabilities for one row into ``out[:k]``, normalized (uniform if empty)."""
-        for j, p in self._model.predict_proba_one(features).items():
+    def _proba(self, features: dict[str, float], k: int) -> list[float]:
+        """river's probabilities for one row over the first ``k`` classes, normalized (uniform if
+        empty). Python floats throughout: for the handful of classes of a row, numpy's per-call cost
+        would be most of the adapter's."""
+        p = [0.0] * k
+        for j, v in self._model.predict_proba_one(features).items():
             j = int(j)  # binary models answer with False/True
-            if 0 <= j < k and p is not None and np.isfinite(p):
-                out[j] = p
-        total = out[:k].sum()
+            if 0 <= j < k and v is not None and math.isfinite(v):
+                p[j] = float(v)
+        total = sum(p)
         if total > 0:
-            out[:k] /= total
-        else:
-            out[:k] = 1.0 / k  # the model knows nothing yet: uniform
+            return [v / total for v in p]
+        return [1.0 / k] * k  # the model knows nothing yet: uniform
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features)
@@ -185,8 +185,9 @@ class RiverLearner(Learner):
         out = np.zeros((X.shape[0], k), dtype=np.float64)
         if k == 0:
             return out
-        for i, row in enumerate(X):
-            self._proba_into(out[i], self._row(row), k)
+        names = self._names
+        for i, row in enumerate(X.tolist()):
+            out[i] = self._proba(dict(zip(names, row)), k)
         return out
 
     def learn_predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -194,16 +195,19 @@ class RiverLearner(Learner):
         that has learned rows < i (exact prequential, whatever the batch cut)."""
         X = check_X(X, self.n_features)
         y_idx = self._encode(X, y)
-        out = np.zeros((X.shape[0], len(self._index)), dtype=np.float64)
+        k = len(self._index)
         known = self._known_before  # classes seen before this batch; new ones appear in index order
-        for i, (row, j) in enumerate(zip(X, y_idx.tolist())):
-            features = self._row(row)
-            if known:
-                self._proba_into(out[i], features, known)
-            self._model.learn_one(features, j)
-            known = max(known, j + 1)
+        names, model, proba = self._names, self._model, self._proba
+        rows: list[list[float]] = []
+        pad = [0.0] * k
+        for row, j in zip(X.tolist(), y_idx.tolist()):
+            features = dict(zip(names, row))
+            rows.append(proba(features, known) + pad[known:] if known else pad)
+            model.learn_one(features, j)
+            if j >= known:
+                known = j + 1
         self.n_learned += X.shape[0]
-        return out
+        return np.array(rows, dtype=np.float64).reshape(X.shape[0], k)
 
     def _encode(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         y_arr = np.asarray(y, dtype=object).reshape(-1)
@@ -223,8 +227,9 @@ class RiverLearner(Learner):
     def learn(self, X: np.ndarray, y: np.ndarray) -> None:
         X = check_X(X, self.n_features)
         y_idx = self._encode(X, y)
-        for row, j in zip(X, y_idx.tolist()):
-            self._model.learn_one(self._row(row), j)
+        names = self._names
+        for row, j in zip(X.tolist(), y_idx.tolist()):
+            self._model.learn_one(dict(zip(names, row)), j)
         self.n_learned += X.shape[0]
 
     def adapt(self, event: DriftEvent) -> None:
