@@ -92,14 +92,35 @@ def connect(url: str, password: str | None = None, username: str | None = None, 
         scheme, cluster = scheme[: -len("+cluster")], True
     try:
         if cluster:
-            from redis.cluster import RedisCluster
+            from redis.cluster import ClusterNode, RedisCluster
 
-            return RedisCluster.from_url(f"{scheme}{sep}{rest}", **kwargs)
+            first, others = _seed_nodes(rest)
+            if others:
+                kwargs["startup_nodes"] = [ClusterNode(host, port) for host, port in others]
+            return RedisCluster.from_url(f"{scheme}{sep}{first}", **kwargs)
         return redis.Redis.from_url(url, health_check_interval=30, **kwargs)
     except (ValueError, redis.RedisError) as exc:
         if isinstance(exc, redis.RedisError) and not isinstance(exc, redis.exceptions.RedisClusterException):
             raise
         raise ValueError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+
+
+def _seed_nodes(rest: str) -> tuple[str, list[tuple[str, int]]]:
+    """Split ``[user:pw@]host1:port1,host2:port2/0`` into the URL tail with the first node only and
+    the other seed nodes. A cluster client needs one reachable seed to find the rest, so naming
+    several keeps new clients (``ocld status``, a restarted daemon) working while any one is down."""
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    seeds = [h.strip() for h in hosts.split(",") if h.strip()]
+    if len(seeds) <= 1:
+        return rest, []
+    others = []
+    for seed in seeds[1:]:
+        host, colon, port = seed.rpartition(":")
+        if not colon or not port.isdigit():
+            raise ValueError(f"cluster seed {seed!r} is not host:port")
+        others.append((host.strip("[]"), int(port)))
+    return f"{userinfo}{at}{seeds[0]}{slash}{tail}", others
 
 
 class Keys:

@@ -51,7 +51,14 @@ class RedisClusterProcs:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+        """Every node as a seed, as an operator would list them: a client made after one node died
+        still finds the cluster through the others."""
+        return self.url_starting_at(self.nodes[0])
+
+    def url_starting_at(self, first: EmbeddedRedis) -> str:
+        """The URL with ``first`` as the first seed (the one redis-py tries first)."""
+        ordered = [first, *(n for n in self.nodes if n is not first)]
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in ordered) + "/0"
 
     def start(self) -> RedisClusterProcs:
         try:

@@ -90,7 +90,7 @@ def test_a_master_failover_mid_run_loses_nothing_and_learns_nothing_twice(cluste
         produce(broker, cfg.kafka.topic, values[2000:4000])
         wait_for_failover(cluster, Keys(cfg.name).latest, master.port)
         produce(broker, cfg.kafka.topic, values[4000:])
-        client = StateClient(cluster.url)
+        client = StateClient(cluster.url_starting_at(master))  # the first seed is the dead master
         wait_until(lambda: client.status(cfg.name).get("labelled_seen") == 6000
                    and client.status(cfg.name).get("state") == "running", 90,
                    "all 6000 learned and a durable snapshot after the failover")

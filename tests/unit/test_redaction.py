@@ -133,3 +133,13 @@ def test_cli_failures_scrub_every_known_secret():
         for secret in ("Url-Pw-1", "Sasl-Pw-2", "Cfg/Pw", "Cfg%2FPw"):
             assert secret not in message
     assert expected_failure(KeyError("a bug"), args) is None  # bugs keep their traceback
+
+
+def test_cluster_seeds_split_without_showing_the_password() -> None:
+    from ocld.stream.store import _seed_nodes, connect
+
+    assert _seed_nodes("u:pw@h1:7000,h2:7001,[::1]:7002/0") == ("u:pw@h1:7000/0", [("h2", 7001), ("::1", 7002)])
+    assert _seed_nodes("h1:7000/0") == ("h1:7000/0", [])
+    with pytest.raises(ValueError, match="h2:x") as err:
+        connect("redis+cluster://u:hunter2@h1:7000,h2:x/0")
+    assert "hunter2" not in str(err.value)
