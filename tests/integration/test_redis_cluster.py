@@ -1,5 +1,6 @@
 """ocld on a real Redis Cluster (3 masters, a replica each, on loopback): the pipeline, crash
-equivalence, scale-out, and a master failover in the middle of a run.
+equivalence (the harness of test_crash.py), scale-out (the scenario of test_scaleout.py), and a
+master failover in the middle of a run.
 
 Every key of a pipeline carries the pipeline in braces (one hash slot), so the Lua scripts that
 claim partitions and switch ``latest`` run on a cluster as on one Redis. A failover can lose the
@@ -21,7 +22,18 @@ from ocld.learners.registry import build_learner
 from ocld.stream.client import StateClient
 from ocld.stream.store import Keys
 from tests.cluster import RedisClusterProcs, wait_for_failover
-from tests.helpers import elec_records, encode_rows, produce, wait_until
+from tests.crash import (
+    final_state,
+    make_stream,
+    pipeline_config,
+    reference_run,
+    run_with_kills,
+    shipped_drift,
+    state_max_diff,
+    weights_max_diff,
+)
+from tests.helpers import elec_records, encode_rows, produce, wait_until, write_config
+from tests.scaleout import three_replicas_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,6 +80,32 @@ def test_the_pipeline_runs_on_a_cluster(cluster: RedisClusterProcs, make_config:
     produce(broker, cfg.kafka.topic, encode_rows(X2, y2), partitions=2)
     assert Daemon(cfg).run(until_idle_s=0.5, max_seconds=120, install_signals=False)["labelled_seen"] == 4000
     _exact(cluster.url, cfg.name, np.vstack([X, X2]), y + y2)
+
+
+def test_sigkills_on_a_cluster_end_in_the_uninterrupted_state(cluster: RedisClusterProcs, broker: str, name: str,
+                                                             tmp_path: Any) -> None:
+    """test_crash.py's AnalyticRidge case (drift adaptation on, kills from outside and inside the
+    snapshot protocol) with the state on the cluster: weights to 1e-9, labelled_seen exact."""
+    spec = {**RIDGE, "params": {**RIDGE["params"], "adapt_discount": 0.01}}
+    values, X, y = make_stream(8_000, 5)
+    drift = shipped_drift("analytic")
+    reference, events = reference_run(spec, X, y, drift)
+    assert [a for _, _, a in events].count("adapt") >= 1, events
+    topic = f"{name}.in"
+    produce(broker, topic, values)
+    cfg_path = write_config(tmp_path / "cfg.yaml", pipeline_config(name, topic, spec, every_samples=800, drift=drift))
+    runs = run_with_kills(cfg_path, name, broker, cluster.url, len(y), 4, 5, tmp_path / "logs", run_timeout=90)
+    assert sum(r["rc"] == -9 for r in runs) >= 3, [r["mode"] for r in runs]
+    state, info = final_state(cluster.url, name)
+    assert info["labelled_seen"] == len(y)
+    assert StateClient(cluster.url).status(name)["drift_count_error"] == len(events)
+    assert weights_max_diff(state, reference) <= 1e-9
+    assert state_max_diff(state, reference) <= 1e-9
+
+
+def test_three_replicas_on_a_cluster_learn_every_record_once(cluster: RedisClusterProcs, broker: str, name: str,
+                                                            tmp_path: Any) -> None:
+    three_replicas_scenario(broker, cluster.url, name, tmp_path)
 
 
 def test_a_master_failover_mid_run_loses_nothing_and_learns_nothing_twice(cluster: RedisClusterProcs,
