@@ -76,6 +76,53 @@ def paced_producer(bootstrap: str, topic: str, rows: np.ndarray, labels: list[An
         done.set()
 
 
+def measure_floor(bootstrap: str, topic: str, rows: np.ndarray, labels: list[Any], rate: float, warmup_s: float,
+                  timeout_s: float, max_wait_ms: int) -> dict[str, Any]:
+    """The same producer and broker read by a bare confluent-kafka loop that only decodes (no ocld,
+    nothing learned): what the producer, the broker and the machine alone add to a record's latency.
+    It polls as ocld's confluent backend does (the first record within ``max_wait_ms``, then what
+    came with it) with ocld's fetch settings."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ocld.stream.broker import ensure_topics
+
+    ensure_topics(KafkaConfig(bootstrap=bootstrap), {topic: 1})
+    n = len(labels)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"floor-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": max(max_wait_ms, 1)})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    mp = multiprocessing.get_context("spawn")
+    ready, done = mp.Event(), mp.Event()
+    producer = mp.Process(target=paced_producer, daemon=True, args=(bootstrap, topic, rows, labels, rate, ready, done))
+    producer.start()
+    consumer.consume(1, timeout=0.5)  # the first fetch goes out
+    t_start = time.time()
+    ready.set()
+    latencies: list[float] = []
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < n and time.monotonic() < deadline:
+            first = consumer.poll(max_wait_ms / 1000.0)
+            if first is None:
+                continue
+            msgs = [first, *consumer.consume(499, timeout=0)]
+            now = time.time()
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                seen += 1
+                ts = orjson.loads(m.value())["ts"]
+                if ts >= t_start + warmup_s:
+                    latencies.append(now - ts)
+    finally:
+        consumer.close()
+        producer.join(10)
+    lat = np.asarray(latencies) * 1000.0
+    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+
+
 def measure(cfg: Config, rows: np.ndarray, labels: list[Any], rate: float, warmup_s: float,
             timeout_s: float) -> dict[str, Any]:
     from ocld.stream.broker import ensure_topics
@@ -168,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waits", default="5,20,100,500", help="max_wait_ms values for the trade-off table")
     ap.add_argument("--learner", default="KalmanHead", help="one of: " + ", ".join(LEARNERS))
     ap.add_argument("--timeout", type=float, default=90.0, help="upper bound in seconds for each setting")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the two bare confluent-kafka rows (the producer's, broker's and machine's own latency)")
+    ap.add_argument("--client", choices=["confluent", "kafka-python"], default=None,
+                    help="kafka.client for every row (default: the config's default)")
     ap.add_argument("--learner-process", action="store_true",
                     help="learner_process: true (a record counts as learned when the daemon has its poll's result)")
     args = ap.parse_args(argv)
@@ -190,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = KafkaConfig()
     settings: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
     settings += [(f"max_wait_ms={w}", {"max_wait_ms": int(w)}) for w in args.waits.split(",") if w.strip()]
+    if args.client:
+        settings = [(label, {**kafka, "client": args.client}) for label, kafka in settings]
 
     load_before = load_average()
     t_run = time.monotonic()
@@ -201,12 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             spec = {**LEARNERS[args.learner](), "learner_process": args.learner_process}
             cfg = pipeline_config(broker.bootstrap, rds.url, topic, tmp, spec, kafka)
             results.append((label, cfg, measure(cfg, rows, labels, args.rate, args.warmup, args.timeout)))
+        floors = [] if args.no_floor else [
+            measure_floor(broker.bootstrap, f"lat.{uuid.uuid4().hex[:8]}", rows, labels, args.rate, args.warmup,
+                          args.timeout, defaults.max_wait_ms) for _ in range(2)]
 
     mode = ", learner_process: true (CPU: the daemon's thread only)" if args.learner_process else ""
     print(f"\n## Latency: production -> learned, {args.rate:,.0f} records/s, {args.learner}{mode}\n")
     print(f"load average before: {load_before}; after: {load_average()}; run took {time.monotonic() - t_run:.0f} s; "
           f"{args.seconds:g} s per setting, first {args.warmup:g} s dropped; defaults: max_batch={defaults.max_batch}, "
-          f"max_wait_ms={defaults.max_wait_ms}; snapshots every {results[0][1].snapshot.every_samples:,} samples\n")
+          f"max_wait_ms={defaults.max_wait_ms}, client={results[0][1].kafka.client}; "
+          f"snapshots every {results[0][1].snapshot.every_samples:,} samples\n")
     print("| setting | p50 ms | p95 ms | p99 ms | max ms | mean batch | learned rec/s | CPU us/record | "
           "CPU share | capacity rec/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -216,13 +273,19 @@ def main(argv: list[str] | None = None) -> int:
         capacity = 1e6 / r["cpu_us"] if r["cpu_us"] > 0 else float("nan")
         print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | {r['batch']:.1f} | "
               f"{r['learned_rate']:,.0f} | {r['cpu_us']:.0f} | {100 * r['cpu_share']:.0f}% | {capacity:,.0f} |")
+    for i, r in enumerate(floors):
+        print(f"| floor {i + 1}: a bare confluent-kafka loop, decode only, no ocld (max_wait_ms "
+              f"{defaults.max_wait_ms}) | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | "
+              "- | - | - | - | - |")
     if args.learner_process:
         print("\nWith --learner-process a record counts as learned when the daemon has its poll's result back; CPU, "
               "CPU share and capacity are the daemon thread's alone (the learning is in the child process).")
     print("\nCPU is the daemon thread's own (poll, decode, learn, snapshots), from time.thread_time; 'CPU share' is "
           "the part of one core it got while learning (below 100 % and learned < offered rate: the machine, not "
           "the daemon, was the limit); capacity = 1 / CPU per record, the rate one free core would sustain. "
-          "Latency only means something while learned rec/s keeps up with the offered rate.")
+          "Latency only means something while learned rec/s keeps up with the offered rate. The floor rows: the "
+          "same producer and broker read by a loop that only decodes, twice after the ocld rows; what is left of "
+          "their latency is the producer's, the broker's and the machine's.")
     return 0
 
 

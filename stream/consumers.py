@@ -314,7 +314,17 @@ class ConfluentConsumer:
         self.consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TP, Batch]:
-        msgs = self.consumer.consume(num_messages=max_records, timeout=max(timeout_ms, 0) / 1000.0)
+        """What is fetched already (up to ``max_records``), or else the first record to arrive
+        within ``timeout_ms`` and whatever came with it. ``consume(n, timeout)`` alone would wait
+        out the whole timeout unless ``n`` records were there, holding every record of a slow
+        stream for ``max_wait_ms``; kafka-python's poll returns as soon as records are there."""
+        consumer = self.consumer
+        msgs = consumer.consume(num_messages=max_records, timeout=0)
+        if not msgs and timeout_ms > 0:
+            first = consumer.poll(timeout_ms / 1000.0)
+            if first is not None:
+                msgs = [first, *consumer.consume(num_messages=max_records - 1, timeout=0)] if max_records > 1 \
+                    else [first]
         if self.fatal is not None:
             raise self.fatal
         if not msgs:
