@@ -98,9 +98,14 @@ def produce(bootstrap: str, topic: str, values: list[bytes], timeout_s: float) -
 
 def kafka_settings(cfg: Config) -> dict[str, Any]:
     """The consumer settings KafkaSource uses (so raw and daemon fetch alike)."""
+    from kafka import KafkaConsumer
+
     k = cfg.kafka
-    return {"max_poll_records": k.max_batch, "fetch_max_wait_ms": max(k.max_wait_ms, 1),
-            "fetch_max_bytes": k.fetch_max_bytes, "max_partition_fetch_bytes": min(k.fetch_max_bytes, 10 * 1024 * 1024)}
+    out = {"max_poll_records": k.max_batch, "fetch_max_wait_ms": max(k.max_wait_ms, 1),
+           "fetch_max_bytes": k.fetch_max_bytes, "max_partition_fetch_bytes": min(k.fetch_max_bytes, 10 * 1024 * 1024)}
+    if "receive_message_max_bytes" in KafkaConsumer.DEFAULT_CONFIG:
+        out["receive_message_max_bytes"] = k.fetch_max_bytes + 1024 * 1024
+    return out
 
 
 def raw_rate(bootstrap: str, topic: str, n: int, settings: dict[str, Any], poll_ms: int,

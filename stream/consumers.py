@@ -121,12 +121,17 @@ class KafkaPythonConsumer:
         from ocld.stream.broker import client_kwargs, retry
 
         k = kafka
+        frames: dict[str, Any] = {}
+        if "receive_message_max_bytes" in KafkaConsumer.DEFAULT_CONFIG:
+            # kafka-python >= 2.2.x refuses a network frame over this (1,000,000 by default), while a fetch
+            # answer may hold up to fetch_max_bytes: the fetch then failed and was sent again and again.
+            frames["receive_message_max_bytes"] = k.fetch_max_bytes + 1024 * 1024
         self.consumer = retry("connecting to the broker", attempts=3, kafka=k, fn=lambda: KafkaConsumer(
             **client_kwargs(k), group_id=group_id, client_id=client_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=max_batch, fetch_max_wait_ms=max(k.max_wait_ms, 1),
             session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms, fetch_max_bytes=k.fetch_max_bytes,
-            max_partition_fetch_bytes=min(k.fetch_max_bytes, 10 * 1024 * 1024),
+            max_partition_fetch_bytes=min(k.fetch_max_bytes, 10 * 1024 * 1024), **frames,
         ))
         self._links: frozenset[Any] = frozenset()
         self._connected_once = False  # a link made after this is a connection made again
