@@ -80,8 +80,8 @@ def measure_floor(bootstrap: str, topic: str, rows: np.ndarray, labels: list[Any
                   timeout_s: float, max_wait_ms: int) -> dict[str, Any]:
     """The same producer and broker read by a bare confluent-kafka loop that only decodes (no ocld,
     nothing learned): what the producer, the broker and the machine alone add to a record's latency.
-    It polls as ocld's confluent backend does (the first record within ``max_wait_ms``, then what
-    came with it) with ocld's fetch settings."""
+    It takes the first record to arrive within ``max_wait_ms`` and whatever came with it (one
+    partition, assigned: no rebalance can fall between its two calls), with ocld's fetch settings."""
     from confluent_kafka import Consumer, TopicPartition
 
     from ocld.stream.broker import ensure_topics

@@ -19,6 +19,7 @@ of kafka-python's CPU) are both implemented and run by the same exactly-once tes
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from typing import Any, Protocol, cast
 from ocld.stream.config import KafkaConfig
 
 log = logging.getLogger("ocld.consumers")
+
+# The confluent backend waits for records in consume calls of at most this long (see ConfluentConsumer.poll).
+_SLICE_S = 0.002
 
 TP = tuple[str, int]
 
@@ -319,17 +323,23 @@ class ConfluentConsumer:
         self.consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TP, Batch]:
-        """What is fetched already (up to ``max_records``), or else the first record to arrive
-        within ``timeout_ms`` and whatever came with it. ``consume(n, timeout)`` alone would wait
-        out the whole timeout unless ``n`` records were there, holding every record of a slow
-        stream for ``max_wait_ms``; kafka-python's poll returns as soon as records are there."""
+        """Up to ``max_records`` records, returned as soon as any are there (within ``timeout_ms``).
+
+        ``consume(n, timeout)`` alone waits out the whole timeout unless ``n`` records are queued,
+        which held every record of a slow stream for ``max_wait_ms``; kafka-python's poll returns as
+        soon as records are there. So the wait is cut into short ``consume`` calls. Each poll's
+        records come from one ``consume`` call: librdkafka serves a rebalance (the daemon's
+        on_assign / on_revoke, which snapshot, commit and seek) at the start of a call, before the
+        records it returns, so a record never crosses a rebalance. (Taking a first record with
+        ``poll`` and the rest with a second call let a revocation fall between them: a record of a
+        partition already handed over was learned anyway.)"""
         consumer = self.consumer
-        msgs = consumer.consume(num_messages=max_records, timeout=0)
-        if not msgs and timeout_ms > 0:
-            first = consumer.poll(timeout_ms / 1000.0)
-            if first is not None:
-                msgs = [first, *consumer.consume(num_messages=max_records - 1, timeout=0)] if max_records > 1 \
-                    else [first]
+        deadline = time.monotonic() + max(timeout_ms, 0) / 1000.0
+        while True:
+            left = deadline - time.monotonic()
+            msgs = consumer.consume(num_messages=max_records, timeout=min(max(left, 0.0), _SLICE_S))
+            if msgs or left <= _SLICE_S:
+                break
         if self.fatal is not None:
             raise self.fatal
         if not msgs:

@@ -201,8 +201,14 @@ class KafkaSource:
             # position is checked against its fingerprint first (reverify).
             out.reconnected = True
             return out
+        assigned = set(self.consumer.assignment())
         for tp, batch in batches.items():
             if tp in out.resets:
+                continue
+            if tp not in assigned:
+                # fetched before a revocation that this poll's client call served: the partition is another
+                # replica's now (or starts again from its claim), so nothing of it is consumed here
+                log.warning("dropped %d records of %s:%d, fetched before it was revoked", len(batch), tp[0], tp[1])
                 continue
             expected = self._fetched.get(tp)
             if tp in self._verify:
@@ -220,7 +226,7 @@ class KafkaSource:
             out.parts.append((tp[0], tp[1], batch))
             out.next_offsets[tp] = self._fetched[tp] = batch.last_offset + 1
             out.fingerprints[tp] = batch.fingerprint(len(batch) - 1)
-        for tp in self.consumer.assignment():
+        for tp in assigned:
             hw = self.consumer.highwater(tp)
             # the position already read; while a claim is checked, the claimed position itself
             reached = self._verify[tp][0] if tp in self._verify else self._fetched.get(tp)

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# The shared harnesses assert too: rewrite their asserts as pytest does a test module's, so that a
+# failure shows the values compared (a bare AssertionError otherwise).
+pytest.register_assert_rewrite("tests.crash", "tests.scaleout", "tests.scenarios", "tests.cluster", "tests.helpers")
+
 if TYPE_CHECKING:
     from ocld.stream.embedded import EmbeddedBroker, EmbeddedRedis
 
