@@ -105,6 +105,9 @@ class Lease:
         self._tick = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # value and state change together: the loop takes the lease again while the renewing thread's answer
+        # about the previous value may still be on its way (see renew)
+        self._lock = threading.Lock()
 
     def _new_value(self) -> str:
         return orjson.dumps({"token": uuid.uuid4().hex, "host": self.host, "pid": self.pid, "role": self.role,
@@ -117,9 +120,10 @@ class Lease:
         value, by this process or another, are refused from now on)."""
         value = self._new_value()
         if self.r.set(self.key, value, nx=True, px=self.ttl_ms):
-            self.value = value
-            self.state = "held"
-            self.taken_by = None
+            with self._lock:
+                self.value = value
+                self.state = "held"
+                self.taken_by = None
             return True
         return False
 
@@ -151,22 +155,33 @@ class Lease:
         if self.r.eval(_REPLACE, 1, self.key, seen, value, self.ttl_ms):
             log.info("took over the lease %s from %s, an earlier run of this daemon that no longer runs", self.key,
                      describe(seen))
-            self.value = value
-            self.state = "held"
+            with self._lock:
+                self.value = value
+                self.state = "held"
+                self.taken_by = None
             return True
         return False
 
     # -- keeping it --------------------------------------------------------------------
     def renew(self) -> LeaseState:
-        out = int(self.r.eval(_RENEW, 1, self.key, self.value, self.ttl_ms))
-        if out == 1:
-            self.state = "held"
-        elif out == 0:
-            self.state = "gone"
-        else:
-            self.state = "taken"
-            self.taken_by = self.holder()
-        return self.state
+        """Extend the lease if it still holds this value. A renewal whose answer comes back after the
+        loop took the lease again (a fresh value; during a Redis failover the call can take seconds)
+        speaks of the old value: it changes nothing. Before this, such an answer said "taken" by this
+        very process, and the daemon stopped as if another writer had taken over."""
+        value = self.value
+        out = int(self.r.eval(_RENEW, 1, self.key, value, self.ttl_ms))
+        holder = self.holder() if out not in (0, 1) else None
+        with self._lock:
+            if value != self.value:
+                return self.state
+            if out == 1:
+                self.state = "held"
+            elif out == 0:
+                self.state = "gone"
+            else:
+                self.state = "taken"
+                self.taken_by = holder
+            return self.state
 
     def tick(self) -> None:
         """The daemon's loop is alive (called every iteration)."""

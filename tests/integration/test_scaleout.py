@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -218,3 +219,37 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_co
     assert info["labelled_seen"] == 3000
     assert sum(info["partition_records"].values()) == 3000
     assert {tp: e["offset"] for tp, e in client.partitions(name).items()} == {f"{topic}:0": 1500, f"{topic}:1": 1500}
+
+
+def test_a_renewal_answered_after_the_lease_was_taken_again_changes_nothing(redis_url, name):
+    """During a Redis failover the lease lapsed, the loop took it again (a fresh value), and only then
+    did the renewing thread's call with the old value come back, answering "taken". The daemon then
+    stopped as if another writer held its lease, although the holder was itself (seen in a CI run of
+    the cluster failover test). The stale answer must change nothing."""
+    from ocld.stream.lease import Lease
+    from ocld.stream.store import Keys, connect
+
+    r = connect(redis_url)
+    lease = Lease(r, Keys(name).lease, ttl_s=5)
+    assert lease.try_acquire()
+    first = lease.value
+    r.delete(lease.key)  # lapsed: a failover lost the key
+
+    class Slow:
+        """The renewal is on its way while the loop takes the lease again."""
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(r, attr)
+
+        def eval(self, *args: Any) -> Any:
+            assert lease.try_acquire()  # the loop, meanwhile: a fresh value
+            return r.eval(*args)
+
+    lease.r = Slow()  # type: ignore[assignment]
+    assert lease.renew() == "held"
+    assert lease.state == "held" and lease.value != first
+    lease.r = r
+    assert r.get(lease.key).decode() == lease.value and lease.renew() == "held"
+    # Another writer's value is still "taken".
+    r.set(lease.key, b'{"token": "other", "host": "h", "pid": 1}')
+    assert lease.renew() == "taken" and b"other" in (lease.taken_by or b"")
