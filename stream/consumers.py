@@ -58,7 +58,7 @@ class Batch(Protocol):
 
     def fingerprint(self, i: int) -> str: ...
 
-    def drop_first(self) -> Batch: ...
+    def drop(self, n: int = 1) -> Batch: ...  # without the first n records
 
 
 class Consumer(Protocol):
@@ -112,8 +112,8 @@ class _KpBatch:
         r = self.records[i]
         return fingerprint_of(r.timestamp, r.key, r.value)
 
-    def drop_first(self) -> _KpBatch:
-        return _KpBatch(self.records[1:])
+    def drop(self, n: int = 1) -> _KpBatch:
+        return _KpBatch(self.records[n:])
 
 
 class KafkaPythonConsumer:
@@ -248,8 +248,8 @@ class _CkBatch:
         m = self.msgs[i]
         return fingerprint_of(m.timestamp()[1], m.key(), m.value())
 
-    def drop_first(self) -> _CkBatch:
-        return _CkBatch(self.msgs[1:], self.values[1:])
+    def drop(self, n: int = 1) -> _CkBatch:
+        return _CkBatch(self.msgs[n:], self.values[n:])
 
 
 class ConfluentConsumer:

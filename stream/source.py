@@ -15,9 +15,18 @@ daemon had reached. Four checks, each cheap:
   compares the record there with the fingerprint; a different record (or none: the log is
   shorter) means the log was replaced;
 - **high watermark**: a partition whose log end is below the position already fetched was
-  replaced (tansu answers a fetch past the end with nothing and the new, lower watermark);
-- **offsets**: a record at an offset below the position fetched means the client reset to a new
-  log's start (a Kafka broker answers OFFSET_OUT_OF_RANGE, and the client resets);
+  replaced (tansu answers a fetch past the end with nothing and the new, lower watermark). Only a
+  watermark fetched since the partition was last positioned counts: librdkafka keeps a
+  partition's cached watermark across assignments, and one from before the partition moved to
+  another replica and back is far below the position claimed now (seen once in CI: partitions
+  learned again from offset 0, 16,500 records for 10,000);
+- **offsets**: a record at an offset below the position fetched is either the same record handed
+  over again (librdkafka can return records fetched before a rebalance in the same call that serves
+  it, and then fetches them again from the new assignment's start) or a new log's (a Kafka broker
+  answers OFFSET_OUT_OF_RANGE, and the client resets to the new log's start). The record just
+  before the position tells which: the fingerprint it had means a re-delivery, whose records up to
+  the position are dropped; any other, a replaced log. Nothing of a batch that has not reached that
+  record yet is consumed;
 - **reconnection**: when the consumer connects to the broker again (a restart, a healed network
   cut), what that poll fetched is dropped (not consumed) and every position is checked against
   its fingerprint again before anything more is learned: a restarted broker may already hold a
@@ -38,6 +47,7 @@ misreports end_offsets; see stream.broker).
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -83,6 +93,9 @@ class KafkaSource:
         self.offsets: dict[TP, int] = {}  # next offset of each partition consumed (counted as learned)
         self.fingerprints: dict[TP, str | None] = {}  # of the record before ``offsets`` (None: unknown)
         self._fetched: dict[TP, int] = {}  # next offset the consumer will hand over (>= offsets)
+        self._fetched_fp: dict[TP, str] = {}  # fingerprint of the record at _fetched - 1, when known
+        self._hw_before: dict[TP, int | None] = {}  # cached high watermark when the partition was positioned
+        self._hw_fresh: set[TP] = set()  # partitions whose high watermark was fetched since then
         self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
         self.unclaimed: set[TP] = set()  # assigned, claim failed: paused, retried
         self.fenced: set[TP] = set()  # assigned, but another replica holds the claim: paused until reassigned
@@ -121,6 +134,8 @@ class KafkaSource:
         """Start ``tp`` at ``offset`` (checking the record before it against ``fp``), or where
         ``kafka.start_from`` says when there is no offset."""
         self._verify.pop(tp, None)
+        self._fetched_fp.pop(tp, None)
+        self._positioned(tp)
         if offset is None:
             self.offsets.pop(tp, None)
             self.fingerprints.pop(tp, None)
@@ -136,16 +151,35 @@ class KafkaSource:
         else:
             self.consumer.seek(tp, offset)
             self._fetched[tp] = offset
+            if fp:
+                self._fetched_fp[tp] = fp
 
     def reset_partition(self, tp: TP) -> int:
         """The partition's log was replaced: learn the new one from its start. Returns the position
         now held (0 until the first record of the new log says where it starts)."""
         self._verify.pop(tp, None)
+        self._positioned(tp)
         self.consumer.seek(tp, "beginning")  # resolved by the next fetch (no blocking request here)
         self.offsets[tp] = 0
         self.fingerprints[tp] = None
         self._fetched.pop(tp, None)  # unknown until the first record: no regression or gap check before it
+        self._fetched_fp.pop(tp, None)
         return 0
+
+    def _positioned(self, tp: TP) -> None:
+        """``tp`` is fetched from a new position: its cached high watermark may be from an earlier fetch."""
+        self._hw_fresh.discard(tp)
+        self._hw_before[tp] = self.consumer.highwater(tp)
+
+    def _fresh_highwater(self, tp: TP) -> int | None:
+        """The high watermark, once a fetch since the last positioning has updated it (a batch came, or
+        the value changed); None before."""
+        hw = self.consumer.highwater(tp)
+        if tp not in self._hw_fresh:
+            if hw is None or hw == self._hw_before.get(tp, hw):
+                return None
+            self._hw_fresh.add(tp)
+        return hw
 
     def reverify(self) -> None:
         """Put every owned partition back at its consumed position and check it against its fingerprint
@@ -183,6 +217,7 @@ class KafkaSource:
             del self.offsets[key]
             self.fingerprints.pop(key, None)
             self._fetched.pop(key, None)
+            self._fetched_fp.pop(key, None)
 
     def owned(self) -> set[TP]:
         """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
@@ -202,6 +237,7 @@ class KafkaSource:
             out.reconnected = True
             return out
         assigned = set(self.consumer.assignment())
+        self._hw_fresh.update(batches)  # the fetch that brought these records also brought the watermark
         for tp, batch in batches.items():
             if tp in out.resets:
                 continue
@@ -217,17 +253,18 @@ class KafkaSource:
                     continue
                 batch = checked
             elif expected is not None and batch.first_offset < expected:
-                out.resets[tp] = (f"the log went back: offset {batch.first_offset} arrived after offset "
-                                  f"{expected - 1} (the topic was recreated or the broker lost its log)")
-                continue
+                rest = self._check_redelivery(tp, batch, expected, out)
+                if rest is None:
+                    continue
+                batch = rest
             elif expected is not None and batch.first_offset > expected:
                 self._check_gap(tp, expected, out)
             out.values += batch.values
             out.parts.append((tp[0], tp[1], batch))
             out.next_offsets[tp] = self._fetched[tp] = batch.last_offset + 1
-            out.fingerprints[tp] = batch.fingerprint(len(batch) - 1)
+            out.fingerprints[tp] = self._fetched_fp[tp] = batch.fingerprint(len(batch) - 1)
         for tp in assigned:
-            hw = self.consumer.highwater(tp)
+            hw = self._fresh_highwater(tp)
             # the position already read; while a claim is checked, the claimed position itself
             reached = self._verify[tp][0] if tp in self._verify else self._fetched.get(tp)
             if hw is not None and reached is not None and hw < reached and tp not in out.resets:
@@ -246,23 +283,41 @@ class KafkaSource:
     def _check_fingerprint(self, tp: TP, batch: Batch, out: Polled) -> Batch | None:
         """The first records after a claim: the one before the claimed position must be the record
         the fingerprint names. Returns the records to learn (the checked one dropped), None for none."""
-        position, fp = self._verify.pop(tp)
+        position, fp = self._verify[tp]
         first = batch.first_offset
-        if first == position - 1:
-            if batch.fingerprint(0) != fp:
-                out.resets[tp] = (f"the record at offset {first} is not the one learned there (the topic "
+        if first <= position - 1:
+            found, rest = _after(batch, position - 1, fp)
+            if found == "short":
+                return None  # not yet at the record to check (a log that ends below it: the high watermark says so)
+            del self._verify[tp]
+            if found == "differs":
+                out.resets[tp] = (f"the record at offset {position - 1} is not the one learned there (the topic "
                                   "was recreated or the broker lost its log)")
                 return None
-            rest = batch.drop_first()
-            return rest if len(rest) else None
-        if first < position - 1:
-            out.resets[tp] = (f"the log ends below offset {position - 1}, the last record learned (the topic "
-                              "was recreated or the broker lost its log)")
-            return None
+            self._fetched[tp], self._fetched_fp[tp] = position, fp
+            return rest
+        del self._verify[tp]
         # The record before the position is gone: retention deleted it, and maybe more.
         if first > position:
             out.gaps[tp] = (position, first)
         return batch
+
+    def _check_redelivery(self, tp: TP, batch: Batch, expected: int, out: Polled) -> Batch | None:
+        """A batch that starts below the position already fetched: its records past that position
+        when it hands over again what was fetched (the record before the position has the
+        fingerprint it had); None when it holds nothing new, or the log was replaced (a reset)."""
+        known = self._fetched_fp.get(tp)
+        found, rest = _after(batch, expected - 1, known) if known else ("differs", None)
+        if found == "short":
+            return None  # not yet at the record that tells: nothing of it is consumed
+        if found == "differs":
+            out.resets[tp] = (f"the log went back: offset {batch.first_offset} arrived after offset {expected - 1}, "
+                              f"and the record at {expected - 1} is not the one fetched there (the topic was "
+                              "recreated or the broker lost its log)")
+            return None
+        log.info("%s:%d: offsets %d..%d handed over again (fetched before a rebalance or a seek); dropped",
+                 tp[0], tp[1], batch.first_offset, expected - 1)
+        return rest
 
     def _check_gap(self, tp: TP, expected: int, out: Polled) -> None:
         """Offsets jumped forward: records lost to retention if the log now starts past ``expected``
@@ -311,3 +366,17 @@ class KafkaSource:
             self.consumer.close()
         except Exception as exc:
             log.warning("closing the consumer: %s", exc)
+
+
+def _after(batch: Batch, offset: int, fp: str) -> tuple[str, Batch | None]:
+    """Find the record at ``offset`` in a batch that starts at or below it: ("short", None) when the
+    batch ends before it, ("differs", None) when it is missing or another record, ("same", the
+    records after it, None for none) when its fingerprint is ``fp``."""
+    offsets = batch.offsets()
+    if offsets[-1] < offset:
+        return "short", None
+    i = bisect_left(offsets, offset)
+    if offsets[i] != offset or batch.fingerprint(i) != fp:
+        return "differs", None
+    rest = batch.drop(i + 1)
+    return "same", (rest if len(rest) else None)

@@ -124,6 +124,15 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(1e-300, float(np.max(np.abs(b)))))
 
 
+def _story(states: dict[str, Any], logs: Path) -> str:
+    """What a failed count needs: each replica's records per partition, and every warning its runs logged."""
+    lines = [f"{r}: {info['partition_records']}" for r, (info, _) in sorted(states.items())]
+    for path in sorted(logs.glob("*.log")):
+        lines += [f"{path.name}: {line.rstrip()[:400]}" for line in path.read_text(errors="replace").splitlines()
+                  if " WARNING " in line or " ERROR " in line or "claimed" in line]
+    return "\n".join(lines)
+
+
 def three_replicas_scenario(broker: str, redis_url: str, name: str, tmp_path: Path) -> None:
     """Three replicas share a 6-partition topic while 60,000 labelled records flow; they are
     started, stopped (SIGTERM) and SIGKILLed on a fixed schedule. Then: every record learned
@@ -184,7 +193,7 @@ def three_replicas_scenario(broker: str, redis_url: str, name: str, tmp_path: Pa
     for info, _ in states.values():
         for tp, n in info["partition_records"].items():
             summed[tp] = summed.get(tp, 0) + int(n)
-    assert summed == per_partition
+    assert summed == per_partition, _story(states, logs)
     registry = client.partitions(name)
     assert {tp: e["offset"] for tp, e in registry.items()} == per_partition
     assert sum(int(info["labelled_seen"]) for info, _ in states.values()) == N
