@@ -557,9 +557,26 @@ class Daemon:
 
     # -- scale-out and recovery -------------------------------------------------------
     def _claim(self, tps: list[tuple[str, int]]) -> Positions:
-        """Claim newly assigned partitions (called by the source on assignment)."""
+        """Claim newly assigned partitions (called by the source on assignment, and again for a
+        claim that failed). A claim that starts a partition below what the model in memory has
+        learned of it (its revocation snapshot failed, e.g. Redis was down across the rebalance)
+        would learn those records twice: the model goes back to its last durable snapshot first."""
+        assert self.source is not None
         self.intake.discard()
-        return self.ownership.claim(tps)
+        positions = self.ownership.claim(tps)
+        ahead = {tp: (self.source.offsets[tp], positions[tp][0]) for tp in sorted(tps)
+                 if tp in self.source.offsets and (positions[tp][0] is None
+                                                   or self.source.offsets[tp] > int(positions[tp][0] or 0))}
+        if ahead:
+            self._incident(Incident(
+                "rewound", count=len(ahead), detail=(
+                    "claimed " + ", ".join(f"{t}[{p}] from {'the start' if start is None else start} while the model "
+                                           f"had learned it up to {mem}" for (t, p), (mem, start) in ahead.items())
+                    + f" (the snapshot when it was revoked failed); what was learned after snapshot "
+                    f"{self.model_version} is discarded and learned again")))
+            self._rewind()
+            positions = self.ownership.claim(tps)
+        return positions
 
     def _rewind(self, exc: Any = None) -> None:
         """Discard everything learned since the last durable snapshot and reload it.
@@ -582,6 +599,7 @@ class Daemon:
         self.core.reset()
         self.counters.forget(dlq=self.sink.counts() if self.sink else self.counters.dlq)
         self._restore()
+        self.source.rewound(self.ownership.durable)
         owned = self.source.owned()
         self.ownership.keep(owned)
         self.source.reseek(self.ownership.claim(sorted(owned)) if owned else {})

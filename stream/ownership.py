@@ -47,7 +47,7 @@ Positions = dict[TP, tuple[int | None, str | None]]
 class Incident:
     """Something the daemon found and repaired (or could not): recorded in ``ocld:{p}:incidents``."""
 
-    kind: str  # topic_reset, records_lost, registry_mismatch, redis_data_loss, lease_gap, learner_restarted, ...
+    kind: str  # topic_reset, records_lost, registry_mismatch, redis_data_loss, lease_gap, learner_restarted, rewound
     detail: str
     partition: str = ""
     count: int = 0

@@ -219,6 +219,17 @@ class KafkaSource:
             self._fetched.pop(key, None)
             self._fetched_fp.pop(key, None)
 
+    def rewound(self, durable: Positions) -> None:
+        """The model went back to a snapshot: what it has learned of each partition is what that
+        snapshot's positions say (the owned partitions are then positioned by their claims)."""
+        for tp in list(self.offsets):
+            offset, fp = durable.get(tp, (None, None))
+            if offset is None:
+                del self.offsets[tp]
+                self.fingerprints.pop(tp, None)
+            else:
+                self.offsets[tp], self.fingerprints[tp] = offset, fp
+
     def owned(self) -> set[TP]:
         """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
         return {tp for tp in self.consumer.assignment() if tp not in self.unclaimed and tp not in self.fenced}

@@ -58,7 +58,8 @@ class Status(BaseModel):
                                      "snapshot", unit="s")
     incidents: dict[str, int] = _f({}, "health", "what the daemon found and repaired, by kind (topic_reset, "
                                    "records_lost, redis_data_loss, registry_mismatch, lease_gap, learner_restarted, "
-                                   "snapshot_fallback); details in ocld:{p}:incidents", "ocld_incidents", "counter")
+                                   "snapshot_fallback, rewound); details in ocld:{p}:incidents", "ocld_incidents",
+                                   "counter")
     # progress
     records_seen: int = _f(0, "progress", "Kafka records consumed (every record, bad ones included)",
                            "ocld_records", "counter")

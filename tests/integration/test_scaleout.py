@@ -143,11 +143,14 @@ def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redi
     assert orjson.loads(r.get(key))["pid"] == lease.pid
 
 
+@pytest.mark.parametrize("during", [0, 600], ids=["all-durable", "learned-during-the-outage"])
 def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_config, broker, own_redis, name,
-                                                                        caplog):
+                                                                        caplog, during):
     """A rebalance during a Redis outage: the replica cannot claim the partitions it is given, so it
     leaves them paused; once Redis is back it claims them, seeks to the registry and learns every
-    record exactly once."""
+    record exactly once. With ``during`` records learned in memory during the outage (the revocation
+    snapshot fails), the claim starts at the last durable snapshot, below what memory holds: the
+    replica must discard what it learned since that snapshot, or those records count twice."""
     from kafka import KafkaConsumer
 
     from ocld.stream.daemon import Daemon
@@ -180,6 +183,10 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_co
                    "the first 2,000 records learned", every=0.1)
         wait_until(lambda: registry_covers() >= 2000, 30, "a snapshot covering the 2,000 records")
         own_redis.stop()
+        if during:
+            produce(broker, topic, encode_rows(X[2000:2000 + during], y[2000:2000 + during]), partitions=2)
+            wait_until(lambda: daemon.records_seen >= 2000 + during, 30, "records learned in memory during the outage",
+                       every=0.1)
         # A second group member forces a rebalance while Redis is down.
         intruder = KafkaConsumer(topic, bootstrap_servers=broker, group_id=cfg.group_id, enable_auto_commit=False,
                                  session_timeout_ms=3000, heartbeat_interval_ms=500, max_poll_interval_ms=5000)
@@ -196,7 +203,7 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_co
         paused = set(daemon.source.unclaimed) if daemon.source else set()
         intruder.close(autocommit=False)  # the partitions come back to "x", Redis still down
         intruder = None
-        produce(broker, topic, encode_rows(X[2000:], y[2000:]), partitions=2)
+        produce(broker, topic, encode_rows(X[2000 + during:], y[2000 + during:]), partitions=2)
         # The group hands both partitions back (the rejoin can take seconds on a busy machine).
         wait_until(lambda: daemon.source and len(daemon.source.unclaimed) == 2, 30,
                    "both partitions handed back to the replica, unclaimed", every=0.1)
@@ -205,7 +212,7 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_co
         before = failed_claims()
         wait_until(lambda: failed_claims() >= before + 20, 30, "twenty more failed claims while Redis is down")
         assert daemon.source is not None and len(daemon.source.unclaimed) == 2
-        assert daemon.records_seen == 2000
+        assert daemon.records_seen == 2000 + during
         own_redis.start()
         wait_until(lambda: daemon.source and not daemon.source.unclaimed and registry_covers() >= 3000, 60,
                    "the partitions claimed and every record covered by a snapshot", every=0.2)
@@ -215,6 +222,8 @@ def test_partitions_assigned_while_redis_is_down_are_paused_then_claimed(make_co
         daemon.stop()
         thread.join(60)
     assert paused, "the rebalance during the outage left partitions unclaimed"
+    if during:
+        assert any(r.getMessage().startswith("incident rewound") for r in caplog.records)
     info = client.snapshot_info(name, replica="x")["latest"]["info"]
     assert info["labelled_seen"] == 3000
     assert sum(info["partition_records"].values()) == 3000
