@@ -138,8 +138,8 @@ class Checkpointer:
         owned = source.owned()
         ownership.switched({tp: (taken.offsets[tp], taken.fingerprints.get(tp)) for tp in taken.offsets})
         ownership.keep(owned)
+        source.commit()  # before forget: a revocation's snapshot commits the partitions being handed over too
         source.forget(owned)
-        source.commit()
         self.model_version = version
         self.force = False
         self._last_t = time.monotonic()

@@ -99,12 +99,17 @@ class KafkaSource:
         self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
         self.unclaimed: set[TP] = set()  # assigned, claim failed: paused, retried
         self.fenced: set[TP] = set()  # assigned, but another replica holds the claim: paused until reassigned
+        self._revoking: set[TP] = set()  # being revoked (during the revocation callback)
         self.consumer = make_consumer(cfg.kafka, cfg.group_id, f"ocld-{cfg.name}", cfg.kafka.max_batch)
         self.consumer.subscribe(self.topic, on_assign=self._seek, on_revoke=self._revoked)
 
     def _revoked(self, revoked: list[TP]) -> None:
-        if revoked and self.on_revoke is not None:
-            self.on_revoke(revoked)
+        self._revoking = set(revoked)  # no longer owned, also for what the callback does (a rewind claims owned ones)
+        try:
+            if revoked and self.on_revoke is not None:
+                self.on_revoke(revoked)
+        finally:
+            self._revoking = set()
         self.unclaimed -= set(revoked)
         self.fenced -= set(revoked)
         for tp in revoked:
@@ -231,8 +236,10 @@ class KafkaSource:
                 self.offsets[tp], self.fingerprints[tp] = offset, fp
 
     def owned(self) -> set[TP]:
-        """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim)."""
-        return {tp for tp in self.consumer.assignment() if tp not in self.unclaimed and tp not in self.fenced}
+        """Assigned partitions this replica holds a claim for (not paused for a failed or lost claim,
+        not being revoked)."""
+        return {tp for tp in self.consumer.assignment()
+                if tp not in self.unclaimed and tp not in self.fenced and tp not in self._revoking}
 
     # -- reading -----------------------------------------------------------------------
     def poll(self, timeout_ms: int | None = None) -> Polled:

@@ -69,10 +69,15 @@ class ScriptedConsumer:
         self.seeks: list[tuple[tuple[str, int], int | str]] = []
         self.assigned: set[tuple[str, int]] = set()
         self.on_assign: Callable[[list[tuple[str, int]]], None] | None = None
+        self.on_revoke: Callable[[list[tuple[str, int]]], None] = lambda tps: None
         self.hw: int | None = 100_000
 
     def subscribe(self, topic, on_assign, on_revoke) -> None:  # noqa: ANN001
-        self.on_assign = on_assign
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def revoke(self, tps: list[tuple[str, int]]) -> None:
+        self.on_revoke(tps)
+        self.assigned -= set(tps)
 
     def assign(self, tps: list[tuple[str, int]]) -> None:
         self.assigned = set(tps)
@@ -235,3 +240,20 @@ def test_a_fresh_watermark_below_a_claimed_position_is_a_reset(source):
     consumer.hw = 30  # a fetch answered: the log now ends at 30 (the broker lost it)
     values, resets = consumed(src)
     assert values == [] and "the log ends at offset 30, below the position 6500" in resets[TP]
+
+
+def test_partitions_being_revoked_are_not_owned_during_the_revocation(monkeypatch):
+    """The revocation snapshot can be fenced, and the daemon's rewind then claims again what it owns:
+    a partition being handed over must not be among them (it would take the claim back from the
+    replica it is handed to, which would then pause it: nobody would learn it until the next rebalance)."""
+    consumer = ScriptedConsumer()
+    monkeypatch.setattr("ocld.stream.source.make_consumer", lambda *a, **k: consumer)
+    cfg = parse_config({"name": "p", "kafka": {"topic": "t"}, "messages": {"n_features": 1}})
+    seen: list[set] = []
+    src = KafkaSource(cfg, claim=lambda tps: {tp: (None, None) for tp in tps},
+                      on_revoke=lambda tps: seen.append(src.owned()))
+    consumer.assign([("t", 0), ("t", 1)])
+    assert src.owned() == {("t", 0), ("t", 1)}
+    consumer.revoke([("t", 1)])
+    assert seen == [{("t", 0)}]
+    assert src.owned() == {("t", 0)}
