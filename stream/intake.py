@@ -88,11 +88,18 @@ class Intake:
             self.width = None
         return held
 
-    def discard(self) -> None:
-        """Forget the held polls (not consumed: they are read again from the claimed positions)."""
-        if self.held:
+    def discard(self, tps: set[tuple[str, int]] | None = None) -> None:
+        """Forget the held records (not consumed: they are read again from the claimed positions), of
+        every partition or of ``tps`` only (the others keep their place: they are not read again)."""
+        if not self.held:
+            return
+        if tps is None:
             self.held = []
-            self.width = self._inference()
+        else:
+            self.held = [kept for kept in (p.without(tps) for p in self.held) if kept.values]
+            if self.held:
+                return  # what was counted toward the width stays counted
+        self.width = self._inference()
 
     def decode(self, polled: Polled) -> Decoded:
         return self.codec.decode(polled.values)

@@ -47,6 +47,7 @@ misreports end_offsets; see stream.broker).
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class Polled:
     reconnected: bool = False  # a connection to the broker was (re)made: positions must be checked again
     _origin: list[tuple[str, int, int]] | None = field(default=None, repr=False)
 
+    def without(self, tps: set[TP]) -> Polled:
+        """This poll without the records of ``tps``."""
+        parts = [(t, p, batch) for t, p, batch in self.parts if (t, p) not in tps]
+        if len(parts) == len(self.parts):
+            return self
+        return Polled([v for _, _, batch in parts for v in batch.values], parts,
+                      {tp: o for tp, o in self.next_offsets.items() if tp not in tps},
+                      {tp: f for tp, f in self.fingerprints.items() if tp not in tps})
+
     @property
     def origin(self) -> list[tuple[str, int, int]]:
         """(topic, partition, offset) per value. Built on first use (dead letters, predictions),
@@ -100,6 +110,7 @@ class KafkaSource:
         self.unclaimed: set[TP] = set()  # assigned, claim failed: paused, retried
         self.fenced: set[TP] = set()  # assigned, but another replica holds the claim: paused until reassigned
         self._revoking: set[TP] = set()  # being revoked (during the revocation callback)
+        self._fenced_at: dict[TP, float] = {}  # when each fenced partition was paused (monotonic)
         self.consumer = make_consumer(cfg.kafka, cfg.group_id, f"ocld-{cfg.name}", cfg.kafka.max_batch)
         self.consumer.subscribe(self.topic, on_assign=self._seek, on_revoke=self._revoked)
 
@@ -209,6 +220,28 @@ class KafkaSource:
         if lost:
             self.consumer.pause(lost)
             self.fenced |= set(lost)
+            now = time.monotonic()
+            for tp in lost:
+                self._fenced_at[tp] = now
+
+    def reclaim_fenced(self, after_s: float) -> list[TP]:
+        """Claim again (and resume) the fenced partitions Kafka still assigns here ``after_s`` seconds
+        after they were paused. A replica that claimed one while the group moved it would have been
+        assigned it by now or been dropped from the group (``after_s`` covers its session timeout and
+        poll interval); otherwise nobody learns the partition. Claiming is safe either way: the
+        claim starts where the last durable snapshot of any replica ends, and a replica that learned
+        from it meanwhile has its next snapshot fenced."""
+        now = time.monotonic()
+        assigned = self.consumer.assignment()
+        due = sorted(tp for tp in self.fenced if tp in assigned and now - self._fenced_at.get(tp, now) >= after_s)
+        if not due:
+            return []
+        log.warning("partitions %s have been paused for %.0f s since another replica claimed them, and Kafka still "
+                    "assigns them here: claiming them back", sorted(f"{t}[{p}]" for t, p in due), after_s)
+        self.fenced -= set(due)
+        self._seek(due)
+        self.consumer.resume([tp for tp in due if tp not in self.unclaimed and tp not in self.fenced])
+        return due
 
     def reseek(self, positions: Positions) -> None:
         """Move owned partitions to the given positions (after the daemon reloaded its snapshot)."""
