@@ -430,6 +430,9 @@ class Daemon:
             self._probe_broker()
         if self.source is not None and self.source.unclaimed:
             self.source.retry_claims()
+        if self.source is not None and self.source.fenced:
+            k = self.cfg.kafka
+            self.source.reclaim_fenced((k.session_timeout_ms + k.max_poll_interval_ms) / 1000.0)
         if self.fold is not None and now >= self._timers.fold_at:
             self._timers.fold_at = now + float(self.cfg.scale.fold_global_every_s or 0)
             self.fold.fold(self.core.learner)  # type: ignore[union-attr]  # no learner process with folding
@@ -562,7 +565,7 @@ class Daemon:
         learned of it (its revocation snapshot failed, e.g. Redis was down across the rebalance)
         would learn those records twice: the model goes back to its last durable snapshot first."""
         assert self.source is not None
-        self.intake.discard()
+        self.intake.discard(set(tps))
         positions = self.ownership.claim(tps)
         ahead = {tp: (self.source.offsets[tp], positions[tp][0]) for tp in sorted(tps)
                  if tp in self.source.offsets and (positions[tp][0] is None
@@ -582,8 +585,9 @@ class Daemon:
         """Discard everything learned since the last durable snapshot and reload it.
 
         ``exc`` (a Fenced switch): another replica claimed partitions learned from meanwhile; they are
-        paused until Kafka assigns them here again. Without it: another writer switched ``latest`` (a
-        rollback during a lease gap), or the learner process died."""
+        paused until Kafka assigns them again (or claimed back: KafkaSource.reclaim_fenced). Without
+        it: another writer switched ``latest`` (a rollback during a lease gap), the learner process
+        died, or a claim started a partition below what memory had learned."""
         assert self.source is not None
         self._drain()
         self.intake.discard()
@@ -592,7 +596,8 @@ class Daemon:
             lost = {(t, int(p)) for t, _, p in (x.rpartition(":") for x in exc.lost)}
             log.warning("%s (this replica stalled past the session timeout, or its revocation snapshot failed). "
                         "Discarding everything learned since snapshot %s and reloading it; partitions %s are paused "
-                        "until Kafka assigns them here again", exc, self.model_version, sorted(exc.lost))
+                        "until Kafka assigns them again (still assigned here after the session timeout and poll "
+                        "interval, they are claimed back)", exc, self.model_version, sorted(exc.lost))
             self.source.fence(lost)
         if self.fold is not None:
             self.fold.forget()
@@ -740,7 +745,7 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         """Readiness for /healthz: running, holding the lease, broker and Redis reachable, state durable within
-        the limit, every assigned partition claimed (thread-safe reads)."""
+        the limit, every assigned partition claimed and none fenced (thread-safe reads)."""
         reasons = []
         if self.state == "failed":
             reasons.append(f"failed: {self.failure}")
@@ -763,6 +768,8 @@ class Daemon:
             reasons.append(f"unsnapshotted work is {age:.0f} s old (limit {limit:g} s)")
         if self.source is not None and self.source.unclaimed:
             reasons.append(f"{len(self.source.unclaimed)} assigned partitions could not be claimed yet")
+        if self.source is not None and self.source.fenced:
+            reasons.append(f"{len(self.source.fenced)} assigned partitions are paused: another replica claimed them")
         return {"ready": not reasons, "reasons": reasons, "state": self.shown_state(), "kafka": kafka_ok,
                 "redis": redis_ok, "snapshot_age_s": round(age, 3), "model_version": self.model_version,
                 "degraded": self.checkpointer.degraded, "pipeline": self.cfg.name}

@@ -111,6 +111,46 @@ def test_a_replica_whose_partition_was_taken_over_discards_and_reloads(make_conf
     assert owned == set()  # the partition is paused, not consumed
 
 
+def test_a_fenced_partition_that_kafka_keeps_assigning_here_is_claimed_back(make_config, broker, redis_url):
+    """As above, but the replica that claimed the partition never runs (it crashed, or was a one-off):
+    Kafka keeps the partition assigned to "a", so a pause "until Kafka assigns it again" would last for
+    ever while the daemon looked healthy. Readiness says the partition is paused; after the group's
+    session timeout and poll interval "a" claims it back and learns every record exactly once."""
+    from ocld.stream.daemon import Daemon
+    from ocld.stream.store import SnapshotStore, connect
+    from tests.helpers import elec_records, encode_rows, produce
+
+    cfg = make_config(drift={"enabled": False}, scale={"replica": "a"},
+                      learner={"name": "AnalyticRidge", "params": {"expansion_size": 16, "seed": 0}, "features": []},
+                      kafka={"session_timeout_ms": 3000, "heartbeat_interval_ms": 500, "max_poll_interval_ms": 5000},
+                      snapshot={"every_samples": 1000, "every_seconds": 1.0})
+    X, y = elec_records(2500)
+    produce(broker, cfg.kafka.topic, encode_rows(X[:1000], y[:1000]))
+    daemon = Daemon(cfg)
+    thread = threading.Thread(target=lambda: daemon.run(max_seconds=90, install_signals=False))
+    thread.start()
+    client = StateClient(redis_url)
+    tp = f"{cfg.kafka.topic}:0"
+    try:
+        wait_until(lambda: (client.partitions(cfg.name).get(tp, {}).get("offset") or 0) >= 1000, 40,
+                   "a durable snapshot of the first 1,000 records", every=0.1)
+        SnapshotStore(connect(redis_url), cfg.name, replica="b").claim([(cfg.kafka.topic, 0)])
+        produce(broker, cfg.kafka.topic, encode_rows(X[1000:], y[1000:]))
+        wait_until(lambda: daemon.fences > 0 and daemon.source is not None and daemon.source.fenced, 40,
+                   "the next snapshot to be fenced and the partition paused", every=0.1)
+        health = daemon.health()
+        assert not health["ready"] and any("paused: another replica claimed them" in r for r in health["reasons"])
+        wait_until(lambda: (client.partitions(cfg.name).get(tp, {}).get("offset") or 0) >= 2500, 60,
+                   "the partition claimed back and every record covered by a snapshot", every=0.2)
+        assert daemon.health()["ready"], daemon.health()
+    finally:
+        daemon.stop()
+        thread.join(60)
+    info = client.snapshot_info(cfg.name, replica="a")["latest"]["info"]
+    assert info["labelled_seen"] == 2500 and info["partition_records"] == {tp: 2500}
+    assert client.partitions(cfg.name)[tp]["owner"] == "a"
+
+
 def test_a_second_daemon_with_the_same_replica_name_is_refused(make_config, redis_url):
     """Two daemons under one replica name would overwrite each other's `latest`: the second one
     waits one lease TTL for the lease held elsewhere, then refuses with the fix; a lease left by a
