@@ -135,6 +135,16 @@ def consumed(src: KafkaSource) -> tuple[list[bytes | None], dict]:
     return polled.values, polled.resets
 
 
+def fetched_to_120(source):  # noqa: ANN001, ANN201
+    """A partition claimed at offset 100 (no fingerprint) whose records 100..119 were consumed."""
+    src, consumer, claims = source
+    claims[TP] = (100, None)
+    consumer.assign([TP])
+    consumer.deliver([record(o) for o in range(100, 120)])
+    consumed(src)
+    return src, consumer
+
+
 def test_records_fetched_before_a_rebalance_then_fetched_again_are_consumed_once(source):
     src, consumer, claims = source
     claims[TP] = (6000, fp(5999))  # where this replica's revocation snapshot ended
@@ -153,11 +163,7 @@ def test_records_fetched_before_a_rebalance_then_fetched_again_are_consumed_once
 
 
 def test_a_redelivery_that_stops_short_of_the_position_consumes_nothing(source):
-    src, consumer, claims = source
-    claims[TP] = (100, None)
-    consumer.assign([TP])
-    consumer.deliver([record(o) for o in range(100, 120)])
-    consumed(src)
+    src, consumer = fetched_to_120(source)
     consumer.deliver([record(o) for o in range(100, 110)])  # all of it already handed over
     values, resets = consumed(src)
     assert values == [] and not resets
@@ -167,22 +173,14 @@ def test_a_redelivery_that_stops_short_of_the_position_consumes_nothing(source):
 
 
 def test_a_log_that_went_back_with_other_records_is_a_reset(source):
-    src, consumer, claims = source
-    claims[TP] = (100, None)
-    consumer.assign([TP])
-    consumer.deliver([record(o) for o in range(100, 120)])
-    consumed(src)
+    src, consumer = fetched_to_120(source)
     consumer.deliver([record(o, log="b") for o in range(0, 200)])  # a new log at the same offsets
     values, resets = consumed(src)
     assert values == [] and TP in resets and "not the one fetched there" in resets[TP]
 
 
 def test_a_log_that_went_back_below_the_position_is_a_reset_through_the_high_watermark(source):
-    src, consumer, claims = source
-    claims[TP] = (100, None)
-    consumer.assign([TP])
-    consumer.deliver([record(o) for o in range(100, 120)])
-    consumed(src)
+    src, consumer = fetched_to_120(source)
     consumer.hw = 50  # a new, shorter log
     consumer.deliver([record(o, log="b") for o in range(0, 50)])
     values, resets = consumed(src)
