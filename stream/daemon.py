@@ -12,6 +12,7 @@ The parts, each with one job (``docs/architecture.md`` has the picture):
   flush outputs -> write and switch -> commit offsets; it keeps the outage state.
 - ``Ownership`` (stream/ownership.py) holds the lease, the partition claims and the fence.
 - ``Status`` (stream/status.py) is what the daemon reports, written to Redis every interval.
+- stream/startup.py waits for Redis and the broker at start-up and words the errors waiting cannot fix.
 
 This module only sequences them, and decides what to do when something is found wrong.
 
@@ -55,7 +56,6 @@ import redis
 from kafka.errors import KafkaError
 
 from ocld.core.runtime import LearningCore, limit_threads
-from ocld.stream.backoff import retry_call
 from ocld.stream.broker import ensure_topics, kafka_failure
 from ocld.stream.checkpoint import Checkpointer, Taken
 from ocld.stream.config import Config, redact_url
@@ -65,9 +65,18 @@ from ocld.stream.fold import GlobalFold
 from ocld.stream.http import DaemonMetrics, HealthServer
 from ocld.stream.intake import Intake
 from ocld.stream.lease import Lease, describe
-from ocld.stream.ownership import Incident, Ownership, Positions, is_permission_error, positions_from_snapshot
+from ocld.stream.ownership import Incident, Ownership, Positions, positions_from_snapshot
 from ocld.stream.sink import Sink
 from ocld.stream.source import KafkaSource, Polled
+from ocld.stream.startup import (
+    migrate_old_layout,
+    reachable,
+    redis_error,
+    redis_fatal,
+    startup_step,
+    wait_for_broker,
+    wait_for_redis,
+)
 from ocld.stream.status import Status
 from ocld.stream.store import (
     Keys,
@@ -75,8 +84,6 @@ from ocld.stream.store import (
     SnapshotStore,
     StatusStore,
     connect,
-    migrate_layout,
-    old_layout_keys,
     tp_field,
 )
 from ocld.stream.worker import LearnerProcessError, RemoteCore
@@ -156,24 +163,24 @@ class Daemon:
         """Everything before the loop; False when stopped meanwhile."""
         cfg = self.cfg
         self._interruptible = True
-        self._wait_for_redis()
-        self._startup_redis("moving keys to the hash-tagged layout", self._migrate_layout)
+        wait_for_redis(cfg, self.redis)
+        startup_step(cfg, "moving keys to the hash-tagged layout", lambda: migrate_old_layout(cfg, self.redis))
         try:
             if not self.ownership.take_lease(self._who(), cfg.redis.lease_ttl + 1.0, lambda: self._stop):
                 return False
         except redis.RedisError as exc:
-            self._redis_fatal(exc, "taking the lease")
+            redis_fatal(self.cfg, exc, "taking the lease")
             raise
         self.lease.start_renewing(stall_s=LOOP_STALL_S)
         log.info("%s: lease %s taken (expires %.0f s after the last renewal)", self._who(), self.lease.key,
                  cfg.redis.lease_ttl)
-        self._startup_redis("loading the latest snapshot", self._restore)
-        self._startup_redis("cleaning incomplete snapshots", self.store.clean_orphans)
+        startup_step(cfg, "loading the latest snapshot", self._restore)
+        startup_step(cfg, "cleaning incomplete snapshots", self.store.clean_orphans)
         self._publish_status(force=True)
         if cfg.http.port is not None:
             self.http = HealthServer(self.metrics, self.health, cfg.http.host, cfg.http.port,
                                      liveness=self.liveness).start()
-        self._wait_for_broker()
+        wait_for_broker(cfg.kafka.bootstrap)
         try:
             if cfg.kafka.create_topics:
                 topics = {cfg.kafka.topic: cfg.kafka.partitions, cfg.dlq_topic: 1}
@@ -190,68 +197,6 @@ class Daemon:
         self.state = "running"
         self._publish_status(force=True)
         return True
-
-    def _wait_for_redis(self) -> None:
-        """Wait up to ``redis.start_timeout_s`` for Redis to answer; then one clear error."""
-        limit = self.cfg.redis.start_timeout_s
-        url = redact_url(self.cfg.redis.url.get_secret_value())
-
-        def transient(exc: BaseException) -> bool:
-            return isinstance(exc, redis.RedisError) and not is_permission_error(exc)
-
-        try:
-            retry_call(self.redis.ping, f"reaching Redis {url} at start-up", transient, log, deadline_s=limit, cap=5.0)
-        except redis.RedisError as exc:
-            self._redis_fatal(exc, "connecting")
-            raise FatalConfigError(
-                f"Redis {url} did not answer within {limit:g} s ({_redis_error(exc)}); check redis.url "
-                "(or REDIS_URL) and that Redis runs (redis.start_timeout_s sets how long to wait)") from None
-
-    def _startup_redis(self, what: str, fn: Any) -> Any:
-        """A Redis step of start-up: retried on an outage until ``redis.start_timeout_s``."""
-        def transient(exc: BaseException) -> bool:
-            return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-
-        try:
-            return retry_call(fn, what, transient, log, deadline_s=self.cfg.redis.start_timeout_s, cap=5.0)
-        except redis.RedisError as exc:
-            self._redis_fatal(exc, what)
-            raise FatalConfigError(f"{what}: Redis failed ({_redis_error(exc)})") from None
-
-    def _migrate_layout(self) -> None:
-        """Keys written by an older ocld (no hash tags) move to the current layout, once, atomically."""
-        if old_layout_keys(self.redis, self.cfg.name, self.cfg.redis.namespace):
-            moved = migrate_layout(self.redis, self.cfg.name, self.cfg.redis.namespace)
-            log.info("pipeline %r: moved %d keys to the hash-tagged layout (ocld:{%s}:*)", self.cfg.name, moved,
-                     self.cfg.name)
-
-    def _wait_for_broker(self) -> None:
-        """Wait (backoff 0.5 s doubling to 10 s, as long as it takes; SIGTERM stops it) for the broker."""
-        bootstrap = self.cfg.kafka.bootstrap
-
-        def check() -> None:
-            if not _reachable(bootstrap):
-                raise ConnectionError(f"broker {bootstrap} refuses connections")
-
-        if _reachable(bootstrap):
-            return
-        retry_call(check, f"reaching broker {bootstrap} at start-up", lambda e: isinstance(e, ConnectionError), log,
-                   attempts=10**9, message=lambda e, n, delay: (
-                       f"broker {bootstrap} unreachable at start-up (attempt {n}); retry in {delay:.1f} s"))
-        log.info("broker %s is reachable; starting to consume", bootstrap)
-
-    def _redis_fatal(self, exc: BaseException, what: str) -> None:
-        """Raise a one-line FatalConfigError for errors retrying cannot fix (credentials, ACL)."""
-        if is_permission_error(exc):
-            from urllib.parse import urlsplit
-
-            url_user = urlsplit(self.cfg.redis.url.get_secret_value()).username
-            user = self.cfg.redis.username or url_user or "default"
-            raise FatalConfigError(
-                f"{what}: Redis {redact_url(self.cfg.redis.url.get_secret_value())} refused the credentials or a "
-                f"command of user {user!r} ({_redis_error(exc)}); check redis.username and redis.password (or "
-                "OCLD_REDIS_PASSWORD) and the user's ACL: the daemon needs read, write and scripting (EVAL) on its "
-                "keys") from None
 
     def _restore(self) -> None:
         """Load the latest usable snapshot into the core; where each partition starts comes from it."""
@@ -441,17 +386,17 @@ class Daemon:
         """While no records arrive, check that the broker still accepts connections (log changes once).
         (The positions are checked again by the source itself whenever its connection is made again.)"""
         self._timers.probe_at = time.monotonic() + 2.0
-        reachable = _reachable(self.cfg.kafka.bootstrap)
-        if reachable != self.broker_reachable:
-            if reachable:
+        up = reachable(self.cfg.kafka.bootstrap)
+        if up != self.broker_reachable:
+            if up:
                 log.info("broker %s is reachable again; consuming resumes (positions are checked against its log)",
                          self.cfg.kafka.bootstrap)
             else:
                 log.warning("broker %s is unreachable; the Kafka client reconnects with backoff and consuming "
                             "resumes when it returns (learned state and snapshots are unaffected)",
                             self.cfg.kafka.bootstrap)
-        self.broker_reachable = reachable
-        self.metrics.up.labels(self.cfg.name, "kafka").set(int(reachable))
+        self.broker_reachable = up
+        self.metrics.up.labels(self.cfg.name, "kafka").set(int(up))
 
     def _regressions(self, polled: Polled) -> None:
         """Partitions whose log went backwards are learned again from their new start; records that
@@ -483,7 +428,7 @@ class Daemon:
         try:
             retaken = self.ownership.retake_lease()
         except redis.RedisError as exc:
-            self._redis_fatal(exc, "taking the lease again")
+            redis_fatal(self.cfg, exc, "taking the lease again")
             return  # an outage: writes fail and are retried; the lease is tried again next time
         if not retaken:
             self.lease.state = "taken"
@@ -727,9 +672,9 @@ class Daemon:
         except LeaseLost:
             return  # the loop decides (_check_lease)
         except redis.RedisError as exc:
-            self._redis_fatal(exc, "writing the status")
+            redis_fatal(self.cfg, exc, "writing the status")
             self.metrics.up.labels(self.cfg.name, "redis").set(0)
-            self.checkpointer.status_failed(_redis_error(exc))
+            self.checkpointer.status_failed(redis_error(exc))
 
     # -- health ----------------------------------------------------------------------
     def unsnapshotted_age(self) -> float:
@@ -753,7 +698,7 @@ class Daemon:
             reasons.append(self.state)
         if self.lease.state != "held":
             reasons.append(f"lease {self.lease.state}")
-        kafka_ok = _reachable(self.cfg.kafka.bootstrap)
+        kafka_ok = reachable(self.cfg.kafka.bootstrap)
         if not kafka_ok:
             reasons.append("broker unreachable")
         try:
@@ -865,24 +810,7 @@ class _Timers:
         self.rate_t, self.rate_n, self.throughput = now, 0, 0.0
 
 
-def _reachable(bootstrap: str, timeout: float = 0.5) -> bool:
-    """True when any bootstrap address accepts a TCP connection."""
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout).close()
-            return True
-        except (OSError, ValueError):
-            continue
-    return False
-
-
 def _undecodable(exc: BaseException) -> bool:
     """A record batch the client cannot decompress (a codec library missing or a corrupt batch)."""
     return type(exc).__name__ in ("UnsupportedCodecError", "CorruptRecordError", "CorruptRecordException") or \
         "codec" in str(exc).lower()
-
-
-def _redis_error(exc: BaseException) -> str:
-    """A one-line description of a Redis error (redis-py messages name host:port, never credentials)."""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
