@@ -376,8 +376,7 @@ class Daemon:
         if self.source is not None and self.source.unclaimed:
             self.source.retry_claims()
         if self.source is not None and self.source.fenced:
-            k = self.cfg.kafka
-            self.source.reclaim_fenced((k.session_timeout_ms + k.max_poll_interval_ms) / 1000.0)
+            self.source.reclaim_fenced()
         if self.fold is not None and now >= self._timers.fold_at:
             self._timers.fold_at = now + float(self.cfg.scale.fold_global_every_s or 0)
             self.fold.fold(self.core.learner)  # type: ignore[union-attr]  # no learner process with folding
@@ -512,9 +511,9 @@ class Daemon:
         assert self.source is not None
         self.intake.discard(set(tps))
         positions = self.ownership.claim(tps)
-        ahead = {tp: (self.source.offsets[tp], positions[tp][0]) for tp in sorted(tps)
-                 if tp in self.source.offsets and (positions[tp][0] is None
-                                                   or self.source.offsets[tp] > int(positions[tp][0] or 0))}
+        learned = {tp: self.source.offsets[tp] for tp in sorted(tps) if tp in self.source.offsets}
+        ahead = {tp: (mem, start) for tp, mem in learned.items()
+                 if (start := positions[tp][0]) is None or mem > start}
         if ahead:
             self._incident(Incident(
                 "rewound", count=len(ahead), detail=(

@@ -120,10 +120,7 @@ class Lease:
         value, by this process or another, are refused from now on)."""
         value = self._new_value()
         if self.r.set(self.key, value, nx=True, px=self.ttl_ms):
-            with self._lock:
-                self.value = value
-                self.state = "held"
-                self.taken_by = None
+            self._held(value)
             return True
         return False
 
@@ -155,12 +152,16 @@ class Lease:
         if self.r.eval(_REPLACE, 1, self.key, seen, value, self.ttl_ms):
             log.info("took over the lease %s from %s, an earlier run of this daemon that no longer runs", self.key,
                      describe(seen))
-            with self._lock:
-                self.value = value
-                self.state = "held"
-                self.taken_by = None
+            self._held(value)
             return True
         return False
+
+    def _held(self, value: str) -> None:
+        """The lease is now held under ``value`` (one step for the renewing thread: see renew)."""
+        with self._lock:
+            self.value = value
+            self.state = "held"
+            self.taken_by = None
 
     # -- keeping it --------------------------------------------------------------------
     def renew(self) -> LeaseState:

@@ -104,13 +104,13 @@ class KafkaSource:
         self.fingerprints: dict[TP, str | None] = {}  # of the record before ``offsets`` (None: unknown)
         self._fetched: dict[TP, int] = {}  # next offset the consumer will hand over (>= offsets)
         self._fetched_fp: dict[TP, str] = {}  # fingerprint of the record at _fetched - 1, when known
-        self._hw_before: dict[TP, int | None] = {}  # cached high watermark when the partition was positioned
-        self._hw_fresh: set[TP] = set()  # partitions whose high watermark was fetched since then
+        # partitions not fetched since they were positioned -> the cached high watermark then (maybe stale)
+        self._hw_stale: dict[TP, int | None] = {}
         self._verify: dict[TP, tuple[int, str]] = {}  # claimed position and fingerprint still to check
         self.unclaimed: set[TP] = set()  # assigned, claim failed: paused, retried
-        self.fenced: set[TP] = set()  # assigned, but another replica holds the claim: paused until reassigned
+        # assigned, but another replica holds the claim: paused (since this monotonic time) until reassigned
+        self.fenced: dict[TP, float] = {}
         self._revoking: set[TP] = set()  # being revoked (during the revocation callback)
-        self._fenced_at: dict[TP, float] = {}  # when each fenced partition was paused (monotonic)
         self.consumer = make_consumer(cfg.kafka, cfg.group_id, f"ocld-{cfg.name}", cfg.kafka.max_batch)
         self.consumer.subscribe(self.topic, on_assign=self._seek, on_revoke=self._revoked)
 
@@ -122,13 +122,15 @@ class KafkaSource:
         finally:
             self._revoking = set()
         self.unclaimed -= set(revoked)
-        self.fenced -= set(revoked)
+        for tp in revoked:
+            self.fenced.pop(tp, None)
         for tp in revoked:
             self._verify.pop(tp, None)
 
     # -- positions ---------------------------------------------------------------------
     def _seek(self, assigned: list[TP]) -> None:
-        self.fenced -= set(assigned)
+        for tp in assigned:
+            self.fenced.pop(tp, None)
         if not assigned:
             return
         try:
@@ -184,17 +186,16 @@ class KafkaSource:
 
     def _positioned(self, tp: TP) -> None:
         """``tp`` is fetched from a new position: its cached high watermark may be from an earlier fetch."""
-        self._hw_fresh.discard(tp)
-        self._hw_before[tp] = self.consumer.highwater(tp)
+        self._hw_stale[tp] = self.consumer.highwater(tp)
 
     def _fresh_highwater(self, tp: TP) -> int | None:
         """The high watermark, once a fetch since the last positioning has updated it (a batch came, or
         the value changed); None before."""
         hw = self.consumer.highwater(tp)
-        if tp not in self._hw_fresh:
-            if hw is None or hw == self._hw_before.get(tp, hw):
+        if tp in self._hw_stale:
+            if hw is None or hw == self._hw_stale[tp]:
                 return None
-            self._hw_fresh.add(tp)
+            del self._hw_stale[tp]
         return hw
 
     def reverify(self) -> None:
@@ -210,37 +211,41 @@ class KafkaSource:
             return
         pending = sorted(self.unclaimed & self.consumer.assignment())
         self.unclaimed = set()
-        if pending:
-            self._seek(pending)
-            self.consumer.resume([tp for tp in pending if tp not in self.unclaimed])
+        self._claim_and_resume(pending)
+
+    def _claim_and_resume(self, tps: list[TP]) -> None:
+        """Claim paused partitions outside a rebalance and resume those whose claim held."""
+        if tps:
+            self._seek(tps)
+            self.consumer.resume([tp for tp in tps if tp not in self.unclaimed and tp not in self.fenced])
 
     def fence(self, keys: set[TP]) -> None:
         """Stop consuming partitions another replica has claimed (until Kafka assigns them again)."""
         lost = sorted(self.consumer.assignment() & keys)
         if lost:
             self.consumer.pause(lost)
-            self.fenced |= set(lost)
             now = time.monotonic()
-            for tp in lost:
-                self._fenced_at[tp] = now
+            self.fenced.update((tp, now) for tp in lost)
 
-    def reclaim_fenced(self, after_s: float) -> list[TP]:
-        """Claim again (and resume) the fenced partitions Kafka still assigns here ``after_s`` seconds
-        after they were paused. A replica that claimed one while the group moved it would have been
-        assigned it by now or been dropped from the group (``after_s`` covers its session timeout and
-        poll interval); otherwise nobody learns the partition. Claiming is safe either way: the
-        claim starts where the last durable snapshot of any replica ends, and a replica that learned
-        from it meanwhile has its next snapshot fenced."""
+    def reclaim_fenced(self) -> list[TP]:
+        """Claim again (and resume) the fenced partitions Kafka still assigns here once the group's
+        session timeout plus poll interval has passed since they were paused. A replica that claimed
+        one while the group moved it has been assigned it by then, or dropped from the group;
+        otherwise nobody learns the partition. Claiming is safe either way: the claim starts where
+        the last durable snapshot of any replica ends, and a replica that learned from it meanwhile
+        has its next snapshot fenced."""
+        k = self.cfg.kafka
+        after_s = (k.session_timeout_ms + k.max_poll_interval_ms) / 1000.0
         now = time.monotonic()
         assigned = self.consumer.assignment()
-        due = sorted(tp for tp in self.fenced if tp in assigned and now - self._fenced_at.get(tp, now) >= after_s)
+        due = sorted(tp for tp, since in self.fenced.items() if tp in assigned and now - since >= after_s)
         if not due:
             return []
         log.warning("partitions %s have been paused for %.0f s since another replica claimed them, and Kafka still "
                     "assigns them here: claiming them back", sorted(f"{t}[{p}]" for t, p in due), after_s)
-        self.fenced -= set(due)
-        self._seek(due)
-        self.consumer.resume([tp for tp in due if tp not in self.unclaimed and tp not in self.fenced])
+        for tp in due:
+            del self.fenced[tp]
+        self._claim_and_resume(due)
         return due
 
     def reseek(self, positions: Positions) -> None:
@@ -288,7 +293,8 @@ class KafkaSource:
             out.reconnected = True
             return out
         assigned = set(self.consumer.assignment())
-        self._hw_fresh.update(batches)  # the fetch that brought these records also brought the watermark
+        for tp in batches:
+            self._hw_stale.pop(tp, None)  # the fetch that brought these records also brought the watermark
         for tp, batch in batches.items():
             if tp in out.resets:
                 continue
@@ -423,9 +429,9 @@ def _after(batch: Batch, offset: int, fp: str) -> tuple[str, Batch | None]:
     """Find the record at ``offset`` in a batch that starts at or below it: ("short", None) when the
     batch ends before it, ("differs", None) when it is missing or another record, ("same", the
     records after it, None for none) when its fingerprint is ``fp``."""
-    offsets = batch.offsets()
-    if offsets[-1] < offset:
+    if batch.last_offset < offset:
         return "short", None
+    offsets = batch.offsets()
     i = bisect_left(offsets, offset)
     if offsets[i] != offset or batch.fingerprint(i) != fp:
         return "differs", None
