@@ -20,13 +20,16 @@ COMPONENTS: dict[str, str] = {
     "MomentumKD": "ocld.learners.mkd:MomentumKD",
     "RiverLearner": "ocld.learners.river_adapter:RiverLearner",
     "OnlineMixture": "ocld.learners.mixture:OnlineMixture",
+    "GaussianNB": "ocld.learners.naive_bayes:GaussianNB",
+    "KNeighbors": "ocld.learners.neighbors:KNeighbors",
     "Reservoir": "ocld.buffers.reservoir:Reservoir",
     "ClassBalancedReservoir": "ocld.buffers.reservoir:ClassBalancedReservoir",
     "ClassStats": "ocld.buffers.stats:ClassStats",
     "RunningMoments": "ocld.buffers.moments:RunningMoments",
 }
 
-HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner", "OnlineMixture")
+HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner", "OnlineMixture", "GaussianNB",
+         "KNeighbors")
 FEATURE_MAPS = ("Standardizer", "RandomFourierFeatures", "RandomReLU")
 
 
