@@ -82,6 +82,10 @@ from ocld.learners.base import (
 _DGER_MIN = 4096
 
 
+# Up to this many classes (and while C D^2 < _DGER_MIN) the sample loop is _loop_small's.
+_SCALAR_MAX_CLASSES = 4
+
+
 class KalmanLogistic(Learner):
     """Extended-Kalman logistic regression (one-vs-rest) with per-feature drift learned online.
 
@@ -297,8 +301,21 @@ class KalmanLogistic(Learner):
         # class (known classes only are used): probabilities are computed after the loop
         a_pre = np.zeros((n, C)) if want_proba else None
         v_pre = np.zeros((n, C)) if want_proba else None
+        if C <= _SCALAR_MAX_CLASSES and C * Phi.shape[1] ** 2 < _DGER_MIN:
+            self._loop_small(Phi, idx.tolist(), a_pre, v_pre, d_in)
+        else:
+            self._loop_general(Phi, idx, a_pre, v_pre, d_in)
+        if a_pre is None or v_pre is None:
+            return None
+        p = expit(a_pre / np.sqrt(1.0 + (math.pi / 8.0) * v_pre))
+        p[np.arange(C)[None, :] >= n_before[:, None]] = 0.0
+        return self._normalize(p)
+
+    def _loop_general(self, Phi: np.ndarray, idx: np.ndarray, a_pre: np.ndarray | None, v_pre: np.ndarray | None,
+                      d_in: int) -> None:
+        """The sample loop, vectorized over classes (many classes, or large filters: BLAS dger)."""
         M, P, q, pdiag, onehot = self._loop_views()
-        for i in range(n):
+        for i in range(Phi.shape[0]):
             c = int(idx[i])
             if c >= M.shape[0]:
                 self._grow(d_in, c + 1)
@@ -314,6 +331,7 @@ class KalmanLogistic(Learner):
             s = expit(a)
             h = s * (1.0 - s)
             k = h / (1.0 + h * v)
+            coef = (1.0 - k * v) * (onehot[c] - s)
             if P.size >= _DGER_MIN:
                 for j in range(P.shape[0]):
                     # P[j].T is P[j]'s memory in Fortran order, so dger updates it in place
@@ -323,15 +341,68 @@ class KalmanLogistic(Learner):
                         P[j] = r.T
             else:
                 P -= k[:, None, None] * (u[:, :, None] * u[:, None, :])
-            M += ((1.0 - k * v) * (onehot[c] - s))[:, None] * u
+            M += coef[:, None] * u
             self.n_seen += 1
             if self.n_seen % self.q_step == 0:
                 self._moment_step()  # updates q and P in place: the loop's views stay valid
-        if a_pre is None or v_pre is None:
-            return None
-        p = expit(a_pre / np.sqrt(1.0 + (math.pi / 8.0) * v_pre))
-        p[np.arange(C)[None, :] >= n_before[:, None]] = 0.0
-        return self._normalize(p)
+
+    def _loop_small(self, Phi: np.ndarray, labels: list[int], a_pre: np.ndarray | None, v_pre: np.ndarray | None,
+                    d_in: int) -> None:
+        """The sample loop for a few classes of small filters (the usual binary stream), the same steps
+        as the general loop with fewer numpy calls per sample, which is what such a step costs: each
+        class's mean is stacked under its covariance, S = [P; m^T] [C, D + 1, D], so one product gives
+        P- phi and m^T phi, one rank-1 update moves both (rows of -coef u^T under k u u^T), and the
+        per-class scalars are Python floats."""
+        n = Phi.shape[0]
+        i = 0
+        while i < n:
+            assert self._M is not None and self._P is not None and self._q is not None
+            C, D = self._M.shape
+            S = np.empty((C, D + 1, D))
+            S[:, :D] = self._P
+            S[:, D] = self._M
+            self._P, self._M = S[:, :D], S[:, D]  # views while the loop runs (_moment_step updates them)
+            pdiag = S.reshape(C, (D + 1) * D)[:, : D * D : D + 1]  # P's diagonals, a view
+            q = self._q
+            w = np.empty((C, D + 1))
+            wk, wm = w[:, :D], w[:, D]
+            a_rows: list[list[float]] = []
+            v_rows: list[list[float]] = []
+            start = i
+            while i < n and labels[i] < C:
+                c = labels[i]
+                phi = Phi[i]
+                pdiag += q  # P- = P + diag(q)
+                r = S @ phi  # [C, D + 1]: P- phi, then m^T phi
+                u = r[:, :D]
+                a = r[:, D].tolist()
+                v = [max(x, 0.0) for x in (u @ phi).tolist()]  # >= 0 in exact arithmetic
+                a_rows.append(a)
+                v_rows.append(v)
+                k = []
+                for j in range(C):
+                    aj = a[j]
+                    if aj >= 0.0:
+                        sj = 1.0 / (1.0 + math.exp(-aj))
+                    else:
+                        e = math.exp(aj)
+                        sj = e / (1.0 + e)
+                    hj = sj * (1.0 - sj)
+                    kj = hj / (1.0 + hj * v[j])
+                    k.append(kj)
+                    wm[j] = -(1.0 - kj * v[j]) * ((1.0 if j == c else 0.0) - sj)
+                np.multiply(u, np.array(k)[:, None], out=wk)
+                S -= w[:, :, None] * u[:, None, :]  # P -= k u u^T, m += coef u
+                self.n_seen += 1
+                if self.n_seen % self.q_step == 0:
+                    self._moment_step()
+                i += 1
+            self._P, self._M = np.ascontiguousarray(S[:, :D]), S[:, D].copy()
+            if a_pre is not None and v_pre is not None and i > start:
+                a_pre[start:i, :C] = a_rows
+                v_pre[start:i, :C] = v_rows
+            if i < n:
+                self._grow(d_in, labels[i] + 1)
 
     def _loop_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(M, P, q, a writable view of P's diagonals [C, D], one-hot rows [C, C]) for the sample loop."""
