@@ -195,7 +195,7 @@ def test_default_config_builds_the_mixture() -> None:
     cfg = load_config(ROOT / "config" / "default.yaml")
     learner = cfg.build_learner()
     assert isinstance(learner, OnlineMixture)
-    assert learner.member_names == ["KalmanHead", "KalmanLogistic", "AnalyticRidge"]
+    assert learner.member_names == ["KalmanHead", "KalmanLogistic", "AnalyticRidge", "GaussianNB", "KNeighbors"]
     from ocld.learners.mixture import DEFAULT_MEMBERS, _spec
 
     # one definition of the shipped members: the class default is the shipped config
@@ -243,3 +243,67 @@ def test_weights_reach_the_metrics_stream_and_the_report(tmp_path: Path) -> None
     from PIL import Image
 
     assert Image.open(path).size[1] > Image.open(without).size[1]  # a second panel for the weights
+
+
+def test_learning_a_poll_in_one_call_changes_nothing(monkeypatch) -> None:
+    """With adaptation on, the core learns a mixture (every member exact prequential and batch invariant)
+    one poll per call (``joint_segments``) and goes back to a copy when an adaptation falls due inside
+    it: the same errors, drift events, adaptations and state as one ``adapt_grid`` segment per call."""
+    from ocld.core.codec import Decoded
+    from ocld.core.runtime import LearningCore
+    from ocld.stream.config import parse_config
+    from tests.conformance.checks import assert_states_close
+
+    members = MEMBERS + [{"name": "GaussianNB", "params": {"adapt_discount": 0.5}},
+                         {"name": "KNeighbors", "params": {"window": 60, "adapt_keep": 20},
+                          "features": [{"name": "Standardizer"}]}]
+    rng = np.random.default_rng(3)
+    n = 3000
+    X = rng.normal(size=(n, 4))
+    flip = np.where(np.arange(n) < 1500, 1.0, -1.0)
+    y = np.where(X[:, 0] * flip + 0.3 * X[:, 1] > 0, "a", "b").astype(object)
+    y[(np.arange(n) > 800) & (X[:, 3] > 1.2)] = "c"  # a third class from sample 800 on
+
+    def run(joint: bool) -> tuple[LearningCore, list, list, int]:
+        monkeypatch.setattr(OnlineMixture, "joint_segments", property(lambda self: joint))
+        cfg = parse_config({"learner": {"name": "OnlineMixture", "params": {"members": members, "horizon": 100}},
+                            "drift": {"detector": "PageHinkley", "params": {"threshold": 5.0}, "adapt_grid": 50}})
+        core = LearningCore.from_config(cfg)
+        calls = 0
+        inner = OnlineMixture.learn_predict
+
+        def counted(self, Xb, yb):
+            nonlocal calls
+            calls += 1
+            return inner(self, Xb, yb)
+
+        monkeypatch.setattr(OnlineMixture, "learn_predict", counted)
+        events, errors = [], []
+        for a in range(0, n, 400):
+            b = min(n, a + 400)
+            res = core.process(Decoded(rows=np.arange(a, b), X=X[a:b], y=list(y[a:b]), ids=[None] * (b - a),
+                                       ts=[None] * (b - a), task=[None] * (b - a)))
+            events += [(e.index, e.detector, core.action_for(e)) for e in res.events]
+            errors += res.errors.tolist()
+        monkeypatch.setattr(OnlineMixture, "learn_predict", inner)
+        return core, events, errors, calls
+
+    fast, ev_fast, err_fast, calls_fast = run(True)
+    slow, ev_slow, err_slow, calls_slow = run(False)
+    assert [e for e in ev_slow if e[2] == "adapt"], "the stream must trigger adaptations for this test to mean anything"
+    assert calls_fast < calls_slow
+    assert ev_fast == ev_slow
+    assert err_fast == err_slow
+    assert_states_close(fast.learner.to_state(), slow.learner.to_state(), tol=1e-9)
+
+
+def test_joint_segments_only_when_every_member_allows_it() -> None:
+    X, y = stream(50)
+    model = OnlineMixture(members=MEMBERS)
+    assert not model.joint_segments  # nothing learned yet: the state size is unknown
+    model.learn_predict(X, y)
+    assert model.joint_segments
+    river_nb = {"name": "RiverLearner", "params": {"model": "river.naive_bayes.GaussianNB"}}
+    river = OnlineMixture(members=[MEMBERS[1], river_nb])
+    river.learn_predict(X, y)
+    assert not river.joint_segments
