@@ -156,6 +156,7 @@ class LearningCore:
         self.predicted = 0  # predict-only rows
         self.drift_count = 0
         self.drift_counts: dict[str, int] = {"error": 0, "input": 0}
+        self.error_fell = 0  # detections where the error rate fell (counted, not raised: see _drift)
         self.pending_adapt: list[tuple[int, DriftEvent]] = []  # (due labelled count, event), due ascending
         self.last_drift_at: float | None = None
         self.learn_seconds = 0.0
@@ -212,8 +213,7 @@ class LearningCore:
     def action_for(self, event: DriftEvent) -> str:
         """What the core did on ``event`` of the last batch: ``adapt`` (learner.adapt is called),
         ``none`` (adaptation off for this kind: recorded only), ``cooldown`` (an error event within
-        ``drift.cooldown`` labelled samples of the last adapting one: recorded only), ``improved``
-        (the error fell at the detection, unless ``drift.adapt_on_fall``: recorded only) or
+        ``drift.cooldown`` labelled samples of the last adapting one: recorded only) or
         ``new_class`` (an error event within ``new_class_guard`` labelled samples after a new class's
         first sample: the error rose because a class arrived, not because a concept changed)."""
         decided = self._actions.get(event)
@@ -226,8 +226,6 @@ class LearningCore:
             return "adapt" if self.adapt_input else "none"
         if not self.adapt:
             return "none"
-        if event.rising is False and not self.adapt_on_fall:
-            return "improved"
         if self._after_new_class(event.index):
             return "new_class"
         if self.cooldown and self.last_adapt_index is not None and event.index < self.last_adapt_index + self.cooldown:
@@ -261,7 +259,15 @@ class LearningCore:
 
     def _drift(self, event: DriftEvent, res: BatchResult, labelled_at: int) -> None:
         """Record ``event``; when it calls for adaptation, schedule it for the first grid
-        multiple after labelled sample ``labelled_at`` (0-based)."""
+        multiple after labelled sample ``labelled_at`` (0-based).
+
+        A detection at which the error rate fell (ADWIN fires in both directions) is not a drift
+        alarm: a learner getting better has nothing to adapt to, and announcing it as drift would
+        cry wolf on every stream that is still being learned. It is only counted (``error_fell``),
+        unless ``drift.adapt_on_fall`` asks to adapt to it as well."""
+        if event.kind == "error" and event.rising is False and not self.adapt_on_fall:
+            self.error_fell += 1
+            return
         res.events.append(event)
         self.drift_count += 1
         self.drift_counts[event.kind] = self.drift_counts.get(event.kind, 0) + 1
@@ -471,6 +477,7 @@ class LearningCore:
             "counters": LearnerState("Counters", {}, {}, {
                 "samples_seen": self.samples_seen, "labelled_seen": self.labelled_seen, "predicted": self.predicted,
                 "drift_count": self.drift_count, "drift_counts": dict(self.drift_counts),
+                "error_fell": self.error_fell,
                 "last_drift_at": self.last_drift_at,
                 "pending_adapt": [[d, e.index, e.detector, e.kind, e.statistic, e.rising]
                                   for d, e in self.pending_adapt],
@@ -497,6 +504,7 @@ class LearningCore:
         self.labelled_seen = int(c["labelled_seen"])
         self.predicted = int(c["predicted"])
         self.drift_count = int(c["drift_count"])
+        self.error_fell = int(c.get("error_fell", 0))
         self.drift_counts = {"error": 0, "input": 0, **{k: int(v) for k, v in (c.get("drift_counts") or {}).items()}}
         if "drift_counts" not in c:  # snapshots written before kinds were counted: all were error events
             self.drift_counts["error"] = self.drift_count
@@ -516,7 +524,7 @@ class LearningCore:
             "balanced_accuracy": round(s["balanced_accuracy"], 6), "log_loss": round(s["log_loss"], 6),
             "nochange_accuracy": round(s["nochange_accuracy"], 6), "drift_count": self.drift_count,
             "drift_count_error": self.drift_counts.get("error", 0),
-            "drift_count_input": self.drift_counts.get("input", 0),
+            "drift_count_input": self.drift_counts.get("input", 0), "error_fell": self.error_fell,
             "last_drift_at": self.last_drift_at or "", "pending": len(self.pending.items),
             "pending_evicted": self.pending.evicted, "label_delay_mean_s": round(s["label_delay_mean_s"], 6),
             "delayed_labels": s["delayed_labels"],

@@ -173,8 +173,9 @@ class DriftConfig(_Model):
                                                    "samples")
     cooldown: int = Field(0, ge=0, description="error events within this many labelled samples after an adapting one "
                                                "are recorded but not adapted to (breaks detect-forget-detect cascades)")
-    adapt_on_fall: bool = Field(False, description="also adapt on error events where the error rate fell (ADWIN "
-                                "fires on both directions; by default those are recorded with action 'improved')")
+    adapt_on_fall: bool = Field(False, description="also treat detections where the error rate fell as drift events "
+                                "and adapt to them (ADWIN fires in both directions; by default those are only counted, "
+                                "as error_fell in the status)")
     new_class_guard: int = Field(500, ge=0, description=(
         "error events within this many labelled samples after a new class's first sample are recorded with action "
         "'new_class' and not adapted to: a new class raises the error without any concept drift (0: off)"))

@@ -196,6 +196,7 @@ def evaluate_arrays(cfg: Config, table: Table, batch_size: int | None = None, li
         "nochange_accuracy": s["nochange_accuracy"], "samples_per_s": core.labelled_seen / elapsed if elapsed else 0.0,
         "elapsed_s": elapsed, "drift_events": events,
         "drift_count_error": counts.get("error", 0), "drift_count_input": counts.get("input", 0),
+        "error_fell": core.error_fell,
         "adapt": cfg.drift.adapt, "classes": [str(c) for c in core.learner.classes_],
         "forgetting_final": curve_g[-1] if curve_g else None,
         "curve": _thin({"n": curve_n, "accuracy_window": curve_acc, "forgetting": curve_g or None},

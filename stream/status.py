@@ -93,6 +93,7 @@ class Status(BaseModel):
     drift_count: int = _f(0, "model quality", "drift events", "ocld_drift_events", "counter")
     drift_count_error: int = _f(0, "model quality", "drift events on the error (concept drift)")
     drift_count_input: int = _f(0, "model quality", "drift events on the inputs (label-free)")
+    error_fell: int = _f(0, "model quality", "detections where the error rate fell (not drift: counted, not raised)")
     last_drift_at: float | None = _f(None, "model quality", "when the last drift event fired", unit="time")
     # data quality
     dlq_count: int = _f(0, "data quality", "records sent to the dead-letter topic (all restarts)",

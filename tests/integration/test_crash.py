@@ -49,7 +49,7 @@ LOGISTIC = {"name": "KalmanLogistic", "params": {}, "features": [{"name": "Stand
 
 # Streams (``switches``: abrupt concept changes): in the first three a detection depends on the detector's
 # history (Page-Hinkley's running sums; ADWIN's long window on the slow rotation); KalmanLogistic's adapts
-# right after a switch, then records cooldown and "improved" events.
+# right after a switch, then records cooldown events and counts detections where the error fell.
 # Together the four take about a minute and a half: a plain ./scripts/test runs the quickest (about 15 s),
 # ./scripts/test --all (CI) all four.
 SLOW = pytest.mark.slow

@@ -400,9 +400,10 @@ def test_core_state_with_both_monitors_round_trips():
 
 
 @pytest.mark.parametrize("detector, params", [("ADWIN", {}), ("PageHinkley", {"threshold": 50})])
-def test_detections_where_the_error_fell_are_recorded_but_not_adapted_to(detector, params):
+def test_detections_where_the_error_fell_are_counted_not_raised(detector, params):
     """ADWIN (and a two-sided Page-Hinkley) fire when the error rises and when it falls; only a
-    rise calls for adaptation, unless drift.adapt_on_fall."""
+    rise is a drift event (recorded, adapted to); a fall is counted in error_fell, unless
+    drift.adapt_on_fall makes it an event that is adapted to as well."""
     from ocld.core.runtime import BatchResult
 
     rng = np.random.default_rng(3)
@@ -411,17 +412,27 @@ def test_detections_where_the_error_fell_are_recorded_but_not_adapted_to(detecto
     for on_fall in (False, True):
         core = _core(adapt=True, adapt_on_fall=on_fall)
         core.monitor = DriftMonitor(detector, params)
-        seen = []
-        for event in core.monitor.update(errors):
-            core._drift(event, BatchResult(), event.index)
-            seen.append((event.index // 3000, event.rising, core.action_for(event)))
+        detections, res = core.monitor.update(errors), BatchResult()
+        for event in detections:
+            core._drift(event, res, event.index)
+        falls = [e for e in detections if e.rising is False]
         first = {}
-        for blk, rising, action in seen:
-            first.setdefault(blk, (rising, action))
+        for event in detections:
+            first.setdefault(event.index // 3000, event)
         # the first detection after each switch: up in blocks 1 and 3, down in block 2
-        assert first[1][0] is True and first[3][0] is True and first[2][0] is False, seen
-        assert first[1][1] == "adapt" and first[3][1] == "adapt", seen
-        assert first[2][1] == ("adapt" if on_fall else "improved"), seen
+        assert first[1].rising is True and first[3].rising is True and first[2].rising is False, detections
+        assert core.action_for(first[1]) == "adapt" and core.action_for(first[3]) == "adapt"
+        if on_fall:
+            assert res.events == detections and core.error_fell == 0
+            assert core.action_for(first[2]) == "adapt"
+        else:
+            assert res.events == [e for e in detections if e.rising is not False]
+            assert core.error_fell == len(falls) >= 1
+            assert core.drift_count == len(detections) - len(falls)
+            assert core.status_fields()["error_fell"] == len(falls)
+            restored = _core(adapt=True)
+            restored.restore(core.to_parts())
+            assert restored.error_fell == core.error_fell
 
 
 def test_also_detectors_raise_one_event_per_sample_from_either_and_restore_exactly():
