@@ -26,7 +26,7 @@ more than two classes), ``hat`` ``HoeffdingAdaptiveTreeClassifier(seed=42)``, ``
 their own drift handling). A set counts as a win when ocld's accuracy is above the best of
 the three.
 
-    nice -n 19 python benchmarks/panel.py                   # all sets (about 5 min on 2 cores)
+    nice -n 19 python benchmarks/panel.py                   # all sets, then the cost rounds (about 9 min)
     python benchmarks/panel.py --sets iris wine --models ocld lr
     python benchmarks/panel.py --models ocld --config config/kalman.yaml --out /tmp/kalman-panel.md
 
@@ -287,6 +287,25 @@ def table(results: dict[str, dict[str, dict[str, Any]]], info: dict[str, DataSet
     return "\n".join(lines)
 
 
+def cost_rounds(ds: DataSet, rounds: int) -> str:
+    """ARF(10) and ocld on the same set, alternating ``rounds`` times in this process: one ratio per
+    round (ocld's samples per CPU second over ARF's) and their median, since a single pair moves by
+    10-20 % on a shared machine."""
+    ratios, arf, ours = [], [], []
+    for r in range(rounds):
+        a = run_cell("arf", ds)["cpu_samples_per_s"]
+        o = run_cell("ocld", ds)["cpu_samples_per_s"]
+        arf.append(a)
+        ours.append(o)
+        ratios.append(o / a)
+        print(f"cost round {r + 1}/{rounds}: ARF(10) {a:,.0f}, ocld {o:,.0f} samples per CPU s ({o / a:.1f}x)",
+              file=sys.stderr, flush=True)
+    return (f"Cost on elec, {rounds} rounds of ARF(10) then {TITLES['ocld']} in this process: "
+            f"median {float(np.median(ratios)):.1f}x ARF(10)'s samples per CPU second (rounds: "
+            + ", ".join(f"{x:.1f}x" for x in ratios)
+            + f"; ARF(10) {min(arf):,.0f}-{max(arf):,.0f}, ocld {min(ours):,.0f}-{max(ours):,.0f} samples per CPU s).")
+
+
 def main(argv: list[str] | None = None) -> int:
     global OCLD_CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -294,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--config", type=Path, default=OCLD_CONFIG, help="the ocld config to judge (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "panel.md")
+    ap.add_argument("--cost-rounds", type=int, default=5,
+                    help="rounds of ARF(10) then ocld on elec for the cost ratio (0: none; default: %(default)s)")
     args = ap.parse_args(argv)
     OCLD_CONFIG = args.config
     TITLES["ocld"] = f"ocld {args.config.name}"
@@ -327,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{RIVER_SEED}. Run took {time.time() - started:.0f} s; load average {load0[0]:.2f} at start, "
               f"{load1[0]:.2f} at end ({os.cpu_count()} CPUs); BLAS and torch on one thread.")
     text = table(results, info, list(args.models), skipped, header)
+    if args.cost_rounds > 0 and "elec" in info:
+        text += "\n\n" + cost_rounds(info["elec"], args.cost_rounds)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

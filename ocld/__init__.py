@@ -17,7 +17,7 @@ The public API is re-exported here (imported on first use, so ``import ocld`` st
 >>> import numpy as np
 >>> import ocld
 >>> cfg = ocld.parse_config({"name": "example", "messages": {"n_features": 2}})
->>> cfg.learner.name                          # the default: an online mixture of the three heads
+>>> cfg.learner.name                          # the default: an online mixture of five heads
 'OnlineMixture'
 >>> model = ocld.build_learner("KalmanLogistic", features=[{"name": "Standardizer"}])
 >>> X = np.random.default_rng(0).normal(size=(200, 2))
