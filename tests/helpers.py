@@ -147,7 +147,9 @@ def produce_librdkafka(bootstrap: str, topic: str, values: list[bytes], partitio
 
         wait_until(lambda: batched() >= len(values), 10, "librdkafka's statistics to count every record")
     finally:
-        producer.close()
+        close = getattr(producer, "close", None)  # Producer.close() exists from confluent-kafka 2.13 (flushed above)
+        if close is not None:
+            close()
     batches = sum(w.get("topics", {}).get(topic, {}).get("batchcnt", {}).get("cnt", 0) for w in windows)
     return {"records": sum(delivered.values()), "batches": batches,
             "per_partition": {p: delivered.get(p, 0) for p in range(partitions)}}
