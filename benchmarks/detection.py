@@ -14,7 +14,7 @@ evaluate_arrays`` (the code path of ``ocld evaluate``: the daemon's LearningCore
   ``drift_count`` in the status). Where the monitor also reported the error rate falling (ADWIN
   fires in both directions), that is counted in its own column.
 
-    python benchmarks/detection.py                          # 5 seeds each, about 2 min on 2 cores
+    python benchmarks/detection.py                          # seeds 0-10 each, about 1 min on 2 cores
     python benchmarks/detection.py --seeds 0 1 2 --config config/kalman.yaml
 
 Prints Markdown tables and writes them to benchmarks/out/detection.md. No assertions.
@@ -90,7 +90,7 @@ def evaluate(config: Path, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "config" / "default.yaml")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(range(11)))
     ap.add_argument("--within", type=int, default=1500, help="a switch is detected by an event this soon after it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "detection.md")
     args = ap.parse_args(argv)

@@ -187,6 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ("samples/s", f"{result['samples_per_s']:,.0f}"),
         ("drift events (error / input)", f"{result['drift_count_error']} / {result['drift_count_input']}"
                                          f"{'' if cfg.drift.adapt else ' (adaptation off)'}"),
+        ("detections where the error fell (not drift)", f"{result['error_fell']}"),
     ]
     if "final_accuracy" in result:
         rows.append(("test: final accuracy", f"{result['final_accuracy']:.4f}"))
