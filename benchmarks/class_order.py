@@ -36,13 +36,11 @@ sys.path.insert(0, str(ROOT))
 ORDERS = ["3805917264", "9876543210", "4160295738"]
 
 
-def final_accuracy(data: dict[str, Any], order: str | None, poll: int) -> float:
+def final_accuracy(data: dict[str, Any], order: str | None, poll: int, train: Any, test: Any) -> float:
     from ocld.core.codec import Decoded
     from ocld.core.runtime import LearningCore
     from ocld.stream.config import parse_config
-    from ocld.stream.files import read_table
 
-    train, test = read_table(ROOT / "data" / "digits_train.csv"), read_table(ROOT / "data" / "digits_test.csv")
     y = np.array([int(v) for v in train.y])
     if order is None:
         idx = np.random.default_rng(0).permutation(len(y))
@@ -68,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-standardizer-too", action=argparse.BooleanOptionalAction, default=True,
                     help="also run each config with its feature maps removed")
     args = ap.parse_args(argv)
+    from ocld.stream.files import read_table
+
     t0 = time.time()
+    train, test = read_table(ROOT / "data" / "digits_train.csv"), read_table(ROOT / "data" / "digits_test.csv")
     rows = []
     for path in args.configs:
         data = yaml.safe_load(path.read_text())
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             bare["learner"]["features"] = []
             variants.append((f"{path.name}, no feature maps", bare))
         for name, d in variants:
-            joint = final_accuracy(d, None, args.poll)
-            accs = [final_accuracy(d, o, args.poll) for o in args.orders]
+            joint = final_accuracy(d, None, args.poll, train, test)
+            accs = [final_accuracy(d, o, args.poll, train, test) for o in args.orders]
             rows.append((name, joint, accs))
             print(f"{name}: joint {joint:.4f}, orders {[round(a, 4) for a in accs]}", file=sys.stderr, flush=True)
     lines = [f"Class-incremental digits (5 tasks of 2 classes), final test accuracy; polls of {args.poll}.", "",

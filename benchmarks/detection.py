@@ -76,13 +76,11 @@ def rbf(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return _take(gen, RBF_SAMPLES)
 
 
-def evaluate(config: Path, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from ocld.stream.config import parse_config
+def evaluate(cfg: Any, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from ocld.stream.files import Table
     from ocld.stream.offline import evaluate_arrays
 
     n = len(y)
-    cfg = parse_config(yaml.safe_load(config.read_text()), str(config))
     table = Table(X=X, y=y.tolist(), ids=[None] * n, ts=[None] * n, task=[None] * n)
     return evaluate_arrays(cfg, table)
 
@@ -94,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--within", type=int, default=1500, help="a switch is detected by an event this soon after it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "detection.md")
     args = ap.parse_args(argv)
+    from ocld.stream.config import parse_config
+
+    cfg = parse_config(yaml.safe_load(args.config.read_text()), str(args.config))
     t0 = time.time()
     lines = [f"## Drift detection with {args.config.name}: SEA switches and a stationary RandomRBF", ""]
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     detected = total = 0
     for s in args.seeds:
         X, y, switches = sea(s)
-        res = evaluate(args.config, X, y)
+        res = evaluate(cfg, X, y)
         ev = [e for e in res["drift_events"] if e["kind"] == "error"]
         cells, hits, near = [], 0, set()
         for p in switches:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0
     for s in args.seeds:
         X, y = rbf(s)
-        res = evaluate(args.config, X, y)
+        res = evaluate(cfg, X, y)
         ev = [e for e in res["drift_events"] if e["kind"] == "error"]
         worst = max(worst, len(ev))
         at = ", ".join(f"{e['index']:,} ({e['detector']}, {e['action']})" for e in ev) or "none"

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ocld.buffers.moments import RunningMoments
 from ocld.buffers.stats import ClassStats
 from ocld.learners.base import (
     DriftEvent,
@@ -191,19 +192,13 @@ class GaussianNB(Learner):
         s = self.stats
         idx, n_before, _ = encode_batch(s._index, y, X.shape[0])
         C, (n, d) = len(s._index), X.shape
-        if s.n_features_in is None:
-            s.update(X[:0], y[:0])
         s._grow(C, d)
         # Statistics before the chunk: per class (count0, shift = mean0, m2_0) and pooled.
         count0, m2_0 = s.count.copy(), s.m2.copy()
         shift = s.mean.copy()
-        fresh = count0 <= 0  # classes with no sample yet: shift by their first row in the chunk
-        if fresh.any():
-            first = np.full(C, -1)
-            for i in range(n - 1, -1, -1):
-                first[idx[i]] = i
-            for c in np.flatnonzero(fresh & (first >= 0)):
-                shift[c] = X[first[c]]
+        seen, first = np.unique(idx, return_index=True)
+        fresh = count0[seen] <= 0  # classes with no sample yet: shift by their first row in the chunk
+        shift[seen[fresh]] = X[first[fresh]]
         N0, pmean0, pm2_0 = self._pooled()
         onehot = np.zeros((n, C))
         onehot[np.arange(n), idx] = 1.0
@@ -215,14 +210,10 @@ class GaussianNB(Learner):
         safe = np.where(cnt > 0, cnt, 1.0)[:, :, None]
         mean = shift[None, :, :] + S / safe
         m2 = np.maximum(m2_0[None, :, :] + Q - S * S / safe, 0.0)
-        # Pooled prefix (all classes): shift by the pooled mean before the chunk (row 0 if none).
-        pshift = pmean0 if N0 > 0 else X[0]
-        pdev = X - pshift
-        PS = np.cumsum(pdev, axis=0) - pdev
-        PQ = np.cumsum(pdev * pdev, axis=0) - pdev * pdev
-        pn = N0 + np.arange(n, dtype=np.float64)[:, None]
-        psafe = np.where(pn > 0, pn, 1.0)
-        pooled_var = np.maximum(pm2_0[None, :] + (PQ - PS * PS / psafe), 0.0) / psafe
+        # Pooled moments of the rows before each row: the running prefix, shifted down by one row.
+        n_i, _, m2_i = RunningMoments.from_arrays(N0, pmean0, pm2_0).update_prefix(X)
+        pn = np.concatenate([[[N0]], n_i[:-1]])
+        pooled_var = np.concatenate([pm2_0[None, :], m2_i[:-1]]) / np.maximum(pn, 1.0)
         known = np.arange(C)[None, :] < n_before[:, None]
         cnt = np.where(known, cnt, 0.0)
         proba = self._softmax(self._log_joint(X, cnt, mean, m2, pooled_var))

@@ -185,11 +185,13 @@ class KNeighbors(Learner):
         idx, n_before, _ = encode_batch(self._index, y, X.shape[0])
         n, C = X.shape[0], len(self._index)
         out = np.zeros((n, C))
+        if self.n_features_in is None:
+            self._append(X[:0], idx[:0])  # the first call fixes the width
         for a in range(0, n, _CHUNK_ROWS):
             b = min(n, a + _CHUNK_ROWS)
             Xc = X[a:b]
             m = self._y.size
-            H = np.vstack([self._X, Xc]) if m else Xc
+            H = np.vstack([self._X, Xc])  # the window, then this chunk: the history its rows see
             labels = np.concatenate([self._y, idx[a:b]])
             d2 = self._sqdist(Xc, H)
             # row r (history position m + r) sees positions [m + r - window, m + r)
@@ -197,9 +199,7 @@ class KNeighbors(Learner):
             row = (m + np.arange(b - a))[:, None]
             d2[(pos >= row) | (pos < row - self.window)] = np.inf
             out[a:b] = self._votes(d2, labels, n_before[a:b], C)
-            self._append(Xc, idx[a:b])
-        if n == 0 and self.n_features_in is None:
-            self._append(X, idx)
+            self._X, self._y = H[-self.window :], labels[-self.window :]
         return out
 
     def adapt(self, event: DriftEvent) -> bool:
