@@ -15,6 +15,19 @@ from ocld.buffers.moments import RunningMoments
 from ocld.learners.base import FeatureMap, LearnerState, check_X
 
 
+def _standardized(centred: np.ndarray, spread: np.ndarray, level: np.ndarray, clip: float | None,
+                  active: np.ndarray | None = None) -> np.ndarray:
+    """``centred / spread``, clipped to +- ``clip``; 0 where the spread is below the rounding level of
+    ``level`` (such a column counts as constant, so rounding noise is never blown up and batch cuts
+    cannot change the result) or where ``active`` is False."""
+    ok = spread > 1e-12 + 1e-7 * np.abs(level)
+    if active is not None:
+        ok &= active
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(ok, centred / np.where(ok, spread, 1.0), 0.0)
+    return out if clip is None else np.clip(out, -clip, clip)
+
+
 class Standardizer(FeatureMap):
     """Running standardization: each column minus its running mean, over its running standard deviation.
 
@@ -75,18 +88,9 @@ class Standardizer(FeatureMap):
 
     def _scale(self, centred: np.ndarray, m2: np.ndarray, n: np.ndarray | float, mean: np.ndarray) -> np.ndarray:
         if not self.with_std:
-            out = centred
-        else:
-            var = m2 / np.maximum(n, 1.0)
-            std = np.sqrt(np.maximum(var, 0.0))
-            # A spread below rounding level of the mean is "constant": map to 0, so that
-            # rounding noise is never blown up (and batch cuts cannot change the result).
-            ok = std > 1e-12 + 1e-7 * np.abs(mean)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = np.where(ok, centred / np.where(ok, std, 1.0), 0.0)
-        if self.clip is not None:
-            out = np.clip(out, -self.clip, self.clip)
-        return out
+            return centred if self.clip is None else np.clip(centred, -self.clip, self.clip)
+        std = np.sqrt(np.maximum(m2 / np.maximum(n, 1.0), 0.0))
+        return _standardized(centred, std, mean, self.clip)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
@@ -117,6 +121,171 @@ class Standardizer(FeatureMap):
         d = obj.moments.n_features
         if d is not None:
             obj.n_features_in = obj.n_features_out = d
+        return obj
+
+
+class FixedStandardizer(FeatureMap):
+    """Standardization learned over a short warm-up per column, then fixed for good.
+
+    A running :class:`Standardizer` keeps moving, and a learner that keeps what it learned
+    (AnalyticRidge's exact statistics) then holds early rows on other features than late
+    ones. In class-incremental learning the moves are large: each new task shifts the means
+    and lights up pixels that were blank so far, and the final model trails joint training
+    by up to 10 points depending on the class order. This map moves only during each
+    column's warm-up, so everything learned afterwards sits on one fixed map, whatever the
+    order (``benchmarks/class_order.py``).
+
+    Per column, with c its first value:
+
+    - while every value so far equals c, the column maps to 0;
+    - a *dense* column (fewer than half of its rows at c) is standardized by the mean and
+      standard deviation of its rows; a *sparse* one (at least half at c: a pixel that is
+      mostly blank, a sensor that comes online late) keeps c as its offset and takes the
+      root mean square of its deviations from c as its scale, so rows at c map to 0 before
+      and after, and the spread is that of its other values, not one diluted by the rows at c;
+    - the offset and scale are fixed for good once the column has taken ``fix_after`` values
+      other than c (``fix_sparse_after`` while it is sparse: a column that comes online with
+      a new class must settle within that class's first rows); until then row i uses the
+      estimates from rows up to and including i.
+
+    c is the first value, so a mostly blank column that happens to be non-blank in its first
+    row counts its blanks as other values and is treated as dense: still fixed, only wider.
+
+    Row i is transformed with statistics of rows <= i only, so ``learn_transform`` is
+    batch-cut invariant. The price against a running Standardizer: a fixed map does not
+    follow features whose range drifts (``clip`` bounds the damage), and the estimates
+    come from ``fix_after`` values, so they are noisier than a long running mean.
+
+    Parameters
+    ----------
+    fix_after
+        Values other than its first that a dense column takes before its offset and scale are fixed.
+    fix_sparse_after
+        The same for a sparse column.
+    clip
+        Standardized values are clipped to +- this (None: no clip); a fixed map meets values
+        beyond its warm-up range, and this bounds them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.column_stack([np.arange(100.0), np.r_[np.zeros(60), np.full(40, 8.0)]])
+    >>> fs = FixedStandardizer(fix_after=20, fix_sparse_after=10)
+    >>> Z = fs.learn_transform(X)
+    >>> bool(Z[:60, 1].any())                 # the sparse column maps to 0 while it is at c
+    False
+    >>> fs.offset.tolist(), np.round(fs.scale, 3).tolist()   # column 0: rows 0-20; column 1: c = 0
+    ([10.0, 0.0], [6.055, 8.0])
+    >>> fs.varied.tolist()                    # values other than c when fixed: dense 20, sparse 10
+    [20.0, 10.0]
+    >>> before = fs.transform([[50.0, 8.0]])
+    >>> _ = fs.learn_transform(1000.0 * X)    # learning more does not move a fixed map
+    >>> np.array_equal(fs.transform([[50.0, 8.0]]), before)
+    True
+    """
+
+    _ARRAYS = ("first", "varied", "s1", "s2", "fixed", "offset", "scale")
+
+    def __init__(self, fix_after: int = 100, fix_sparse_after: int = 20, clip: float | None = 10.0) -> None:
+        for name, value in (("fix_after", fix_after), ("fix_sparse_after", fix_sparse_after)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be > 0 or null, got {clip}")
+        self.fix_after = int(fix_after)
+        self.fix_sparse_after = int(fix_sparse_after)
+        self.clip = clip
+        self.n_features_in: int | None = None
+        self.n_features_out: int | None = None
+        self.n = 0.0
+        # per column: first value c, values other than c, sums of (x - c) and (x - c)^2 (up to
+        # the row where the column is fixed), fixed (1.0) or not, and the fixed offset and scale
+        self.first: np.ndarray | None = None
+        self.varied = self.s1 = self.s2 = self.fixed = self.offset = self.scale = np.zeros(0)
+
+    def _init(self, d: int) -> None:
+        if self.n_features_in is None:
+            self.n_features_in = self.n_features_out = d
+            self.varied, self.s1, self.s2, self.fixed, self.offset = (np.zeros(d) for _ in range(5))
+            self.scale = np.ones(d)
+
+    def estimate_state_bytes(self, n_features: int) -> int:
+        return len(self._ARRAYS) * 8 * n_features
+
+    @staticmethod
+    def _estimates(c: np.ndarray, n: np.ndarray, v: np.ndarray, s1: np.ndarray,
+                   s2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Offset, scale and sparse (bool) after ``n`` rows, ``v`` of them other than c (arrays broadcast)."""
+        sparse = n - v >= v
+        mean_dev = s1 / n
+        dense_scale = np.sqrt(np.maximum(s2 / n - mean_dev * mean_dev, 0.0))
+        sparse_scale = np.sqrt(s2 / np.maximum(v, 1.0))
+        return np.where(sparse, c, c + mean_dev), np.where(sparse, sparse_scale, dense_scale), sparse
+
+    def _scale(self, X: np.ndarray, offset: np.ndarray, scale: np.ndarray, active: np.ndarray) -> np.ndarray:
+        return _standardized(X - offset, scale, offset, self.clip, active)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = check_X(X, self.n_features_in)
+        self._init(X.shape[1])
+        if self.first is None:
+            return np.zeros_like(X)
+        fixed = self.fixed > 0
+        off, sc, _ = self._estimates(self.first, np.asarray(max(self.n, 1.0)), self.varied, self.s1, self.s2)
+        return self._scale(X, np.where(fixed, self.offset, off), np.where(fixed, self.scale, sc),
+                           fixed | (self.varied > 0))
+
+    def learn_transform(self, X: np.ndarray) -> np.ndarray:
+        X = check_X(X, self.n_features_in)
+        if X.shape[0] == 0:
+            return X.copy()
+        b, d = X.shape
+        self._init(d)
+        if self.first is None:
+            self.first = X[0].copy()
+        fixed = self.fixed > 0
+        if fixed.all():
+            self.n += b
+            return self._scale(X, self.offset, self.scale, fixed)
+        D = X - self.first
+        v = self.varied + np.cumsum(D != 0.0, axis=0)
+        s1 = self.s1 + np.cumsum(D, axis=0)
+        s2 = self.s2 + np.cumsum(D * D, axis=0)
+        n = self.n + np.arange(1.0, b + 1.0)[:, None]
+        off, sc, sparse = self._estimates(self.first, n, v, s1, s2)  # [b, d]: the estimates after each row
+        # columns not yet fixed that reach fix_after (fix_sparse_after) values other than c in this batch,
+        # and the row where they do
+        reach = v >= np.where(sparse, self.fix_sparse_after, self.fix_after)
+        fixes = ~fixed & reach[-1]
+        at = reach.argmax(axis=0)
+        cols = np.flatnonzero(fixes)
+        offset, scale = self.offset.copy(), self.scale.copy()
+        offset[cols], scale[cols] = off[at[cols], cols], sc[at[cols], cols]
+        use_fixed = fixed | (fixes & (np.arange(b)[:, None] >= at))  # [b, d]
+        out = self._scale(X, np.where(use_fixed, offset, off), np.where(use_fixed, scale, sc), use_fixed | (v > 0))
+        self.n += b
+        # the warm-up sums stop where a column is fixed (so the state does not depend on the batch cut)
+        last = np.where(fixes, at, b - 1)
+        keep = np.arange(d)
+        self.varied = np.where(fixed, self.varied, v[last, keep])
+        self.s1 = np.where(fixed, self.s1, s1[last, keep])
+        self.s2 = np.where(fixed, self.s2, s2[last, keep])
+        self.fixed = (fixed | fixes).astype(np.float64)
+        self.offset, self.scale = offset, scale
+        return out
+
+    def to_state(self) -> LearnerState:
+        arrays = {} if self.first is None else {k: getattr(self, k).copy() for k in self._ARRAYS}
+        return LearnerState("FixedStandardizer", self._get_params(), arrays, {"n": self.n})
+
+    @classmethod
+    def from_state(cls, state: LearnerState) -> FixedStandardizer:
+        obj = cls(**state.params)
+        obj.n = float(state.meta.get("n", 0.0))
+        if "first" in state.arrays:
+            for k in cls._ARRAYS:
+                setattr(obj, k, np.array(state.arrays[k], dtype=np.float64))
+            obj.n_features_in = obj.n_features_out = int(obj.varied.shape[0])
         return obj
 
 

@@ -11,6 +11,7 @@ from ocld.learners.base import Component, FeatureMap, Learner, LearnerState
 # name -> "module:Class". The conformance suite discovers everything from here.
 COMPONENTS: dict[str, str] = {
     "Standardizer": "ocld.learners.features:Standardizer",
+    "FixedStandardizer": "ocld.learners.features:FixedStandardizer",
     "RandomFourierFeatures": "ocld.learners.features:RandomFourierFeatures",
     "RandomReLU": "ocld.learners.features:RandomReLU",
     "Pipeline": "ocld.learners.pipeline:Pipeline",
@@ -30,7 +31,7 @@ COMPONENTS: dict[str, str] = {
 
 HEADS = ("KalmanHead", "AnalyticRidge", "KalmanLogistic", "MomentumKD", "RiverLearner", "OnlineMixture", "GaussianNB",
          "KNeighbors")
-FEATURE_MAPS = ("Standardizer", "RandomFourierFeatures", "RandomReLU")
+FEATURE_MAPS = ("Standardizer", "FixedStandardizer", "RandomFourierFeatures", "RandomReLU")
 
 
 class PickleRefused(PermissionError):
