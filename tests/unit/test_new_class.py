@@ -2,8 +2,8 @@
 
 The learning core records an error-drift event within ``new_class_guard`` labelled samples
 of a new class's first sample with action ``new_class`` and does not adapt to it. Checked
-on class-incremental digits with the shipped ``config/analytic.yaml`` in three class orders
-(it must end within 1 point of AnalyticRidge trained jointly), on the rule itself with a
+on class-incremental digits with the shipped ``config/analytic.yaml`` in six class orders
+(it must end within 1 point of the same config trained jointly), on the rule itself with a
 recording learner, and for the core's invariances: the same events and actions whatever the
 batch cut, and through a snapshot taken mid-stream.
 """
@@ -27,6 +27,7 @@ from ocld.stream.offline import evaluate_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = [(3, 8, 0, 5, 9, 1, 7, 2, 6, 4), (9, 8, 7, 6, 5, 4, 3, 2, 1, 0), (4, 1, 6, 0, 2, 9, 5, 7, 3, 8)]
+MORE_ORDERS = [(5, 2, 6, 9, 0, 7, 4, 1, 3, 8), (0, 1, 6, 3, 9, 8, 5, 2, 4, 7), (8, 6, 5, 3, 4, 9, 2, 1, 0, 7)]
 
 
 def _table(X: np.ndarray, y: list[Any], task: list[Any] | None = None) -> Table:
@@ -57,11 +58,25 @@ def _without_adapt(cfg: Any) -> Any:
     return cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"adapt": False})})
 
 
+def _with_features(cfg: Any, features: list[dict[str, Any]]) -> Any:
+    specs = [cfg.learner.features[0].model_copy(update=f) for f in features] if features else []
+    return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"features": specs})})
+
+
+def _joint(cfg: Any, train: Table, test: Table, seeds: range) -> float:
+    """Mean final accuracy of ``cfg`` trained on the shuffled stream, over ``seeds``."""
+    accs = []
+    for s in seeds:
+        perm = np.random.default_rng(s).permutation(len(train.y))
+        accs.append(evaluate_arrays(cfg, _table(train.X[perm], [int(train.y[i]) for i in perm]),
+                                    test=test)["final_accuracy"])
+    return float(np.mean(accs))
+
+
 def test_analytic_config_on_class_incremental_digits_never_adapts_to_new_classes():
     """The shipped config/analytic.yaml (ADWIN, adapt_discount 0.01) in three class orders: every
     error event is recognized as new classes, so the run ends exactly where the same config with
-    adaptation off ends. (Its running Standardizer makes the features depend on the class order,
-    so the ridge head is not the joint one there: see the next test.)"""
+    adaptation off ends."""
     cfg = load_config(ROOT / "config" / "analytic.yaml")
     train, test = _digits()
     for k, order in enumerate(ORDERS):
@@ -69,23 +84,47 @@ def test_analytic_config_on_class_incremental_digits_never_adapts_to_new_classes
         res = evaluate_arrays(cfg, stream, test=test)
         assert all(e["action"] == "new_class" for e in res["drift_events"]), res["drift_events"]
         assert res["final_accuracy"] == evaluate_arrays(_without_adapt(cfg), stream, test=test)["final_accuracy"]
-        assert res["final_accuracy"] > 0.92
+        assert res["final_accuracy"] > 0.97
 
 
-def test_analytic_head_on_class_incremental_digits_ends_within_a_point_of_joint_training():
-    """config/analytic.yaml's AnalyticRidge and drift section (no Standardizer: digits' pixels are
-    already in [0, 1]) in three class orders ends within 1 point of the same learner trained on the
-    shuffled stream (about 0.98); without the core's new-class rule ADWIN's events on the arriving
-    classes discount the old ones."""
+def test_analytic_config_on_class_incremental_digits_ends_within_a_point_of_joint_training():
+    """Item 3's bar: the shipped config/analytic.yaml (FixedStandardizer, 512 ReLU units, ridge,
+    ADWIN with adaptation) in six class orders ends within 1 point of the same config trained on
+    the shuffled stream (mean of three shuffles, about 0.987). The FixedStandardizer stops moving
+    after a short warm-up per column, so the exact ridge sees one map whatever the order."""
     cfg = load_config(ROOT / "config" / "analytic.yaml")
-    cfg = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"features": []})})
+    assert [f.name for f in cfg.learner.features] == ["FixedStandardizer"]
     train, test = _digits()
-    perm = np.random.default_rng(0).permutation(len(train.y))
-    joint = evaluate_arrays(cfg, _table(train.X[perm], [int(train.y[i]) for i in perm]), test=test)["final_accuracy"]
+    joint = _joint(cfg, train, test, range(3))
+    assert joint > 0.98
+    for k, order in enumerate(ORDERS + MORE_ORDERS):
+        res = evaluate_arrays(cfg, class_incremental(train, order, seed=k), test=test)
+        assert res["final_accuracy"] >= joint - 0.01, (order, res["final_accuracy"], joint, res["drift_events"])
+
+
+def test_a_running_standardizer_makes_the_final_model_depend_on_the_class_order():
+    """Why analytic.yaml has a FixedStandardizer: with a running Standardizer in its place, the
+    same orders end up to several points under joint training, because the moments move as each
+    task's classes arrive and the ridge keeps rows standardized with old moments."""
+    cfg = _with_features(load_config(ROOT / "config" / "analytic.yaml"), [{"name": "Standardizer", "params": {}}])
+    train, test = _digits()
+    joint = _joint(cfg, train, test, range(1))
+    worst = min(evaluate_arrays(cfg, class_incremental(train, order, seed=k), test=test)["final_accuracy"]
+                for k, order in enumerate(ORDERS))
+    assert worst < joint - 0.02, (worst, joint)
+
+
+def test_analytic_head_without_feature_maps_equals_joint_training_in_every_order():
+    """config/analytic.yaml's AnalyticRidge and drift section with no feature maps at all: the
+    exact ridge ends at its joint accuracy (about 0.98) in three class orders; without the core's
+    new-class rule ADWIN's events on the arriving classes would discount the old ones."""
+    cfg = _with_features(load_config(ROOT / "config" / "analytic.yaml"), [])
+    train, test = _digits()
+    joint = _joint(cfg, train, test, range(1))
     assert joint > 0.97
     for k, order in enumerate(ORDERS):
         res = evaluate_arrays(cfg, class_incremental(train, order, seed=k), test=test)
-        assert res["final_accuracy"] >= joint - 0.01, (order, res["final_accuracy"], joint, res["drift_events"])
+        assert abs(res["final_accuracy"] - joint) < 0.005, (order, res["final_accuracy"], joint)
         assert res["drift_events"] and {e["action"] for e in res["drift_events"]} == {"new_class"}
 
 
