@@ -184,7 +184,7 @@ class FixedStandardizer(FeatureMap):
     True
     """
 
-    _ARRAYS = ("first", "varied", "s1", "s2", "fixed", "offset", "scale")
+    _ARRAYS = ("first", "varied", "fixed", "offset", "scale")
 
     def __init__(self, fix_after: int = 100, fix_sparse_after: int = 20, clip: float | None = 10.0) -> None:
         for name, value in (("fix_after", fix_after), ("fix_sparse_after", fix_sparse_after)):
@@ -197,30 +197,33 @@ class FixedStandardizer(FeatureMap):
         self.clip = clip
         self.n_features_in: int | None = None
         self.n_features_out: int | None = None
-        self.n = 0.0
-        # per column: first value c, values other than c, sums of (x - c) and (x - c)^2 (up to
-        # the row where the column is fixed), fixed (1.0) or not, and the fixed offset and scale
+        # The moments of every row up to the one at which the last column is fixed (not needed
+        # after it; stopping there keeps the state independent of the batch cut); per column:
+        # first value c, values other than c up to its fixing, fixed (1.0) or not, and the fixed
+        # offset and scale.
+        self.moments = RunningMoments()
         self.first: np.ndarray | None = None
-        self.varied = self.s1 = self.s2 = self.fixed = self.offset = self.scale = np.zeros(0)
+        self.varied = self.fixed = self.offset = self.scale = np.zeros(0)
 
     def _init(self, d: int) -> None:
         if self.n_features_in is None:
             self.n_features_in = self.n_features_out = d
-            self.varied, self.s1, self.s2, self.fixed, self.offset = (np.zeros(d) for _ in range(5))
+            self.varied, self.fixed, self.offset = np.zeros(d), np.zeros(d), np.zeros(d)
             self.scale = np.ones(d)
 
     def estimate_state_bytes(self, n_features: int) -> int:
-        return len(self._ARRAYS) * 8 * n_features
+        return (len(self._ARRAYS) + 2) * 8 * n_features  # the arrays, and the moments' mean and M2
 
     @staticmethod
-    def _estimates(c: np.ndarray, n: np.ndarray, v: np.ndarray, s1: np.ndarray,
-                   s2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Offset, scale and sparse (bool) after ``n`` rows, ``v`` of them other than c (arrays broadcast)."""
+    def _estimates(c: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+                   v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Offset, scale and sparse (bool) from the moments of ``n`` rows, ``v`` of them other
+        than c (arrays broadcast). A sparse column's sum of (x - c)^2 over its other values is
+        that over all rows, M2 + n (mean - c)^2, as the rows at c add nothing."""
         sparse = n - v >= v
-        mean_dev = s1 / n
-        dense_scale = np.sqrt(np.maximum(s2 / n - mean_dev * mean_dev, 0.0))
-        sparse_scale = np.sqrt(s2 / np.maximum(v, 1.0))
-        return np.where(sparse, c, c + mean_dev), np.where(sparse, sparse_scale, dense_scale), sparse
+        dense_scale = np.sqrt(m2 / n)
+        sparse_scale = np.sqrt((m2 + n * (mean - c) ** 2) / np.maximum(v, 1.0))
+        return np.where(sparse, c, mean), np.where(sparse, sparse_scale, dense_scale), sparse
 
     def _scale(self, X: np.ndarray, offset: np.ndarray, scale: np.ndarray, active: np.ndarray) -> np.ndarray:
         return _standardized(X - offset, scale, offset, self.clip, active)
@@ -228,10 +231,11 @@ class FixedStandardizer(FeatureMap):
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = check_X(X, self.n_features_in)
         self._init(X.shape[1])
-        if self.first is None:
+        m = self.moments
+        if self.first is None or m.mean is None or m.m2 is None:
             return np.zeros_like(X)
         fixed = self.fixed > 0
-        off, sc, _ = self._estimates(self.first, np.asarray(max(self.n, 1.0)), self.varied, self.s1, self.s2)
+        off, sc, _ = self._estimates(self.first, np.asarray(max(m.count, 1.0)), m.mean, m.m2, self.varied)
         return self._scale(X, np.where(fixed, self.offset, off), np.where(fixed, self.scale, sc),
                            fixed | (self.varied > 0))
 
@@ -245,14 +249,10 @@ class FixedStandardizer(FeatureMap):
             self.first = X[0].copy()
         fixed = self.fixed > 0
         if fixed.all():
-            self.n += b
             return self._scale(X, self.offset, self.scale, fixed)
-        D = X - self.first
-        v = self.varied + np.cumsum(D != 0.0, axis=0)
-        s1 = self.s1 + np.cumsum(D, axis=0)
-        s2 = self.s2 + np.cumsum(D * D, axis=0)
-        n = self.n + np.arange(1.0, b + 1.0)[:, None]
-        off, sc, sparse = self._estimates(self.first, n, v, s1, s2)  # [b, d]: the estimates after each row
+        v = self.varied + np.cumsum(X != self.first, axis=0)
+        n, mean, m2 = self.moments.update_prefix(X)  # [b, 1], [b, d], [b, d]: the moments after each row
+        off, sc, sparse = self._estimates(self.first, n, mean, m2, v)
         # columns not yet fixed that reach fix_after (fix_sparse_after) values other than c in this batch,
         # and the row where they do
         reach = v >= np.where(sparse, self.fix_sparse_after, self.fix_after)
@@ -263,25 +263,27 @@ class FixedStandardizer(FeatureMap):
         offset[cols], scale[cols] = off[at[cols], cols], sc[at[cols], cols]
         use_fixed = fixed | (fixes & (np.arange(b)[:, None] >= at))  # [b, d]
         out = self._scale(X, np.where(use_fixed, offset, off), np.where(use_fixed, scale, sc), use_fixed | (v > 0))
-        self.n += b
-        # the warm-up sums stop where a column is fixed (so the state does not depend on the batch cut)
-        last = np.where(fixes, at, b - 1)
-        keep = np.arange(d)
-        self.varied = np.where(fixed, self.varied, v[last, keep])
-        self.s1 = np.where(fixed, self.s1, s1[last, keep])
-        self.s2 = np.where(fixed, self.s2, s2[last, keep])
+        if (fixed | fixes).all():  # the last open column is fixed here: the moments stop at its row
+            last = int(at[cols].max())
+            m = self.moments
+            m.count, m.mean, m.m2 = float(n[last, 0]), mean[last].copy(), m2[last].copy()
+        # each column's count of other values stops where it is fixed
+        self.varied = np.where(fixed, self.varied, v[np.where(fixes, at, b - 1), np.arange(d)])
         self.fixed = (fixed | fixes).astype(np.float64)
         self.offset, self.scale = offset, scale
         return out
 
     def to_state(self) -> LearnerState:
         arrays = {} if self.first is None else {k: getattr(self, k).copy() for k in self._ARRAYS}
-        return LearnerState("FixedStandardizer", self._get_params(), arrays, {"n": self.n})
+        moments = self.moments.to_state()
+        return LearnerState("FixedStandardizer", self._get_params(), {**arrays, **moments.arrays},
+                            {"n": moments.meta["count"]})
 
     @classmethod
     def from_state(cls, state: LearnerState) -> FixedStandardizer:
         obj = cls(**state.params)
-        obj.n = float(state.meta.get("n", 0.0))
+        obj.moments = RunningMoments.from_arrays(state.meta.get("n", 0.0), state.arrays.get("mean"),
+                                                 state.arrays.get("m2"))
         if "first" in state.arrays:
             for k in cls._ARRAYS:
                 setattr(obj, k, np.array(state.arrays[k], dtype=np.float64))
